@@ -1,0 +1,18 @@
+"""Combining models: uniform averages, greedy soups, BN recalibration, prediction ensembles."""
+
+from .batchnorm import has_batchnorm, recalibrate_bn
+from .ensemble import ensemble_probabilities, evaluate_ensemble
+from .soup import ACCEPT_RULES, AcceptRule, SoupResult, greedy_soup
+from .uniform import uniform_average
+
+__all__ = [
+    "ACCEPT_RULES",
+    "AcceptRule",
+    "SoupResult",
+    "ensemble_probabilities",
+    "evaluate_ensemble",
+    "greedy_soup",
+    "has_batchnorm",
+    "recalibrate_bn",
+    "uniform_average",
+]

@@ -1,0 +1,291 @@
+"""``train``: one model, one mask, one schedule, one seed; with SWA, rewind capture and resume."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from ..data import BatchSource
+from ..pruning import Mask
+from ..utils.seeding import make_generator
+from ..utils.state import State, clone_state
+from .evaluate import model_device
+from .masking import MaskEnforcer
+from .schedules import learning_rate
+from .settings import TrainSettings
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite.
+
+    Attributes:
+        step: the global optimizer step (0-based) whose loss was first non-finite.
+        epoch: the epoch (0-based) it fell in.
+    """
+
+    def __init__(self, step: int, epoch: int) -> None:
+        super().__init__(f"training loss became non-finite at step {step} (epoch {epoch})")
+        self.step = step
+        self.epoch = epoch
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run exactly from an epoch boundary.
+
+    All tensors are on the CPU; the object holds only tensors, numbers, lists and dicts, so
+    ``torch.load(..., weights_only=True)`` reads it back.
+    """
+
+    step: int
+    model: State
+    optimizer: dict[str, Any]
+    swa: dict[str, Tensor] | None = None
+    rewind: State | None = None
+    losses: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict for ``torch.save``."""
+        return {
+            "step": self.step,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "swa": self.swa,
+            "rewind": self.rewind,
+            "losses": list(self.losses),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            step=int(d["step"]),
+            model=d["model"],
+            optimizer=d["optimizer"],
+            swa=d.get("swa"),
+            rewind=d.get("rewind"),
+            losses=[float(v) for v in d.get("losses", [])],
+        )
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`.
+
+    Attributes:
+        state: the final weights (last iterate), on the CPU.
+        swa_state: the SWA average of the per-epoch snapshots (``None`` without SWA). Its
+            BatchNorm statistics are those of the last iterate: recalibrate before using it.
+        rewind_state: the weights after ``rewind_step`` steps, when one was asked for.
+        losses: mean training loss of each finished epoch.
+        steps: optimizer steps taken in total (``start_step`` included).
+        swa_count: snapshots in the SWA average.
+    """
+
+    state: State
+    swa_state: State | None
+    rewind_state: State | None
+    losses: list[float]
+    steps: int
+    swa_count: int = 0
+
+    @property
+    def final_state(self) -> State:
+        """The state a cycle keeps: the SWA average when there is one, else the last iterate."""
+        return self.swa_state if self.swa_state is not None else self.state
+
+
+class Progress(Protocol):
+    """Receives progress reports; the CLI passes a rich progress bar behind this."""
+
+    def __call__(self, step: int, total: int, loss: float | None) -> None: ...
+
+
+def steps_per_epoch(data: BatchSource, batch_size: int) -> int:
+    """Optimizer steps in one epoch: full batches only (at least one)."""
+    return max(1, len(data) // batch_size)
+
+
+def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """The optimizer ``settings`` names, over all of the model's parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            nesterov=settings.nesterov and settings.momentum > 0,
+            weight_decay=settings.weight_decay,
+        )
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}")
+
+
+def _swa_to_cpu(swa: AveragedModel) -> dict[str, Tensor]:
+    return clone_state(swa.state_dict(), device="cpu")
+
+
+def train(
+    model: nn.Module,
+    data: BatchSource,
+    settings: TrainSettings,
+    *,
+    seed: int,
+    mask: Mask | None = None,
+    start_step: int = 0,
+    stop_step: int | None = None,
+    rewind_step: int | None = None,
+    resume: TrainState | None = None,
+    on_epoch_end: Callable[[TrainState], None] | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train ``model`` in place under ``mask`` and return its final weights.
+
+    Args:
+        model: the model, already on its training device, its weights already masked.
+        data: the training split.
+        settings: hyperparameters (:class:`TrainSettings`).
+        seed: the run's seed. Epoch ``e`` draws its batch order and augmentation from a
+            generator seeded with ``(seed, "epoch", e)``, so a run resumed at an epoch boundary
+            sees exactly the batches an uninterrupted one would.
+        mask: pruned weights are kept at exactly 0 (gradients masked before and weights after
+            every step). ``None`` trains densely.
+        start_step: the global step to begin at, e.g. the rewind step T0 for a run that starts
+            from the rewound weights; the schedule starts there and momentum starts at 0.
+        stop_step: stop after this global step (default: ``settings.epochs`` epochs). Used for
+            the common dense run up to the rewind point.
+        rewind_step: capture the weights after this many global steps as ``rewind_state``.
+        resume: continue from a :class:`TrainState` given to ``on_epoch_end`` earlier.
+        on_epoch_end: called with a CPU :class:`TrainState` at every epoch boundary (to save
+            a checkpoint).
+        progress: called after every step with ``(step, total, loss or None)``.
+
+    Raises:
+        DivergenceError: a training loss was NaN or infinite (checked once per epoch).
+    """
+    device = model_device(model)
+    spe = steps_per_epoch(data, settings.batch_size)
+    total_steps = settings.epochs * spe
+    stop = total_steps if stop_step is None else min(stop_step, total_steps)
+    swa_start_epoch = settings.swa_start_epoch
+    swa_start_step = None if swa_start_epoch is None else swa_start_epoch * spe
+
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, settings)
+    enforcer = MaskEnforcer(model, mask)
+    swa = AveragedModel(model, use_buffers=False) if swa_start_step is not None else None
+    losses: list[float] = []
+    rewind_state: State | None = None
+
+    step = start_step
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        if swa is not None and resume.swa is not None:
+            swa.load_state_dict(resume.swa)
+        rewind_state = resume.rewind
+        losses = list(resume.losses)
+        step = resume.step
+    enforcer.mask_weights()
+    if rewind_step is not None and step == rewind_step and rewind_state is None:
+        rewind_state = clone_state(model, device="cpu")
+
+    model.train()
+    use_bf16 = settings.precision == "bf16"
+    while step < stop:
+        epoch, offset = divmod(step, spe)
+        epoch_end = min((epoch + 1) * spe, stop)
+        generator = make_generator(seed, "epoch", epoch)
+        step_losses = torch.empty(epoch_end - step, device=device)
+        batches = data.batches(
+            settings.batch_size, generator=generator, augment=settings.augment, drop_last=True
+        )
+        first = step
+        for i, (x, y) in enumerate(batches):
+            if i < offset:
+                continue  # resuming inside an epoch: same generator, skip what was done
+            if step >= epoch_end:
+                break
+            lr = learning_rate(settings, step, total_steps, swa_start_step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if settings.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            enforcer.mask_gradients()
+            optimizer.step()
+            enforcer.mask_weights()
+            step_losses[step - first] = loss.detach()
+            step += 1
+            if rewind_step is not None and step == rewind_step:
+                rewind_state = clone_state(model, device="cpu")
+            if progress is not None:
+                progress(step, stop, None)
+        done = step_losses[: step - first]
+        finite = torch.isfinite(done)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+            raise DivergenceError(first + bad, epoch)
+        if step == epoch_end and epoch_end == (epoch + 1) * spe:
+            losses.append(float(done.mean()) if done.numel() else float("nan"))
+            if swa is not None and swa_start_epoch is not None and epoch >= swa_start_epoch:
+                swa.update_parameters(model)
+            if on_epoch_end is not None:
+                on_epoch_end(
+                    TrainState(
+                        step=step,
+                        model=clone_state(model, device="cpu"),
+                        optimizer=_optimizer_state_to_cpu(optimizer),
+                        swa=_swa_to_cpu(swa) if swa is not None else None,
+                        rewind=rewind_state,
+                        losses=list(losses),
+                    )
+                )
+        if progress is not None:
+            progress(step, stop, losses[-1] if losses else None)
+
+    swa_state: State | None = None
+    swa_count = 0
+    if swa is not None and int(swa.n_averaged) > 0:
+        swa_count = int(swa.n_averaged)
+        swa_state = {
+            k.removeprefix("module."): v
+            for k, v in _swa_to_cpu(swa).items()
+            if k.startswith("module.")
+        }
+    return TrainResult(
+        state=clone_state(model, device="cpu"),
+        swa_state=swa_state,
+        rewind_state=rewind_state,
+        losses=losses,
+        steps=step,
+        swa_count=swa_count,
+    )
+
+
+def _optimizer_state_to_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    def move(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.detach().to("cpu").clone()
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    return move(optimizer.state_dict())

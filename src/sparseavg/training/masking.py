@@ -1,0 +1,51 @@
+"""Keeping pruned weights at exactly zero during training."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..pruning import Mask
+
+
+class MaskEnforcer:
+    """Multiplies gradients before, and weights after, each optimizer step by the mask.
+
+    Masked gradients keep momentum buffers and Adam moments of pruned weights at zero, and the
+    re-mask after the step removes what weight decay or numerical noise might leave, so a pruned
+    weight is exactly 0 after every step. Both are single ``torch._foreach_mul_`` calls.
+    """
+
+    def __init__(self, model: nn.Module, mask: Mask | None) -> None:
+        self.params: list[Tensor] = []
+        self.factors: list[Tensor] = []
+        if mask is None:
+            return
+        mask.validate(model)
+        named = dict(model.named_parameters())
+        for name in mask:
+            p = named[name]
+            self.params.append(p)
+            self.factors.append(mask[name].to(device=p.device, dtype=p.dtype))
+
+    def __bool__(self) -> bool:
+        return bool(self.params)
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        """Zero the gradients of pruned weights (call after ``backward``, before ``step``)."""
+        if not self.params:
+            return
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if len(grads) == len(self.params):
+            torch._foreach_mul_(grads, self.factors)
+        else:
+            for p, f in zip(self.params, self.factors, strict=True):
+                if p.grad is not None:
+                    p.grad.mul_(f)
+
+    @torch.no_grad()
+    def mask_weights(self) -> None:
+        """Zero the pruned weights (call after ``step``)."""
+        if self.params:
+            torch._foreach_mul_(self.params, self.factors)

@@ -1,0 +1,96 @@
+"""What one training run does: :class:`TrainSettings`, a frozen, validated value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Optimizer = Literal["sgd", "adam", "adamw"]
+ScheduleKind = Literal["constant", "step", "cosine", "llr"]
+Precision = Literal["fp32", "bf16"]
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+SCHEDULES: tuple[str, ...] = ("constant", "step", "cosine", "llr")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyperparameters of one training run of one model under one mask.
+
+    Attributes:
+        epochs: passes over the training split (each drops its last partial batch).
+        batch_size: samples per step.
+        optimizer: ``"sgd"`` (momentum, optional Nesterov), ``"adam"`` or ``"adamw"``.
+        lr: peak learning rate.
+        momentum: SGD momentum (ignored by Adam, which uses its default betas).
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: L2 penalty (decoupled for ``adamw``).
+        schedule: ``"constant"``; ``"step"`` (multiply by ``gamma`` at each of ``milestones``);
+            ``"cosine"`` (to 0, or to ``swa_lr`` when SWA is on); ``"llr"`` (linear warm-up then
+            linear decay to 0, the schedule Sparse Model Soups retrain with).
+        warmup: fraction of the (pre-SWA) steps with a linear warm-up from 0 to ``lr``; for
+            ``"llr"`` the warm-up length (0.1 if left at 0).
+        milestones: for ``"step"``: fractions of the (pre-SWA) steps at which lr drops.
+        gamma: lr factor at each milestone.
+        swa_start: ``None`` for no SWA; else the fraction of epochs after which SWA begins. From
+            then on the learning rate is the constant ``swa_lr`` and the weights are averaged once
+            at the end of every epoch (the last ``1 - swa_start`` of the epochs).
+        swa_lr: the constant learning rate during SWA.
+        augment: apply the data set's augmentation to training batches.
+        precision: ``"bf16"`` trains under ``torch.autocast`` with bfloat16.
+        channels_last: use the channels-last memory format for 4-D inputs and the model.
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: Optimizer = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: ScheduleKind = "cosine"
+    warmup: float = 0.0
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    swa_start: float | None = None
+    swa_lr: float = 0.05
+    augment: bool = True
+    precision: Precision = "fp32"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 0:
+            problems.append(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup < 1:
+            problems.append(f"warmup must be in [0, 1), got {self.warmup}")
+        if any(not 0 < m < 1 for m in self.milestones):
+            problems.append(f"milestones must be fractions in (0, 1), got {self.milestones}")
+        if self.swa_start is not None and not 0 <= self.swa_start < 1:
+            problems.append(f"swa_start must be in [0, 1) or None, got {self.swa_start}")
+        if not self.swa_lr > 0:
+            problems.append(f"swa_lr must be > 0, got {self.swa_lr}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def swa_start_epoch(self) -> int | None:
+        """The epoch index (0-based) at which SWA begins, or ``None`` without SWA."""
+        if self.swa_start is None:
+            return None
+        return int(self.swa_start * self.epochs)

@@ -1,0 +1,93 @@
+"""Atomic file writes and safe tensor-file reads.
+
+Every file is written to a temporary file in the same directory, flushed and fsynced, then
+moved into place with ``os.replace``: a reader sees either the old file or the whole new one,
+never a partial write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+PathLike = str | os.PathLike[str]
+
+
+class CorruptFileError(ValueError):
+    """A file exists but cannot be read as what it should be (truncated, damaged, wrong kind)."""
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on a clean exit fsync it and ``os.replace`` it."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open supports 'w' and 'wb', not {mode!r}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_tensors(
+    path: PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Save a flat ``name -> tensor`` mapping as safetensors, atomically.
+
+    Tensors are made contiguous and moved to the CPU first; shared storage is copied.
+    """
+    plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    atomic_write_bytes(path, save(plain, metadata=dict(metadata) if metadata else None))
+
+
+def load_tensors(path: PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or damaged file raises an error naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    try:
+        return load_file(str(p), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptFileError(f"{p}: not a readable safetensors file ({err})") from err

@@ -1,0 +1,148 @@
+import pytest
+import torch
+from helpers import tiny_net
+from torch import nn
+
+from sparseavg.pruning import (
+    Mask,
+    MaskError,
+    cubic_sparsity,
+    fraction_per_cycle,
+    magnitude_prune,
+    prunable_parameters,
+    random_prune,
+    sparsity_after,
+)
+from sparseavg.utils.files import CorruptFileError
+
+
+def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"a.weight": torch.randn(10, 7, generator=g), "b.weight": torch.randn(3, 4, 5, generator=g)}
+
+
+def test_prunable_parameters_are_conv_and_linear_weights_only():
+    model = tiny_net()
+    assert list(prunable_parameters(model)) == ["conv.weight", "fc.weight"]
+    assert list(prunable_parameters(model, exclude_first=True)) == ["fc.weight"]
+    assert list(prunable_parameters(model, exclude_last=True)) == ["conv.weight"]
+    assert list(prunable_parameters(model, exclude=["fc.*"])) == ["conv.weight"]
+    with pytest.raises(ValueError, match="no conv or linear"):
+        prunable_parameters(nn.BatchNorm1d(3))
+
+
+def test_global_magnitude_prune_removes_exactly_the_smallest():
+    w = _weights()
+    mask = Mask.ones_like(w)
+    assert mask.num_alive == 130
+    new = magnitude_prune(w, mask, 0.2)
+    assert new.num_alive == 130 - 26  # round(0.2 * 130)
+    pruned = torch.cat([w[n][~new[n]].abs() for n in w])
+    kept = torch.cat([w[n][new[n]].abs() for n in w])
+    assert pruned.max() < kept.min()
+    # again from the new mask: round(0.2 * 104) = 21 more, none revived
+    newer = magnitude_prune(w, new, 0.2)
+    assert newer.num_alive == 104 - 21
+    for n in w:
+        assert not (newer[n] & ~new[n]).any()
+
+
+def test_pruned_weights_are_never_revived_even_when_large():
+    w = _weights()
+    mask = Mask.ones_like(w)
+    mask = magnitude_prune(w, mask, 0.5)
+    big = {n: torch.where(mask[n], torch.zeros_like(t), torch.full_like(t, 100.0)) for n, t in w.items()}
+    again = magnitude_prune(big, mask, 0.5)
+    for n in w:
+        assert not (again[n] & ~mask[n]).any()
+    assert again.num_alive == mask.num_alive - round(0.5 * mask.num_alive)
+
+
+def test_layerwise_prunes_each_layer_by_the_fraction():
+    w = _weights()
+    new = magnitude_prune(w, Mask.ones_like(w), 0.3, scope="layerwise")
+    assert int(new["a.weight"].sum()) == 70 - 21
+    assert int(new["b.weight"].sum()) == 60 - 18
+
+
+def test_ties_are_broken_by_position():
+    w = {"x.weight": torch.ones(2, 5), "y.weight": torch.ones(5)}
+    new = magnitude_prune(w, Mask.ones_like(w), 0.4)  # 6 of 15
+    assert new["x.weight"].flatten().tolist() == [False] * 6 + [True] * 4
+    assert new["y.weight"].all()
+
+
+def test_prune_refuses_bad_input():
+    w = _weights()
+    mask = Mask.ones_like(w)
+    with pytest.raises(ValueError, match="fraction"):
+        magnitude_prune(w, mask, 1.0)
+    with pytest.raises(ValueError, match="scope"):
+        magnitude_prune(w, mask, 0.2, scope="blockwise")  # type: ignore[arg-type]
+    w_nan = dict(w, **{"a.weight": torch.full((10, 7), float("nan"))})
+    with pytest.raises(ValueError, match="non-finite"):
+        magnitude_prune(w_nan, mask, 0.2)
+    with pytest.raises(MaskError, match="shape"):
+        magnitude_prune({"a.weight": torch.ones(2), "b.weight": w["b.weight"]}, mask, 0.2)
+
+
+def test_random_prune_is_seeded_and_exact():
+    w = _weights()
+    mask = Mask.ones_like(w)
+    a = random_prune(mask, 0.25, generator=torch.Generator().manual_seed(1))
+    b = random_prune(mask, 0.25, generator=torch.Generator().manual_seed(1))
+    c = random_prune(mask, 0.25, generator=torch.Generator().manual_seed(2))
+    assert a == b and a != c
+    assert a.num_alive == 130 - round(0.25 * 130)
+
+
+def test_mask_counts_report_and_roundtrip(tmp_path):
+    w = _weights()
+    mask = magnitude_prune(w, Mask.ones_like(w), 0.2)
+    assert mask.num_total == 130 and mask.num_pruned == 26
+    assert mask.sparsity == pytest.approx(0.2)
+    rows = {r.name: r for r in mask.report()}
+    assert rows["a.weight"].alive + rows["b.weight"].alive == 104
+    assert "total" in mask.format_report()
+    mask.save(tmp_path / "m.safetensors")
+    assert Mask.load(tmp_path / "m.safetensors") == mask
+
+
+def test_bad_masks_are_refused_with_their_name(tmp_path):
+    model = tiny_net()
+    with pytest.raises(MaskError, match="'conv.weight' has dtype torch.float32"):
+        Mask({"conv.weight": torch.ones(4, 1, 3, 3)})
+    with pytest.raises(MaskError, match="'nope.weight' is not a parameter"):
+        Mask({"nope.weight": torch.ones(2, dtype=torch.bool)}).validate(model)
+    with pytest.raises(MaskError, match=r"'fc.weight' has shape \(3, 5\)"):
+        Mask({"fc.weight": torch.ones(3, 5, dtype=torch.bool)}).validate(model)
+    from sparseavg.utils.files import save_tensors
+
+    save_tensors(tmp_path / "float.safetensors", {"fc.weight": torch.ones(3)})
+    with pytest.raises(MaskError, match="not a mask"):
+        Mask.load(tmp_path / "float.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CorruptFileError, match="junk.safetensors"):
+        Mask.load(tmp_path / "junk.safetensors")
+
+
+def test_apply_zeroes_pruned_weights():
+    model = tiny_net()
+    params = prunable_parameters(model)
+    mask = magnitude_prune(params, Mask.ones_like(params), 0.5)
+    mask.apply_(model)
+    for n, p in params.items():
+        assert int((p == 0).sum()) == int((~mask[n]).sum())
+
+
+def test_fraction_schedules():
+    f = fraction_per_cycle(0.9, 10)
+    assert sparsity_after(f, 10) == pytest.approx(0.9)
+    assert fraction_per_cycle(0.2, 1) == pytest.approx(0.2)
+    assert cubic_sparsity(0, start_step=10, end_step=110, final_sparsity=0.8) == 0.0
+    assert cubic_sparsity(60, start_step=10, end_step=110, final_sparsity=0.8) == pytest.approx(
+        0.8 - 0.8 * 0.5**3
+    )
+    assert cubic_sparsity(200, start_step=10, end_step=110, final_sparsity=0.8) == 0.8
+    with pytest.raises(ValueError):
+        fraction_per_cycle(1.0, 3)

@@ -1,0 +1,166 @@
+import math
+
+import pytest
+import torch
+from helpers import tiny_net, tiny_split
+
+from sparseavg.pruning import Mask, magnitude_prune, prunable_parameters
+from sparseavg.training import (
+    DivergenceError,
+    TrainSettings,
+    evaluate,
+    learning_rate,
+    train,
+)
+from sparseavg.utils.state import clone_state
+
+
+def _pruned_net(seed: int = 0, fraction: float = 0.5):
+    model = tiny_net(seed)
+    params = prunable_parameters(model)
+    mask = magnitude_prune(params, Mask.ones_like(params), fraction)
+    mask.apply_(model)
+    return model, mask
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        TrainSettings(epochs=1, batch_size=8, lr=0.1, momentum=0.9, weight_decay=0.1),
+        TrainSettings(epochs=1, batch_size=8, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+        TrainSettings(epochs=1, batch_size=8, optimizer="adam", lr=0.01, weight_decay=0.1),
+        TrainSettings(epochs=1, batch_size=8, optimizer="adamw", lr=0.01, weight_decay=0.1),
+    ],
+)
+def test_pruned_weights_stay_exactly_zero_and_momentum_stays_zero(settings):
+    model, mask = _pruned_net()
+    data = tiny_split(n=80)  # 10 steps of 8
+    seen = []
+    result = train(model, data, settings, seed=0, mask=mask, on_epoch_end=seen.append)
+    assert result.steps == 10
+    for name in mask:
+        w = result.state[name]
+        assert torch.equal(w[~mask[name]], torch.zeros_like(w[~mask[name]]))
+        assert (w[mask[name]] != 0).all()
+    # optimizer buffers of pruned weights are exactly zero too
+    opt = seen[-1].optimizer["state"]
+    names = [n for n, _ in model.named_parameters()]
+    for idx, buffers in opt.items():
+        name = names[idx]
+        if name in mask:
+            for key, buf in buffers.items():
+                if isinstance(buf, torch.Tensor) and buf.shape == mask[name].shape:
+                    assert torch.equal(buf[~mask[name]], torch.zeros_like(buf[~mask[name]])), key
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    settings = TrainSettings(epochs=2, batch_size=16, lr=0.05)
+    runs = []
+    for seed in (3, 3, 4):
+        model, mask = _pruned_net()
+        runs.append(train(model, tiny_split(), settings, seed=seed, mask=mask).state)
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not torch.equal(runs[0]["fc.weight"], runs[2]["fc.weight"])
+
+
+def test_resume_from_an_epoch_checkpoint_equals_uninterrupted():
+    settings = TrainSettings(epochs=4, batch_size=16, lr=0.05, swa_start=0.5, swa_lr=0.02)
+    model, mask = _pruned_net()
+    checkpoints = []
+    full = train(model, tiny_split(), settings, seed=7, mask=mask, on_epoch_end=checkpoints.append)
+    assert [c.step for c in checkpoints] == [6, 12, 18, 24]
+    resumed_model, _ = _pruned_net(seed=99)  # different weights: all must come from the state
+    again = train(resumed_model, tiny_split(), settings, seed=7, mask=mask, resume=checkpoints[2])
+    for k in full.state:
+        assert torch.equal(full.state[k], again.state[k]), k
+    assert full.swa_state is not None and again.swa_state is not None
+    for k in full.swa_state:
+        assert torch.equal(full.swa_state[k], again.swa_state[k]), k
+    assert again.losses == full.losses
+
+
+def test_swa_is_the_mean_of_one_snapshot_per_epoch_from_swa_start():
+    settings = TrainSettings(epochs=4, batch_size=16, lr=0.05, swa_start=0.5, swa_lr=0.02)
+    model, mask = _pruned_net()
+    snaps = []
+    result = train(model, tiny_split(), settings, seed=1, mask=mask, on_epoch_end=snaps.append)
+    assert result.swa_count == 2
+    expected = (snaps[2].model["fc.weight"] + snaps[3].model["fc.weight"]) / 2
+    assert torch.allclose(result.swa_state["fc.weight"], expected, atol=1e-7)
+    w = result.swa_state["fc.weight"]
+    assert torch.equal(w[~mask["fc.weight"]], torch.zeros_like(w[~mask["fc.weight"]]))
+    assert result.final_state is result.swa_state
+
+
+def test_rewind_state_is_the_weights_after_rewind_step_steps():
+    settings = TrainSettings(epochs=2, batch_size=16, lr=0.05)
+    a = tiny_net()
+    full = train(a, tiny_split(), settings, seed=2, rewind_step=4)
+    b = tiny_net()
+    short = train(b, tiny_split(), settings, seed=2, stop_step=4)
+    assert short.steps == 4
+    for k in short.state:
+        assert torch.equal(full.rewind_state[k], short.state[k])
+    # and training from the rewind point onwards starts the schedule at that step
+    c = tiny_net()
+    c.load_state_dict(short.state)
+    cont = train(c, tiny_split(), settings, seed=2, start_step=4)
+    assert cont.steps == 12
+
+
+def test_divergence_is_detected_with_its_step():
+    data = tiny_split()
+    data = type(data)(data.x.clone(), data.y)
+    data.x[:] = float("nan")
+    with pytest.raises(DivergenceError) as info:
+        train(tiny_net(), data, TrainSettings(epochs=2, batch_size=16), seed=0)
+    assert info.value.step == 0 and info.value.epoch == 0
+
+
+def test_learning_rate_schedules():
+    s = TrainSettings(lr=0.1, schedule="cosine")
+    assert learning_rate(s, 0, 100, None) == pytest.approx(0.1)
+    assert learning_rate(s, 50, 100, None) == pytest.approx(0.05)
+    s = TrainSettings(lr=0.1, schedule="step", milestones=(0.5, 0.75), gamma=0.1)
+    assert [learning_rate(s, i, 100, None) for i in (49, 50, 75)] == pytest.approx([0.1, 0.01, 0.001])
+    s = TrainSettings(lr=0.1, schedule="llr")  # 10 % warm-up, then linear decay to 0
+    assert learning_rate(s, 9, 100, None) == pytest.approx(0.1)
+    assert learning_rate(s, 0, 100, None) == pytest.approx(0.01)
+    assert learning_rate(s, 55, 100, None) == pytest.approx(0.05)
+    # with SWA: cosine decays to swa_lr at the SWA start, then stays constant
+    s = TrainSettings(lr=0.1, schedule="cosine", swa_start=0.75, swa_lr=0.05)
+    assert learning_rate(s, 0, 100, 75) == pytest.approx(0.1)
+    assert learning_rate(s, 74, 100, 75) == pytest.approx(0.05, abs=1e-4)
+    assert learning_rate(s, 75, 100, 75) == 0.05 and learning_rate(s, 99, 100, 75) == 0.05
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="swa_start"):
+        TrainSettings(swa_start=1.0)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainSettings(optimizer="rmsprop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="epochs"):
+        TrainSettings(epochs=-1)
+
+
+def test_evaluate_counts_exactly():
+    model = tiny_net()
+    data = tiny_split(n=50)
+    result = evaluate(model, data, batch_size=7)
+    assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.x)
+    assert result.count == 50
+    assert result.accuracy == int((logits.argmax(1) == data.y).sum()) / 50
+    expected = torch.nn.functional.cross_entropy(logits, data.y).item()
+    assert math.isclose(result.loss, expected, rel_tol=1e-5)
+
+
+def test_bf16_and_channels_last_train_and_keep_the_mask():
+    model, mask = _pruned_net()
+    settings = TrainSettings(epochs=1, batch_size=16, precision="bf16", channels_last=True)
+    result = train(model, tiny_split(), settings, seed=0, mask=mask)
+    w = result.state["conv.weight"]
+    assert torch.equal(w[~mask["conv.weight"]], torch.zeros_like(w[~mask["conv.weight"]]))
+    assert all(torch.isfinite(t).all() for t in clone_state(model).values() if t.is_floating_point())
