@@ -1,0 +1,106 @@
+"""Data augmentation as batched tensor operations: random crop after zero padding, random flip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random crop and horizontal flip of a whole batch at once, on the batch's device.
+
+    Works on images ``(B, C, H, W)`` (crop in H and W, flip W) and sequences ``(B, C, L)``
+    (crop and flip along L). Random numbers are drawn on the CPU from the given generator,
+    in a fixed order (crop offsets, then flips), and moved to the batch's device, so the
+    same generator state gives the same output on every device.
+
+    Attributes:
+        crop_padding: zero-pad each spatial side by this many pixels (steps), then crop a
+            window of the original size at a uniformly random offset in ``[0, 2 * padding]``.
+            0 disables cropping.
+        horizontal_flip: reverse the last dimension of each sample with probability 0.5.
+    """
+
+    crop_padding: int = 0
+    horizontal_flip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calling this augmentation changes anything."""
+        return self.crop_padding > 0 or self.horizontal_flip
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Augment a batch.
+
+        Args:
+            x: ``(B, C, H, W)`` or ``(B, C, L)`` batch on any device.
+            generator: CPU generator the randomness is drawn from.
+
+        Returns:
+            A new tensor of the same shape, dtype and device as ``x`` (``x`` itself when
+            nothing is enabled).
+        """
+        if x.dim() not in (3, 4):
+            raise ValueError(
+                f"expected a (B, C, L) or (B, C, H, W) batch, got shape {tuple(x.shape)}"
+            )
+        out = x
+        if self.crop_padding > 0:
+            out = random_crop(out, self.crop_padding, generator)
+        if self.horizontal_flip:
+            out = random_flip(out, generator)
+        return out
+
+
+def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
+    """Zero-pad every spatial dim of ``x`` by ``padding`` on each side, crop back at random offsets.
+
+    Args:
+        x: ``(B, C, *spatial)`` with one or two spatial dims.
+        padding: pixels (steps) of zeros added on each side of each spatial dim.
+        generator: CPU generator; draws ``len(spatial) * B`` integers in ``[0, 2 * padding]``.
+
+    Returns:
+        ``(B, C, *spatial)``: sample ``b`` is the window of the padded input starting at its
+        own offsets.
+    """
+    batch, channels, *spatial = x.shape
+    ndim = len(spatial)
+    padded = F.pad(x, (padding, padding) * ndim)
+    offsets = torch.randint(0, 2 * padding + 1, (ndim, batch), generator=generator)
+    offsets = offsets.to(x.device)
+    # Broadcast index grids: batch (B,1,1[,1]), channel (1,C,1[,1]), spatial dim k (B,1,..,S_k,..).
+    shape = [1] * (2 + ndim)
+    index: list[Tensor] = [
+        torch.arange(batch, device=x.device).view(batch, *shape[1:]),
+        torch.arange(channels, device=x.device).view(1, channels, *shape[2:]),
+    ]
+    for k, size in enumerate(spatial):
+        view = [batch, *shape[1:]]
+        view[2 + k] = size
+        positions = offsets[k].unsqueeze(1) + torch.arange(size, device=x.device)
+        index.append(positions.view(view))
+    return padded[tuple(index)]
+
+
+def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Reverse the last dim of each sample of ``x`` with probability 0.5.
+
+    Args:
+        x: ``(B, ...)`` batch.
+        generator: CPU generator; draws ``B`` uniform numbers.
+
+    Returns:
+        Same shape as ``x``: each sample either unchanged or flipped along the last dim.
+    """
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    flip = flip.to(x.device).view(x.shape[0], *([1] * (x.dim() - 1)))
+    return torch.where(flip, x.flip(-1), x)
