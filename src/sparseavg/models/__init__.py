@@ -1,0 +1,12 @@
+"""Model zoo: MLPs, LeNet-300-100, a 1-D conv net, CIFAR ResNets, wide ResNets, VGGs and
+torchvision's ImageNet ResNets, built by name with ``build_model``.
+
+All models are plain ``nn.Conv*``/``nn.Linear``/``nn.BatchNorm*`` stacks (prunable by
+multiplying weights with masks, compatible with ``torch.func``), end in an ``nn.Linear``
+producing logits, and are initialised from the global torch RNG.
+"""
+
+from sparseavg.models.counting import count_parameters
+from sparseavg.models.registry import available_models, build_model, register_model
+
+__all__ = ["available_models", "build_model", "count_parameters", "register_model"]
