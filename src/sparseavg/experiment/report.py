@@ -1,0 +1,648 @@
+"""Read finished (or unfinished) run directories and turn them into a table, a plot and a report.
+
+A run directory holds ``config.toml`` and ``results.jsonl`` (one JSON object per evaluated
+model). Runs whose configs differ only in ``seed`` and in the ``[execution]`` table form one
+*group*; a group's numbers are the mean and sample standard deviation over its seeds.
+
+The *headline* of a run is the method's result per cycle: its ``"ensemble"`` rows if it has
+any (only the ``ensemble`` recipe writes them), otherwise its ``"combined"`` rows of lineage 0.
+
+This module only reads run directories and writes ``report.md`` and
+``accuracy_vs_sparsity.png``; it needs neither torch nor a GPU. Every file it writes is written
+atomically (temporary file in the same directory, then ``os.replace``). Plots use a
+:class:`matplotlib.figure.Figure` with the Agg canvas, never pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import statistics
+import tempfile
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PathLike = str | os.PathLike[str]
+
+CONFIG_NAME = "config.toml"
+RESULTS_NAME = "results.jsonl"
+REPORT_NAME = "report.md"
+PLOT_NAME = "accuracy_vs_sparsity.png"
+
+ROLES = ("ensemble", "combined", "ingredient")
+MISSING = "–"
+
+# Keys left out of a group's identity: the seed and where/how it ran.
+_UNGROUPED_KEYS = ("seed", "execution")
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """One run directory: its resolved config and its result rows (in file order)."""
+
+    path: Path
+    name: str
+    recipe: str
+    seed: int
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    @property
+    def group_key(self) -> str:
+        """Short SHA-256 id of the config without ``seed`` and ``[execution]``.
+
+        Runs with the same key differ only in their seed (and where they ran), so their results
+        are repeats of one experiment.
+        """
+        return config_group_key(self.config)
+
+
+def config_group_key(config: dict[str, Any]) -> str:
+    """The 8-hex-digit group id of a config dict (see :attr:`RunResults.group_key`)."""
+    kept = {k: v for k, v in config.items() if k not in _UNGROUPED_KEYS}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def load_run(path: PathLike) -> RunResults:
+    """Read one run directory.
+
+    A missing ``results.jsonl`` (or an empty one) gives a run with no rows: the run has not
+    finished a cycle yet. Blank lines are skipped.
+
+    Raises:
+        FileNotFoundError: ``path`` has no ``config.toml``.
+        ValueError: ``config.toml`` is not valid TOML or lacks ``recipe``/``seed``, or a line of
+            ``results.jsonl`` is not a JSON object with ``cycle`` and ``role`` (the message
+            names the file and the line number).
+    """
+    run_dir = Path(path)
+    config_path = run_dir / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: no such file (not a run directory?)")
+    try:
+        config = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path}: not valid TOML ({err})") from None
+    recipe = config.get("recipe")
+    if not isinstance(recipe, str) or not recipe:
+        raise ValueError(f"{config_path}: missing or non-string top-level key 'recipe'")
+    seed = config.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"{config_path}: missing or non-integer top-level key 'seed'")
+    rows = _read_rows(run_dir / RESULTS_NAME)
+    return RunResults(
+        path=run_dir, name=run_dir.name, recipe=recipe, seed=seed, config=config, rows=rows
+    )
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.jsonl``; ``[]`` if it does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from None
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number}: malformed JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object")
+        cycle = row.get("cycle")
+        if not isinstance(cycle, int) or isinstance(cycle, bool):
+            raise ValueError(f"{path}, line {number}: missing or non-integer 'cycle'")
+        if row.get("role") not in ROLES:
+            raise ValueError(
+                f"{path}, line {number}: 'role' must be one of {ROLES}, not {row.get('role')!r}"
+            )
+        rows.append(row)
+    return rows
+
+
+def find_runs(paths: Sequence[PathLike]) -> list[RunResults]:
+    """Load every run under ``paths``.
+
+    Each path is either a run directory (it holds ``config.toml``) or a directory whose
+    immediate subdirectories are run directories (e.g. ``runs/``); subdirectories without a
+    ``config.toml`` are ignored. Runs come in the order given, subdirectories sorted by name;
+    a run reached twice is loaded once.
+
+    Raises:
+        FileNotFoundError: a path does not exist, or holds no run directory at all.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p}: no such directory")
+        if (p / CONFIG_NAME).is_file():
+            found.append(p)
+            continue
+        subdirs = [
+            d
+            for d in sorted(p.iterdir())
+            if d.is_dir() and not d.name.startswith(".") and (d / CONFIG_NAME).is_file()
+        ]
+        if not subdirs:
+            raise FileNotFoundError(
+                f"{p}: no {CONFIG_NAME} here or in its immediate subdirectories"
+            )
+        found.extend(subdirs)
+    seen: set[Path] = set()
+    runs: list[RunResults] = []
+    for d in found:
+        resolved = d.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        runs.append(load_run(d))
+    return runs
+
+
+# -- selecting rows -----------------------------------------------------------------------------
+
+
+def _latest(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (cycle, role, lineage, ingredient): the last one written wins."""
+    by_key: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["cycle"], row["role"], row.get("lineage", 0) or 0, row.get("ingredient"))
+        by_key.pop(key, None)
+        by_key[key] = row
+    return list(by_key.values())
+
+
+def headline_rows(run: RunResults) -> list[dict[str, Any]]:
+    """The method's result per cycle, sorted by cycle.
+
+    The run's ``"ensemble"`` rows if it has any, otherwise its ``"combined"`` rows of lineage 0.
+    """
+    rows = _latest(run.rows)
+    ensemble = [r for r in rows if r["role"] == "ensemble"]
+    if ensemble:
+        chosen = ensemble
+    else:
+        chosen = [r for r in rows if r["role"] == "combined" and (r.get("lineage") or 0) == 0]
+    return sorted(chosen, key=lambda r: r["cycle"])
+
+
+def _ingredient_rows(run: RunResults) -> list[dict[str, Any]]:
+    """The run's ingredient rows that took part in the combine (``dropped`` ones left out)."""
+    return [r for r in _latest(run.rows) if r["role"] == "ingredient" and not r.get("dropped")]
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Mean and sample standard deviation (``ddof=1``; ``0.0`` when ``n == 1``) of ``n`` values."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Cell:
+        """The cell of a non-empty sequence of values."""
+        if not values:
+            raise ValueError("a Cell needs at least one value")
+        xs = [float(v) for v in values]
+        n = len(xs)
+        mean = math.fsum(xs) / n
+        std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+        return cls(mean=mean, std=std, n=n)
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One group x cycle x role.
+
+    For ``"ensemble"`` and ``"combined"`` each seed contributes one value per cycle (the mean
+    over its lineages, which is lineage 0 alone except in the ``ensemble`` recipe), so ``n`` is
+    the number of seeds. For ``"ingredient"`` every non-dropped ingredient row of every seed
+    is one value, so ``n`` counts ingredient models. ``headline`` marks the group's method
+    result (its ``"ensemble"`` role if any run has one, else ``"combined"``).
+    """
+
+    group: str
+    key: str
+    recipe: str
+    cycle: int
+    role: str
+    headline: bool
+    accuracy: Cell
+    sparsity: Cell
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Group:
+    key: str
+    label: str
+    runs: tuple[RunResults, ...]
+
+    @property
+    def recipe(self) -> str:
+        return self.runs[0].recipe
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.runs[0].config
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r.seed for r in self.runs})
+
+    @property
+    def headline_role(self) -> str:
+        has_ensemble = any(r["role"] == "ensemble" for run in self.runs for r in run.rows)
+        return "ensemble" if has_ensemble else "combined"
+
+    @property
+    def ingredient_count(self) -> int:
+        count = _get(self.config, "ingredients", "count")
+        return count if isinstance(count, int) else 1
+
+
+def _get(config: dict[str, Any], table: str, key: str) -> Any:
+    section = config.get(table)
+    return section.get(key) if isinstance(section, dict) else None
+
+
+def _groups(runs: Sequence[RunResults]) -> list[_Group]:
+    """Runs grouped by :attr:`RunResults.group_key`, in order of first appearance, labelled.
+
+    A label is the recipe name; groups sharing a recipe get ``"recipe (model, dataset)"``, and
+    ``"recipe #<key>"`` where even that is shared.
+    """
+    members: dict[str, list[RunResults]] = {}
+    for run in runs:
+        members.setdefault(run.group_key, []).append(run)
+    keys = list(members)
+    by_recipe: dict[str, list[str]] = {}
+    for key in keys:
+        by_recipe.setdefault(members[key][0].recipe, []).append(key)
+    labels: dict[str, str] = {}
+    for recipe, recipe_keys in by_recipe.items():
+        if len(recipe_keys) == 1:
+            labels[recipe_keys[0]] = recipe
+            continue
+        detailed = {}
+        for key in recipe_keys:
+            cfg = members[key][0].config
+            model = _get(cfg, "model", "name")
+            dataset = _get(cfg, "data", "dataset")
+            detailed[key] = f"{recipe} ({model}, {dataset})"
+        counts = list(detailed.values())
+        for key in recipe_keys:
+            unique = counts.count(detailed[key]) == 1
+            labels[key] = detailed[key] if unique else f"{recipe} #{key}"
+    return [_Group(key=k, label=labels[k], runs=tuple(members[k])) for k in keys]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else math.nan
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _group_summary(group: _Group) -> list[SummaryRow]:
+    headline = group.headline_role
+    out: list[SummaryRow] = []
+    for role in ROLES:
+        # cycle -> list of (accuracy, sparsity, seed)
+        values: dict[int, list[tuple[float, float, int]]] = {}
+        for run in group.runs:
+            if role == "ingredient":
+                for r in _ingredient_rows(run):
+                    entry = (_num(r.get("accuracy")), _num(r.get("sparsity")), run.seed)
+                    values.setdefault(r["cycle"], []).append(entry)
+                continue
+            per_cycle: dict[int, list[dict[str, Any]]] = {}
+            for r in _latest(run.rows):
+                if r["role"] == role:
+                    per_cycle.setdefault(r["cycle"], []).append(r)
+            for cycle, rows in per_cycle.items():
+                acc = _mean([_num(r.get("accuracy")) for r in rows])
+                spars = _mean([_num(r.get("sparsity")) for r in rows])
+                values.setdefault(cycle, []).append((acc, spars, run.seed))
+        for cycle in sorted(values):
+            entries = values[cycle]
+            out.append(
+                SummaryRow(
+                    group=group.label,
+                    key=group.key,
+                    recipe=group.recipe,
+                    cycle=cycle,
+                    role=role,
+                    headline=role == headline,
+                    accuracy=Cell.of([e[0] for e in entries]),
+                    sparsity=Cell.of([e[1] for e in entries]),
+                    seeds=tuple(sorted({e[2] for e in entries})),
+                )
+            )
+    return out
+
+
+def summarize(runs: Sequence[RunResults]) -> list[SummaryRow]:
+    """Mean/std of accuracy and sparsity per group x cycle x role.
+
+    Rows come grouped (groups in order of first appearance), then by role (``ensemble``,
+    ``combined``, ``ingredient``), then by cycle. Runs without rows contribute nothing.
+    """
+    out: list[SummaryRow] = []
+    for group in _groups(runs):
+        out.extend(_group_summary(group))
+    return out
+
+
+# -- table --------------------------------------------------------------------------------------
+
+
+def _pct(x: float, digits: int) -> str:
+    return f"{100.0 * x:.{digits}f}"
+
+
+def _format_cell(cell: Cell, usual_n: int) -> str:
+    text = _pct(cell.mean, 2) if cell.n == 1 else f"{_pct(cell.mean, 2)} ± {_pct(cell.std, 2)}"
+    if cell.n != usual_n:
+        text += f" (n={cell.n})"
+    return text
+
+
+def _n_text(ns: Sequence[int]) -> str:
+    lo, hi = min(ns), max(ns)
+    return str(hi) if lo == hi else f"{lo}–{hi}"
+
+
+def markdown_table(runs: Sequence[RunResults]) -> str:
+    """A markdown table of headline accuracy (%) per cycle, one column per group.
+
+    The first column is the mean sparsity (%) of the cycle's headline models over all groups
+    (marked ``*`` and explained below the table where groups differ by more than 0.05 points).
+    Cells are ``mean ± std`` over seeds (just the mean where one seed); a cell with fewer seeds
+    than its column's usual number says ``(n=…)``. For groups with more than one ingredient
+    per cycle, a column ``"<label> (ingredients)"`` gives the mean accuracy of that cycle's
+    non-dropped ingredient models. Missing cells are ``–``. A footnote line gives ``n``.
+    """
+    groups = _groups(runs)
+    summary = summarize(runs)
+    if not summary:
+        return "_No results yet._\n"
+    headline = {(s.group, s.cycle): s for s in summary if s.headline}
+    ingredients = {(s.group, s.cycle): s for s in summary if s.role == "ingredient"}
+    cycles = sorted({s.cycle for s in summary if s.headline or s.role == "ingredient"})
+    ingredient_groups = [
+        g
+        for g in groups
+        if g.ingredient_count > 1 and any(label == g.label for label, _ in ingredients)
+    ]
+    usual_n = {
+        g.label: max(
+            (s.accuracy.n for (lbl, _), s in headline.items() if lbl == g.label), default=0
+        )
+        for g in groups
+    }
+
+    header = ["sparsity %"]
+    header += [g.label for g in groups]
+    header += [f"{g.label} (ingredients)" for g in ingredient_groups]
+    lines = [
+        "| " + " | ".join(_escape(h) for h in header) + " |",
+        "|" + "|".join(["---:"] * len(header)) + "|",
+    ]
+    differing: list[str] = []
+    for cycle in cycles:
+        sparsities = [
+            headline[(g.label, cycle)].sparsity.mean for g in groups if (g.label, cycle) in headline
+        ]
+        if not sparsities:
+            sparsities = [
+                ingredients[(g.label, cycle)].sparsity.mean
+                for g in groups
+                if (g.label, cycle) in ingredients
+            ]
+        sparsities = [s for s in sparsities if not math.isnan(s)]
+        if sparsities:
+            first = _pct(statistics.fmean(sparsities), 1)
+            if max(sparsities) - min(sparsities) > 0.0005:
+                differing.append(
+                    f"cycle {cycle}: {_pct(min(sparsities), 1)}–{_pct(max(sparsities), 1)}"
+                )
+                first += "*"
+        else:
+            first = MISSING
+        cells = [first]
+        for g in groups:
+            s = headline.get((g.label, cycle))
+            cells.append(MISSING if s is None else _format_cell(s.accuracy, usual_n[g.label]))
+        for g in ingredient_groups:
+            s = ingredients.get((g.label, cycle))
+            cells.append(MISSING if s is None else _pct(s.accuracy.mean, 2))
+        lines.append("| " + " | ".join(cells) + " |")
+
+    lines.append("")
+    n_parts = []
+    for g in groups:
+        ns = [s.accuracy.n for (lbl, _), s in headline.items() if lbl == g.label]
+        n_parts.append(f"{g.label} {_n_text(ns)}" if ns else f"{g.label} 0")
+    lines.append(
+        "Accuracy in %, mean ± sample std over seeds; n (seeds) = " + ", ".join(n_parts) + "."
+    )
+    if differing:
+        lines.append(
+            "\\* Groups differ in sparsity at this cycle (mean shown); range: "
+            + "; ".join(differing)
+            + "."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+# -- plot ---------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then ``os.replace`` it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
+    _atomic_write(path, lambda handle: handle.write(data))
+
+
+# Sparsity axis: plotted against -log10(remaining fraction), so the geometric steps of IMP are
+# evenly spaced; ticks are labelled in sparsity %.
+_MAX_SPARSITY_PCT = 99.999
+_TICKS_PCT = (
+    0.0,
+    20.0,
+    40.0,
+    60.0,
+    80.0,
+    90.0,
+    95.0,
+    98.0,
+    99.0,
+    99.5,
+    99.8,
+    99.9,
+    99.95,
+    99.98,
+    99.99,
+)
+
+
+def _to_axis(pct: Any) -> Any:
+    import numpy as np
+
+    clipped = np.clip(np.asarray(pct, dtype=float), -1e9, _MAX_SPARSITY_PCT)
+    return -np.log10(1.0 - clipped / 100.0)
+
+
+def _from_axis(x: Any) -> Any:
+    import numpy as np
+
+    return 100.0 * (1.0 - np.power(10.0, -np.asarray(x, dtype=float)))
+
+
+def plot_accuracy_vs_sparsity(runs: Sequence[RunResults], path: PathLike) -> None:
+    """Write a PNG (150 dpi) of headline accuracy (%) against sparsity (%), one line per group.
+
+    The x axis is scaled as ``-log10(1 - sparsity)`` (ticks labelled in sparsity %), so that
+    iterative pruning's cycles are evenly spaced. Lines have markers; a shaded band shows
+    ±1 std where a group has more than one seed. The file is written atomically.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    target = Path(path)
+    summary = [s for s in summarize(runs) if s.headline]
+    fig = Figure(figsize=(7.0, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_xscale("function", functions=(_to_axis, _from_axis))
+
+    labels = list(dict.fromkeys(s.group for s in summary))
+    max_x = 0.0
+    for label in labels:
+        points = sorted(
+            (s for s in summary if s.group == label and not math.isnan(s.sparsity.mean)),
+            key=lambda s: s.sparsity.mean,
+        )
+        if not points:
+            continue
+        xs = [min(100.0 * s.sparsity.mean, _MAX_SPARSITY_PCT) for s in points]
+        ys = [100.0 * s.accuracy.mean for s in points]
+        sd = [100.0 * s.accuracy.std for s in points]
+        max_x = max(max_x, *xs)
+        (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=label)
+        if any(s.accuracy.n > 1 for s in points):
+            lo = [y - d for y, d in zip(ys, sd, strict=True)]
+            hi = [y + d for y, d in zip(ys, sd, strict=True)]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+
+    # the axis ends at the first tick at or beyond the sparsest point (at least 60 %)
+    right = next((t for t in _TICKS_PCT if t >= max(max_x, 60.0) - 1e-9), _MAX_SPARSITY_PCT)
+    ax.xaxis.set_major_locator(FixedLocator([t for t in _TICKS_PCT if t <= right]))
+    ax.xaxis.set_minor_locator(FixedLocator([]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.set_xlim(0.0, right)
+    ax.set_xlabel("sparsity (%, axis scaled as -log10 of the remaining fraction)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy vs. sparsity" + _context(runs))
+    ax.grid(True, alpha=0.3)
+    if labels:
+        ax.legend(loc="best", fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no results yet", transform=ax.transAxes, ha="center", va="center")
+    fig.tight_layout()
+    _atomic_write(target, lambda handle: fig.savefig(handle, format="png", dpi=150))
+
+
+def _context(runs: Sequence[RunResults]) -> str:
+    """``" (model, dataset)"`` when all runs share them, else ``""``."""
+    pairs = {(_get(r.config, "model", "name"), _get(r.config, "data", "dataset")) for r in runs}
+    if len(pairs) == 1:
+        model, dataset = next(iter(pairs))
+        if model is not None and dataset is not None:
+            return f" ({model}, {dataset})"
+    return ""
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def budget_lines(runs: Sequence[RunResults]) -> list[str]:
+    """One line per group: ``label: epochs=…, ingredients=…, cycles=…, seeds=[…]``."""
+
+    def show(value: Any) -> str:
+        return "?" if value is None else str(value)
+
+    lines = []
+    for g in _groups(runs):
+        epochs = show(_get(g.config, "train", "epochs"))
+        count = show(_get(g.config, "ingredients", "count"))
+        cycles = show(_get(g.config, "pruning", "cycles"))
+        lines.append(
+            f"{g.label}: epochs={epochs}, ingredients={count}, cycles={cycles}, seeds={g.seeds}"
+        )
+    return lines
+
+
+def write_report(runs: Sequence[RunResults], out_dir: PathLike) -> tuple[Path, Path]:
+    """Write ``out_dir/report.md`` and ``out_dir/accuracy_vs_sparsity.png`` atomically.
+
+    The report has a title, the table of :func:`markdown_table`, one budget line per group,
+    the plot and the list of run directories. Returns ``(report_path, plot_path)``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_path = out / PLOT_NAME
+    report_path = out / REPORT_NAME
+    plot_accuracy_vs_sparsity(runs, plot_path)
+
+    parts = [f"# sparseavg report{_context(runs)}", "", markdown_table(runs).rstrip("\n"), ""]
+    parts += ["## Budget", ""]
+    parts += [f"- {line}" for line in budget_lines(runs)] or ["_No runs._"]
+    parts += ["", f"![accuracy vs sparsity]({PLOT_NAME})", "", "## Runs", ""]
+    for run in runs:
+        cycles = sorted({r["cycle"] for r in run.rows})
+        state = f"cycles {cycles[0]}–{cycles[-1]}" if cycles else "no results yet"
+        parts.append(f"- `{run.path}` (seed {run.seed}, {state})")
+    _atomic_write_text(report_path, "\n".join(parts) + "\n")
+    return report_path, plot_path
