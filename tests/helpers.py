@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 
-
 class TinyConvNet(nn.Module):
     """conv -> BN -> ReLU -> linear, for (1, 8, 8) inputs and 3 classes."""
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
-from helpers import tiny_net, tiny_split
 from torch import nn
 
+from helpers import tiny_net, tiny_split
 from sparseavg.averaging import evaluate_ensemble, greedy_soup, recalibrate_bn, uniform_average
 from sparseavg.pruning import Mask, magnitude_prune, prunable_parameters
 from sparseavg.training import TrainSettings, evaluate, train
@@ -31,7 +31,9 @@ def test_average_of_masked_states_keeps_exact_zeros():
     expected = torch.stack([s["fc.weight"] for s in states]).mean(0)
     assert torch.allclose(avg["fc.weight"], expected, atol=1e-7)
     weighted = uniform_average(states[:2], weights=[3.0, 1.0])
-    assert torch.allclose(weighted["fc.bias"], 0.75 * states[0]["fc.bias"] + 0.25 * states[1]["fc.bias"])
+    assert torch.allclose(
+        weighted["fc.bias"], 0.75 * states[0]["fc.bias"] + 0.25 * states[1]["fc.bias"]
+    )
 
 
 def test_average_refuses_mismatched_states():

@@ -1,8 +1,8 @@
 import pytest
 import torch
-from helpers import tiny_net
 from torch import nn
 
+from helpers import tiny_net
 from sparseavg.pruning import (
     Mask,
     MaskError,
@@ -18,7 +18,10 @@ from sparseavg.utils.files import CorruptFileError
 
 def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"a.weight": torch.randn(10, 7, generator=g), "b.weight": torch.randn(3, 4, 5, generator=g)}
+    return {
+        "a.weight": torch.randn(10, 7, generator=g),
+        "b.weight": torch.randn(3, 4, 5, generator=g),
+    }
 
 
 def test_prunable_parameters_are_conv_and_linear_weights_only():
@@ -51,7 +54,10 @@ def test_pruned_weights_are_never_revived_even_when_large():
     w = _weights()
     mask = Mask.ones_like(w)
     mask = magnitude_prune(w, mask, 0.5)
-    big = {n: torch.where(mask[n], torch.zeros_like(t), torch.full_like(t, 100.0)) for n, t in w.items()}
+    big = {
+        n: torch.where(mask[n], torch.zeros_like(t), torch.full_like(t, 100.0))
+        for n, t in w.items()
+    }
     again = magnitude_prune(big, mask, 0.5)
     for n in w:
         assert not (again[n] & ~mask[n]).any()
@@ -110,9 +116,9 @@ def test_mask_counts_report_and_roundtrip(tmp_path):
 
 def test_bad_masks_are_refused_with_their_name(tmp_path):
     model = tiny_net()
-    with pytest.raises(MaskError, match="'conv.weight' has dtype torch.float32"):
+    with pytest.raises(MaskError, match=r"'conv.weight' has dtype torch.float32"):
         Mask({"conv.weight": torch.ones(4, 1, 3, 3)})
-    with pytest.raises(MaskError, match="'nope.weight' is not a parameter"):
+    with pytest.raises(MaskError, match=r"'nope.weight' is not a parameter"):
         Mask({"nope.weight": torch.ones(2, dtype=torch.bool)}).validate(model)
     with pytest.raises(MaskError, match=r"'fc.weight' has shape \(3, 5\)"):
         Mask({"fc.weight": torch.ones(3, 5, dtype=torch.bool)}).validate(model)
@@ -122,7 +128,7 @@ def test_bad_masks_are_refused_with_their_name(tmp_path):
     with pytest.raises(MaskError, match="not a mask"):
         Mask.load(tmp_path / "float.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.raises(CorruptFileError, match="junk.safetensors"):
+    with pytest.raises(CorruptFileError, match=r"junk\.safetensors"):
         Mask.load(tmp_path / "junk.safetensors")
 
 

@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_net, tiny_split
 
+from helpers import tiny_net, tiny_split
 from sparseavg.pruning import Mask, magnitude_prune, prunable_parameters
 from sparseavg.training import (
     DivergenceError,
@@ -27,7 +27,9 @@ def _pruned_net(seed: int = 0, fraction: float = 0.5):
     "settings",
     [
         TrainSettings(epochs=1, batch_size=8, lr=0.1, momentum=0.9, weight_decay=0.1),
-        TrainSettings(epochs=1, batch_size=8, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+        TrainSettings(
+            epochs=1, batch_size=8, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1
+        ),
         TrainSettings(epochs=1, batch_size=8, optimizer="adam", lr=0.01, weight_decay=0.1),
         TrainSettings(epochs=1, batch_size=8, optimizer="adamw", lr=0.01, weight_decay=0.1),
     ],
@@ -122,7 +124,9 @@ def test_learning_rate_schedules():
     assert learning_rate(s, 0, 100, None) == pytest.approx(0.1)
     assert learning_rate(s, 50, 100, None) == pytest.approx(0.05)
     s = TrainSettings(lr=0.1, schedule="step", milestones=(0.5, 0.75), gamma=0.1)
-    assert [learning_rate(s, i, 100, None) for i in (49, 50, 75)] == pytest.approx([0.1, 0.01, 0.001])
+    assert [learning_rate(s, i, 100, None) for i in (49, 50, 75)] == pytest.approx(
+        [0.1, 0.01, 0.001]
+    )
     s = TrainSettings(lr=0.1, schedule="llr")  # 10 % warm-up, then linear decay to 0
     assert learning_rate(s, 9, 100, None) == pytest.approx(0.1)
     assert learning_rate(s, 0, 100, None) == pytest.approx(0.01)
@@ -163,4 +167,6 @@ def test_bf16_and_channels_last_train_and_keep_the_mask():
     result = train(model, tiny_split(), settings, seed=0, mask=mask)
     w = result.state["conv.weight"]
     assert torch.equal(w[~mask["conv.weight"]], torch.zeros_like(w[~mask["conv.weight"]]))
-    assert all(torch.isfinite(t).all() for t in clone_state(model).values() if t.is_floating_point())
+    assert all(
+        torch.isfinite(t).all() for t in clone_state(model).values() if t.is_floating_point()
+    )

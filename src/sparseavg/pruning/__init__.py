@@ -3,7 +3,7 @@
 from .mask import LayerSparsity, Mask, MaskError
 from .parameters import prunable_parameters
 from .schedule import cubic_sparsity, fraction_per_cycle, sparsity_after
-from .strategies import SCOPES, Scope, magnitude_prune, random_prune
+from .strategies import SCOPES, Scope, magnitude_prune, magnitude_prune_to, random_prune
 
 __all__ = [
     "SCOPES",
@@ -14,6 +14,7 @@ __all__ = [
     "cubic_sparsity",
     "fraction_per_cycle",
     "magnitude_prune",
+    "magnitude_prune_to",
     "prunable_parameters",
     "random_prune",
     "sparsity_after",

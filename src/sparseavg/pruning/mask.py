@@ -59,7 +59,9 @@ class Mask(Mapping[str, Tensor]):
             if not isinstance(t, Tensor):
                 raise MaskError(f"mask entry {name!r} is a {type(t).__name__}, not a tensor")
             if t.dtype != torch.bool:
-                raise MaskError(f"mask entry {name!r} has dtype {t.dtype}; masks must be torch.bool")
+                raise MaskError(
+                    f"mask entry {name!r} has dtype {t.dtype}; masks must be torch.bool"
+                )
             checked[name] = t.detach()
         self._tensors = checked
 
@@ -191,7 +193,9 @@ class Mask(Mapping[str, Tensor]):
     # -- files --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the mask as a safetensors file (atomically)."""
-        save_tensors(path, self._tensors, metadata={"format": _FORMAT, "names": json.dumps(list(self))})
+        save_tensors(
+            path, self._tensors, metadata={"format": _FORMAT, "names": json.dumps(list(self))}
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Mask:

@@ -41,5 +41,7 @@ def prunable_parameters(
     if exclude_first:
         found = found[1:]
     if exclude:
-        found = [(n, p) for n, p in found if not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)]
+        found = [
+            (n, p) for n, p in found if not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)
+        ]
     return dict(found)

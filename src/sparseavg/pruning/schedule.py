@@ -21,7 +21,12 @@ def sparsity_after(fraction: float, cycles: int) -> float:
 
 
 def cubic_sparsity(
-    step: int, *, start_step: int, end_step: int, final_sparsity: float, initial_sparsity: float = 0.0
+    step: int,
+    *,
+    start_step: int,
+    end_step: int,
+    final_sparsity: float,
+    initial_sparsity: float = 0.0,
 ) -> float:
     """Gradual magnitude pruning's target sparsity at ``step`` (Zhu & Gupta, 2017).
 

@@ -24,8 +24,18 @@ def _check_fraction(fraction: float) -> None:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
 
 
-def _prune_by_scores(mask: Mask, scores: Mapping[str, Tensor], fraction: float, scope: str) -> Mask:
-    """Remove the lowest-scoring alive weights; scores are float tensors shaped like the mask."""
+def _prune_by_scores(
+    mask: Mask,
+    scores: Mapping[str, Tensor],
+    fraction: float,
+    scope: str,
+    target_sparsity: float | None = None,
+) -> Mask:
+    """Remove the lowest-scoring alive weights; scores are float tensors shaped like the mask.
+
+    Each group (all layers, or one layer) loses ``round(fraction * alive)`` weights, or, with
+    ``target_sparsity``, as many as make ``round(target_sparsity * total)`` of it pruned.
+    """
     _check_fraction(fraction)
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -35,12 +45,17 @@ def _prune_by_scores(mask: Mask, scores: Mapping[str, Tensor], fraction: float, 
     for group in groups:
         flat_mask = torch.cat([mask[n].reshape(-1).cpu() for n in group])
         alive = int(flat_mask.sum())
-        k = round(fraction * alive)
+        if target_sparsity is None:
+            k = round(fraction * alive)
+        else:
+            k = max(0, round(target_sparsity * flat_mask.numel()) - (flat_mask.numel() - alive))
         if k == 0:
             continue
         flat_scores = torch.cat([scores[n].detach().reshape(-1).float().cpu() for n in group])
         if not bool(torch.isfinite(flat_scores[flat_mask]).all()):
-            raise ValueError(f"cannot prune: non-finite weights in {group if len(group) < 4 else 'the model'}")
+            raise ValueError(
+                f"cannot prune: non-finite weights in {group if len(group) < 4 else 'the model'}"
+            )
         flat_scores = flat_scores.masked_fill(~flat_mask, float("inf"))
         order = torch.sort(flat_scores, stable=True).indices
         flat_new = flat_mask.clone()
@@ -59,9 +74,8 @@ def _check_weights(weights: Mapping[str, Tensor], mask: Mask) -> None:
         raise MaskError(f"weights lack the masked parameters {missing[:5]}")
     for n in mask:
         if tuple(weights[n].shape) != tuple(mask[n].shape):
-            raise MaskError(
-                f"{n!r}: weight shape {tuple(weights[n].shape)} != mask shape {tuple(mask[n].shape)}"
-            )
+            shapes = f"{tuple(weights[n].shape)} != mask shape {tuple(mask[n].shape)}"
+            raise MaskError(f"{n!r}: weight shape {shapes}")
 
 
 def magnitude_prune(
@@ -94,3 +108,16 @@ def random_prune(
     """
     scores = {n: torch.rand(mask[n].shape, generator=generator) for n in mask}
     return _prune_by_scores(mask, scores, fraction, scope)
+
+
+def magnitude_prune_to(
+    weights: Mapping[str, Tensor], mask: Mask, sparsity: float, scope: Scope = "global"
+) -> Mask:
+    """Prune the smallest alive weights until exactly ``round(sparsity * total)`` are pruned
+    (per layer for ``"layerwise"``); a mask already that sparse is returned unchanged.
+    Used by gradual magnitude pruning, whose schedule gives sparsities rather than fractions.
+    """
+    _check_fraction(sparsity)
+    _check_weights(weights, mask)
+    scores = {n: weights[n].abs() for n in mask}
+    return _prune_by_scores(mask, scores, 0.0, scope, target_sparsity=sparsity)

@@ -51,9 +51,7 @@ def predict_logits(
 
 
 @torch.no_grad()
-def evaluate_probabilities(
-    probabilities: list[Tensor] | Tensor, labels: Tensor
-) -> Evaluation:
+def evaluate_probabilities(probabilities: list[Tensor] | Tensor, labels: Tensor) -> Evaluation:
     """Accuracy and negative log-likelihood of class probabilities ``(N, classes)``."""
     probs = torch.cat(probabilities) if isinstance(probabilities, list) else probabilities
     labels = labels.to(probs.device)

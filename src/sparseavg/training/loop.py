@@ -49,6 +49,7 @@ class TrainState:
     swa: dict[str, Tensor] | None = None
     rewind: State | None = None
     losses: list[float] = field(default_factory=list)
+    mask: dict[str, Tensor] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict for ``torch.save``."""
@@ -59,6 +60,7 @@ class TrainState:
             "swa": self.swa,
             "rewind": self.rewind,
             "losses": list(self.losses),
+            "mask": self.mask,
         }
 
     @classmethod
@@ -71,6 +73,7 @@ class TrainState:
             swa=d.get("swa"),
             rewind=d.get("rewind"),
             losses=[float(v) for v in d.get("losses", [])],
+            mask=d.get("mask"),
         )
 
 
@@ -86,6 +89,7 @@ class TrainResult:
         losses: mean training loss of each finished epoch.
         steps: optimizer steps taken in total (``start_step`` included).
         swa_count: snapshots in the SWA average.
+        mask: the mask at the end (differs from the given one only under ``tighten_mask``).
     """
 
     state: State
@@ -94,6 +98,7 @@ class TrainResult:
     losses: list[float]
     steps: int
     swa_count: int = 0
+    mask: Mask | None = None
 
     @property
     def final_state(self) -> State:
@@ -147,6 +152,7 @@ def train(
     resume: TrainState | None = None,
     on_epoch_end: Callable[[TrainState], None] | None = None,
     progress: Progress | None = None,
+    tighten_mask: Callable[[int, nn.Module, Mask | None], Mask | None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place under ``mask`` and return its final weights.
 
@@ -168,6 +174,9 @@ def train(
         on_epoch_end: called with a CPU :class:`TrainState` at every epoch boundary (to save
             a checkpoint).
         progress: called after every step with ``(step, total, loss or None)``.
+        tighten_mask: gradual pruning: called at each epoch end with ``(epochs done, model,
+            current mask)``; a returned mask replaces the current one (weights and optimizer
+            buffers of newly pruned weights are zeroed). The current mask is checkpointed.
 
     Raises:
         DivergenceError: a training loss was NaN or infinite (checked once per epoch).
@@ -196,6 +205,9 @@ def train(
         rewind_state = resume.rewind
         losses = list(resume.losses)
         step = resume.step
+        if resume.mask is not None:
+            mask = Mask(resume.mask).to(device)
+            enforcer = MaskEnforcer(model, mask)
     enforcer.mask_weights()
     if rewind_step is not None and step == rewind_step and rewind_state is None:
         rewind_state = clone_state(model, device="cpu")
@@ -243,6 +255,11 @@ def train(
             raise DivergenceError(first + bad, epoch)
         if step == epoch_end and epoch_end == (epoch + 1) * spe:
             losses.append(float(done.mean()) if done.numel() else float("nan"))
+            if tighten_mask is not None:
+                new_mask = tighten_mask(epoch + 1, model, mask)
+                if new_mask is not None:
+                    mask = new_mask.to(device)
+                    enforcer = enforcer.tighten(mask, optimizer)
             if swa is not None and swa_start_epoch is not None and epoch >= swa_start_epoch:
                 swa.update_parameters(model)
             if on_epoch_end is not None:
@@ -254,6 +271,7 @@ def train(
                         swa=_swa_to_cpu(swa) if swa is not None else None,
                         rewind=rewind_state,
                         losses=list(losses),
+                        mask=None if tighten_mask is None or mask is None else dict(mask.to("cpu")),
                     )
                 )
         if progress is not None:
@@ -275,6 +293,7 @@ def train(
         losses=losses,
         steps=step,
         swa_count=swa_count,
+        mask=mask,
     )
 
 

@@ -17,6 +17,7 @@ class MaskEnforcer:
     """
 
     def __init__(self, model: nn.Module, mask: Mask | None) -> None:
+        self.model = model
         self.params: list[Tensor] = []
         self.factors: list[Tensor] = []
         if mask is None:
@@ -27,6 +28,19 @@ class MaskEnforcer:
             p = named[name]
             self.params.append(p)
             self.factors.append(mask[name].to(device=p.device, dtype=p.dtype))
+
+    @torch.no_grad()
+    def tighten(self, mask: Mask, optimizer: torch.optim.Optimizer) -> MaskEnforcer:
+        """Switch to a new mask mid-training: zero the newly pruned weights and every optimizer
+        buffer of theirs (momentum, Adam moments), so nothing revives them. Returns the new
+        enforcer."""
+        new = MaskEnforcer(self.model, mask)
+        for p, f in zip(new.params, new.factors, strict=True):
+            for buf in optimizer.state.get(p, {}).values():
+                if isinstance(buf, Tensor) and buf.shape == p.shape:
+                    buf.mul_(f)
+        new.mask_weights()
+        return new
 
     def __bool__(self) -> bool:
         return bool(self.params)

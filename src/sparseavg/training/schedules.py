@@ -9,7 +9,9 @@ from .settings import TrainSettings
 LLR_DEFAULT_WARMUP = 0.1
 
 
-def learning_rate(settings: TrainSettings, step: int, total_steps: int, swa_start_step: int | None) -> float:
+def learning_rate(
+    settings: TrainSettings, step: int, total_steps: int, swa_start_step: int | None
+) -> float:
     """The learning rate for optimizer step ``step`` (0-based) of ``total_steps``.
 
     Without SWA the schedule spans all steps. With SWA (``swa_start_step`` not ``None``) it spans

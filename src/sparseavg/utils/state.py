@@ -10,7 +10,9 @@ from torch import Tensor, nn
 State = dict[str, Tensor]
 
 
-def clone_state(state: Mapping[str, Tensor] | nn.Module, device: str | torch.device | None = None) -> State:
+def clone_state(
+    state: Mapping[str, Tensor] | nn.Module, device: str | torch.device | None = None
+) -> State:
     """A detached deep copy of a module's ``state_dict`` (or of a state), optionally moved."""
     source = state.state_dict() if isinstance(state, nn.Module) else state
     return {

@@ -1,0 +1,20 @@
+"""Runs: the cycle engine, the run directory, resume, results and reports."""
+
+from .engine import RunError, load_pretrained, make_model, prepare, resolve_device, run
+from .progress import NullReporter, PlainReporter, Reporter
+from .rundir import InsufficientDiskError, RunDir, RunLockedError
+
+__all__ = [
+    "InsufficientDiskError",
+    "NullReporter",
+    "PlainReporter",
+    "Reporter",
+    "RunDir",
+    "RunError",
+    "RunLockedError",
+    "load_pretrained",
+    "make_model",
+    "prepare",
+    "resolve_device",
+    "run",
+]
