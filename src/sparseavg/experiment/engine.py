@@ -29,6 +29,7 @@ from ..data import Dataset, load_dataset
 from ..models import build_model
 from ..pruning import (
     Mask,
+    MaskError,
     cubic_sparsity,
     magnitude_prune,
     magnitude_prune_to,
@@ -134,6 +135,7 @@ class Context:
     rewind_step: int
     prunable: list[str]
     pretrained: State | None
+    initial_mask: Mask | None
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
@@ -181,7 +183,30 @@ def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = No
         rewind_step=round(config.pruning.rewind_epochs * spe),
         prunable=names,
         pretrained=pretrained,
+        initial_mask=initial_mask,
     )
+
+
+def _load_initial_mask(path: str, names: list[str], model: nn.Module) -> Mask | None:
+    """The user's starting mask, checked against the model and the prunable layers."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"pruning.initial_mask: {p} does not exist")
+    mask = Mask.load(p)
+    try:
+        mask.validate(model)
+    except MaskError as err:
+        raise MaskError(f"pruning.initial_mask {p}: {err}") from None
+    if set(mask) != set(names):
+        extra = sorted(set(mask) - set(names))
+        missing = sorted(set(names) - set(mask))
+        raise MaskError(
+            f"pruning.initial_mask {p}: covers other layers than the prunable ones "
+            f"(not prunable: {extra[:5]}, missing: {missing[:5]})"
+        )
+    return Mask({n: mask[n] for n in names})
 
 
 def run(config: Config, runs_dir: str | Path, reporter: Reporter | None = None) -> Path:
@@ -308,7 +333,9 @@ def _cycle_mask(ctx: Context, plan: CyclePlan, lineage: int) -> Mask:
     path = _member_dir(ctx, plan.cycle, lineage) / "mask.safetensors"
     if plan.gradual is None and path.is_file():
         return Mask.load(path)
-    if plan.cycle == 0:
+    if plan.cycle == 0 and ctx.initial_mask is not None:
+        mask = ctx.initial_mask
+    elif plan.cycle == 0:
         weights = ctx.pretrained or ctx.model.state_dict()
         mask = Mask.ones_like({n: weights[n] for n in ctx.prunable})
     else:
@@ -340,7 +367,7 @@ def _run_member(ctx: Context, plan: CyclePlan, lineage: int) -> MemberResult:
     mdir.mkdir(parents=True, exist_ok=True)
     mask = _cycle_mask(ctx, plan, lineage)
     if plan.start == "pretrained":
-        state = dict(ctx.pretrained or {})
+        state = mask.applied(ctx.pretrained or {})
         if not (mdir / "combined.safetensors").is_file():
             rd.save_state(mdir / "ticket.safetensors", state, "ticket")
             rd.save_state(mdir / "combined.safetensors", state, "combined")

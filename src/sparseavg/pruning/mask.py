@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from ..utils.files import load_tensors, save_tensors
@@ -204,4 +205,8 @@ class Mask(Mapping[str, Tensor]):
         bad = [n for n, t in tensors.items() if t.dtype != torch.bool]
         if bad:
             raise MaskError(f"{path}: not a mask (entries {bad[:5]} are not bool)")
-        return cls(tensors)
+        # safetensors sorts names; restore the model order the mask was saved in
+        with safe_open(str(path), framework="pt") as f:
+            saved = json.loads((f.metadata() or {}).get("names", "[]"))
+        order = [n for n in saved if n in tensors] + [n for n in tensors if n not in saved]
+        return cls({n: tensors[n] for n in order})

@@ -1,0 +1,86 @@
+"""sparseavg: sparse networks by iterative magnitude pruning with weight averaging.
+
+The library layers (import them into an existing training loop; none touches disk except
+``Mask.save``/``Mask.load``):
+
+- pruning: :class:`Mask`, :func:`prunable_parameters`, :func:`magnitude_prune`,
+  :func:`random_prune`
+- training: :func:`train` (masked SGD/Adam with SWA, rewind capture, resume),
+  :class:`TrainSettings`, :func:`evaluate`
+- averaging: :func:`uniform_average`, :func:`greedy_soup`, :func:`recalibrate_bn`,
+  :func:`evaluate_ensemble`
+- data / models: :func:`load_dataset`, :func:`build_model`
+
+and the experiment layer on top: :func:`resolve_config` and :func:`run` (the cycle loop with
+run directories that resume).
+"""
+
+from .averaging import (
+    SoupResult,
+    ensemble_probabilities,
+    evaluate_ensemble,
+    greedy_soup,
+    recalibrate_bn,
+    uniform_average,
+)
+from .config import Config, ConfigError
+from .data import Dataset, Split, available_datasets, load_dataset
+from .experiment import run
+from .models import available_models, build_model, count_parameters
+from .pruning import (
+    Mask,
+    MaskError,
+    fraction_per_cycle,
+    magnitude_prune,
+    magnitude_prune_to,
+    prunable_parameters,
+    random_prune,
+)
+from .recipes import RECIPES, resolve_config
+from .training import (
+    DivergenceError,
+    Evaluation,
+    TrainResult,
+    TrainSettings,
+    TrainState,
+    evaluate,
+    train,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RECIPES",
+    "Config",
+    "ConfigError",
+    "Dataset",
+    "DivergenceError",
+    "Evaluation",
+    "Mask",
+    "MaskError",
+    "SoupResult",
+    "Split",
+    "TrainResult",
+    "TrainSettings",
+    "TrainState",
+    "__version__",
+    "available_datasets",
+    "available_models",
+    "build_model",
+    "count_parameters",
+    "ensemble_probabilities",
+    "evaluate",
+    "evaluate_ensemble",
+    "fraction_per_cycle",
+    "greedy_soup",
+    "load_dataset",
+    "magnitude_prune",
+    "magnitude_prune_to",
+    "prunable_parameters",
+    "random_prune",
+    "recalibrate_bn",
+    "resolve_config",
+    "run",
+    "train",
+    "uniform_average",
+]

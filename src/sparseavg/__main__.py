@@ -1,0 +1,7 @@
+"""``python -m sparseavg``."""
+
+import sys
+
+from .cli.main import main
+
+sys.exit(main())

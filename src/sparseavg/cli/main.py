@@ -1,0 +1,230 @@
+"""``sparseavg``: run, demo, report, inspect, export.
+
+Bad input (config, data, files) ends with one ``sparseavg: error: ...`` line and exit code 2,
+having written nothing; a run that stops (divergence, disk) exits 1 and keeps its files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, field_help, merge, parse_override, read_toml
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _recipes_help() -> str:
+    from ..recipes import RECIPES
+
+    return "\n".join(f"  {name:<10} {r.summary}" for name, r in RECIPES.items())
+
+
+def _fields_help() -> str:
+    return "\n".join(f"  {key:<28} {default:<14} {text}" for key, default, text in field_help())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparseavg",
+        description="Sparse networks by iterative magnitude pruning with weight averaging.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run or resume an experiment",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run an experiment from a TOML config and/or options. Running the same "
+        "command again resumes an interrupted run.",
+        epilog=f"recipes:\n{_recipes_help()}\n\nconfig fields (--set KEY=VALUE):\n{_fields_help()}",
+    )
+    run.add_argument("config", nargs="?", help="a TOML config file (see configs/)")
+    run.add_argument("--recipe", help="the method (imp, swamp, sms, ...)")
+    run.add_argument("--dataset", help="data.dataset")
+    run.add_argument("--model", help="model.name")
+    run.add_argument("--seed", type=int, help="the experiment seed")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field, e.g. --set train.epochs=10 (repeatable)")
+    run.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    run.add_argument("--device", help="execution.device: cpu, cuda, cuda:1, mps or auto")
+    run.add_argument("--data-dir", help="execution.data_dir (default: $SPARSEAVG_DATA)")
+    run.add_argument("--print-config", action="store_true",
+                     help="print the resolved config and its run directory, run nothing")
+    _add_output_flags(run)
+
+    demo = sub.add_parser("demo", help="IMP, SWAMP, SMS and a 2-ensemble on MNIST-1D (offline)")
+    demo.add_argument("--out", default="runs/demo", help="run directories and report (default: runs/demo)")
+    demo.add_argument("--recipes", default="imp,swamp,sms,ensemble",
+                      help="comma-separated subset of the demo's recipes")
+    _add_output_flags(demo)
+
+    report = sub.add_parser("report", help="accuracy-by-sparsity table and plot of runs")
+    report.add_argument("runs", nargs="+", help="run directories, or directories of them")
+    report.add_argument("--out", help="write report.md and accuracy_vs_sparsity.png here")
+
+    inspect = sub.add_parser("inspect", help="describe a run directory or a file")
+    inspect.add_argument("target", nargs="?", help="a run directory, .safetensors or .toml file")
+    inspect.add_argument("--recipes", action="store_true", help="list the recipes")
+    inspect.add_argument("--models", action="store_true", help="list the models")
+    inspect.add_argument("--datasets", action="store_true", help="list the data sets")
+
+    export = sub.add_parser("export", help="write a cycle's model as a plain state_dict")
+    export.add_argument("run_dir")
+    export.add_argument("--cycle", type=int, required=True)
+    export.add_argument("--member", type=int, default=0, help="ensemble member (default 0)")
+    export.add_argument("--out", required=True, help="FILE.safetensors or FILE.pt")
+    return parser
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--plain", action="store_true", help="plain log lines instead of bars")
+
+
+@contextlib.contextmanager
+def _reporter(args: argparse.Namespace, progress: str = "auto") -> Iterator[Any]:
+    from ..experiment import NullReporter, PlainReporter
+
+    if args.quiet or progress == "none":
+        yield NullReporter()
+        return
+    rich = progress == "rich" or (progress == "auto" and not args.plain and sys.stderr.isatty())
+    if not rich:
+        yield PlainReporter()
+        return
+    from .rich_progress import RichReporter
+
+    with RichReporter() as reporter:
+        yield reporter
+
+
+def _config_values(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = read_toml(args.config) if args.config else {}
+    flags: dict[str, Any] = {}
+    if args.recipe:
+        flags["recipe"] = args.recipe
+    if args.seed is not None:
+        flags["seed"] = args.seed
+    if args.dataset:
+        flags["data"] = {"dataset": args.dataset}
+    if args.model:
+        flags["model"] = {"name": args.model}
+    if args.device:
+        flags = merge(flags, {"execution": {"device": args.device}})
+    if args.data_dir:
+        flags = merge(flags, {"execution": {"data_dir": args.data_dir}})
+    values = merge(values, flags)
+    for item in args.set:
+        values = merge(values, parse_override(item))
+    return values
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..config import to_toml
+    from ..experiment import run
+    from ..experiment.report import find_runs, markdown_table
+    from ..recipes import resolve_config
+
+    config = resolve_config(_config_values(args))
+    if args.print_config:
+        print(f"# run directory: {Path(args.runs_dir) / config.run_name()}")
+        print(to_toml(config.to_dict()), end="")
+        return EXIT_OK
+    with _reporter(args, config.execution.progress) as reporter:
+        path = run(config, args.runs_dir, reporter)
+    print(markdown_table(find_runs([path])))
+    print(f"\nrun directory: {path}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..experiment.demo import run_demo
+
+    with _reporter(args) as reporter:
+        text = run_demo(Path(args.out), [r.strip() for r in args.recipes.split(",")], reporter)
+    print(text)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..experiment.report import find_runs, markdown_table, write_report
+
+    runs = find_runs(args.runs)
+    print(markdown_table(runs))
+    if args.out:
+        md, png = write_report(runs, Path(args.out))
+        print(f"\nwrote {md} and {png}")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.recipes:
+        print(_recipes_help())
+    elif args.models:
+        from ..models import available_models
+
+        print("\n".join(available_models()))
+    elif args.datasets:
+        from ..data import available_datasets
+
+        print("\n".join(available_datasets()))
+    elif args.target:
+        from ..experiment.inspect import describe_file, describe_run
+
+        target = Path(args.target)
+        print(describe_run(target) if target.is_dir() else describe_file(target))
+    else:
+        raise ConfigError("inspect needs a run directory or file, or --recipes/--models/--datasets")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..experiment.export import export_cycle
+
+    paths = export_cycle(args.run_dir, args.cycle, args.out, member=args.member)
+    for kind, p in paths.items():
+        print(f"{kind:<8} {p}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "report": cmd_report,
+    "inspect": cmd_inspect,
+    "export": cmd_export,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sparseavg`` command; returns the exit code."""
+    from ..data import DataUnavailableError
+    from ..experiment import InsufficientDiskError, RunError, RunLockedError
+    from ..pruning import MaskError
+    from ..utils.files import CorruptFileError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("default", category=UserWarning, module="sparseavg")
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataUnavailableError, MaskError, CorruptFileError, RunLockedError,
+            FileNotFoundError) as err:
+        print(f"sparseavg: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RunError, InsufficientDiskError) as err:
+        print(f"sparseavg: stopped: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("sparseavg: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

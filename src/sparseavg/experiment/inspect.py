@@ -1,0 +1,69 @@
+"""Human-readable descriptions of run directories and of the files in them."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import torch
+
+from ..pruning import Mask
+from ..utils.files import load_tensors
+from .report import find_runs, markdown_table
+from .rundir import RunDir
+
+
+def describe_run(run_dir: str | Path) -> str:
+    """Config summary, progress (complete cycles, training ingredients) and the latest mask."""
+    rd = RunDir(run_dir)
+    if not rd.config_path.is_file():
+        raise FileNotFoundError(f"{rd.path}: not a run directory (no config.toml)")
+    config = tomllib.loads(rd.config_path.read_text())
+    cycles = int(config["pruning"]["cycles"]) + 1
+    complete = [c for c in range(cycles) if rd.is_complete(c)]
+    lines = [
+        f"run       {rd.path}",
+        f"recipe    {config['recipe']}  seed {config['seed']}",
+        f"data      {config['data']['dataset']}  model {config['model']['name']}",
+        f"training  {config['train']['epochs']} epochs, batch {config['train']['batch_size']}, "
+        f"lr {config['train']['lr']} ({config['train']['schedule']}), swa {config['train']['swa']}",
+        f"cycles    {len(complete)}/{cycles} complete",
+    ]
+    lock = rd.path / "run.lock"
+    if lock.is_file():
+        lines.append(f"lock      held by process {lock.read_text().strip()}")
+    for ckpt in sorted(rd.path.rglob("checkpoint.pt")):
+        payload = rd.load_checkpoint(ckpt)
+        lines.append(f"training  {ckpt.parent.relative_to(rd.path)} at step {payload['step']}")
+    masks = sorted(rd.path.glob("cycle_*/mask.safetensors")) or sorted(
+        rd.path.glob("cycle_*/member_0/mask.safetensors")
+    )
+    if masks:
+        lines += ["", f"mask of {masks[-1].relative_to(rd.path)}:", Mask.load(masks[-1]).format_report()]
+    if complete:
+        lines += ["", markdown_table(find_runs([rd.path]))]
+    return "\n".join(lines)
+
+
+def describe_file(path: str | Path) -> str:
+    """A mask's per-layer sparsity, a model file's tensors, or a validated config file."""
+    p = Path(path)
+    if p.suffix == ".toml":
+        from ..recipes import resolve_config
+        from ..config import read_toml, to_toml
+
+        return to_toml(resolve_config(read_toml(p)).to_dict())
+    tensors = load_tensors(p)
+    if tensors and all(t.dtype == torch.bool for t in tensors.values()):
+        return Mask(tensors).format_report()
+    lines = [f"{'tensor':<40} {'shape':<22} {'dtype':<10} zeros"]
+    total = zeros = 0
+    for name, t in tensors.items():
+        z = int((t == 0).sum())
+        total += t.numel()
+        zeros += z
+        shape = "x".join(map(str, t.shape))
+        lines.append(f"{name:<40} {shape:<22} {str(t.dtype).removeprefix('torch.'):<10} "
+                     f"{z / max(t.numel(), 1):.2%}")
+    lines.append(f"{len(tensors)} tensors, {total} values, {zeros / max(total, 1):.2%} zeros")
+    return "\n".join(lines)
