@@ -39,8 +39,14 @@ def test_average_of_masked_states_keeps_exact_zeros():
 def test_average_refuses_mismatched_states():
     with pytest.raises(ValueError, match="shape"):
         uniform_average([{"w": torch.ones(2)}, {"w": torch.ones(3)}])
+    with pytest.raises(ValueError, match="different entries"):
+        uniform_average([{"w": torch.ones(2)}, {"v": torch.ones(2)}])
     with pytest.raises(ValueError, match="empty"):
         uniform_average([])
+    # the same entries in another order (as read back from a file) are fine
+    a = {"w": torch.ones(2), "v": torch.zeros(2)}
+    b = {"v": torch.ones(2), "w": torch.ones(2)}
+    assert torch.equal(uniform_average([a, b])["v"], torch.full((2,), 0.5))
 
 
 def test_recalibrated_bn_equals_the_statistics_computed_directly():

@@ -128,8 +128,11 @@ class PruningConfig:
     exclude_first: bool = _f(False, "keep the first conv/linear layer dense")
     exclude_last: bool = _f(False, "keep the last (classifier) layer dense")
     exclude: list[str] = _f([], "glob patterns of parameter names to keep dense")
-    initial_mask: str = _f("", "a mask file (.safetensors of bool tensors) that cycle 0 starts "
-                           "from instead of the dense model")
+    initial_mask: str = _f(
+        "",
+        "a mask file (.safetensors of bool tensors) that cycle 0 starts "
+        "from instead of the dense model",
+    )
     rewind_epochs: float = _f(
         1.0, "rewind point T0 in epochs (fractions allowed; 0 = the initialisation)", lo=0.0
     )

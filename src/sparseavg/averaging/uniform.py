@@ -14,11 +14,11 @@ from ..utils.state import State
 def _check_compatible(states: Sequence[Mapping[str, Tensor]]) -> None:
     if not states:
         raise ValueError("cannot average an empty list of states")
-    keys = list(states[0])
+    keys = set(states[0])
     for i, s in enumerate(states[1:], start=1):
-        if list(s) != keys:
-            missing = set(keys) ^ set(s)
-            raise ValueError(f"state {i} has different entries than state 0: {sorted(missing)[:5]}")
+        if set(s) != keys:
+            differ = sorted(keys ^ set(s))
+            raise ValueError(f"state {i} has different entries than state 0: {differ[:5]}")
         for k in keys:
             if s[k].shape != states[0][k].shape:
                 raise ValueError(

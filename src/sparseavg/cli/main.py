@@ -49,19 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", help="data.dataset")
     run.add_argument("--model", help="model.name")
     run.add_argument("--seed", type=int, help="the experiment seed")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config field, e.g. --set train.epochs=10 (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.epochs=10 (repeatable)",
+    )
     run.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     run.add_argument("--device", help="execution.device: cpu, cuda, cuda:1, mps or auto")
     run.add_argument("--data-dir", help="execution.data_dir (default: $SPARSEAVG_DATA)")
-    run.add_argument("--print-config", action="store_true",
-                     help="print the resolved config and its run directory, run nothing")
+    run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config and its run directory, run nothing",
+    )
     _add_output_flags(run)
 
     demo = sub.add_parser("demo", help="IMP, SWAMP, SMS and a 2-ensemble on MNIST-1D (offline)")
-    demo.add_argument("--out", default="runs/demo", help="run directories and report (default: runs/demo)")
-    demo.add_argument("--recipes", default="imp,swamp,sms,ensemble",
-                      help="comma-separated subset of the demo's recipes")
+    demo.add_argument(
+        "--out", default="runs/demo", help="run directories and report (default: runs/demo)"
+    )
+    demo.add_argument(
+        "--recipes",
+        default="imp,swamp,sms,ensemble",
+        help="comma-separated subset of the demo's recipes",
+    )
     _add_output_flags(demo)
 
     report = sub.add_parser("report", help="accuracy-by-sparsity table and plot of runs")
@@ -214,8 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("default", category=UserWarning, module="sparseavg")
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataUnavailableError, MaskError, CorruptFileError, RunLockedError,
-            FileNotFoundError) as err:
+    except (
+        ConfigError,
+        DataUnavailableError,
+        MaskError,
+        CorruptFileError,
+        RunLockedError,
+        FileNotFoundError,
+    ) as err:
         print(f"sparseavg: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except (RunError, InsufficientDiskError) as err:

@@ -40,7 +40,9 @@ def demo_configs(recipes: list[str]) -> list[dict[str, Any]]:
     if unknown:
         from ..config import ConfigError
 
-        raise ConfigError(f"demo: unknown recipe {unknown[0]!r}; choose from {', '.join(DEMO_RECIPES)}")
+        raise ConfigError(
+            f"demo: unknown recipe {unknown[0]!r}; choose from {', '.join(DEMO_RECIPES)}"
+        )
     return [
         merge(merge(DEMO_BASE, DEMO_RECIPES[r]), {"recipe": r, "seed": s})
         for r in recipes

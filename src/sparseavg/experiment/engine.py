@@ -170,6 +170,7 @@ def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = No
     pretrained = (
         load_pretrained(config.model.pretrained, model) if config.model.pretrained else None
     )
+    initial_mask = _load_initial_mask(config.pruning.initial_mask, names, model)
     recipe = get_recipe(config.recipe)
     spe = steps_per_epoch(data.train, config.train.batch_size)
     return Context(

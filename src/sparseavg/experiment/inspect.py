@@ -39,7 +39,11 @@ def describe_run(run_dir: str | Path) -> str:
         rd.path.glob("cycle_*/member_0/mask.safetensors")
     )
     if masks:
-        lines += ["", f"mask of {masks[-1].relative_to(rd.path)}:", Mask.load(masks[-1]).format_report()]
+        lines += [
+            "",
+            f"mask of {masks[-1].relative_to(rd.path)}:",
+            Mask.load(masks[-1]).format_report(),
+        ]
     if complete:
         lines += ["", markdown_table(find_runs([rd.path]))]
     return "\n".join(lines)
@@ -49,8 +53,8 @@ def describe_file(path: str | Path) -> str:
     """A mask's per-layer sparsity, a model file's tensors, or a validated config file."""
     p = Path(path)
     if p.suffix == ".toml":
-        from ..recipes import resolve_config
         from ..config import read_toml, to_toml
+        from ..recipes import resolve_config
 
         return to_toml(resolve_config(read_toml(p)).to_dict())
     tensors = load_tensors(p)
@@ -63,7 +67,9 @@ def describe_file(path: str | Path) -> str:
         total += t.numel()
         zeros += z
         shape = "x".join(map(str, t.shape))
-        lines.append(f"{name:<40} {shape:<22} {str(t.dtype).removeprefix('torch.'):<10} "
-                     f"{z / max(t.numel(), 1):.2%}")
+        lines.append(
+            f"{name:<40} {shape:<22} {str(t.dtype).removeprefix('torch.'):<10} "
+            f"{z / max(t.numel(), 1):.2%}"
+        )
     lines.append(f"{len(tensors)} tensors, {total} values, {zeros / max(total, 1):.2%} zeros")
     return "\n".join(lines)

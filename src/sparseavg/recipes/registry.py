@@ -105,9 +105,9 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "gmp",
             "gradual magnitude pruning to pruning.target_sparsity in one run (cubic schedule)",
-            defaults={"pruning": {"target_sparsity": 0.9}},
+            defaults={"pruning": {"target_sparsity": 0.9, "rewind_epochs": 0.0}},
             fixed={
-                "pruning": {"cycles": 0, "rewind_epochs": 0.0, "method": "magnitude"},
+                "pruning": {"cycles": 0, "method": "magnitude"},
                 "ingredients": {"count": 1, "combine": "single", "start": "rewind"},
             },
             plan=gradual_plan,

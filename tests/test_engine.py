@@ -1,0 +1,271 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from engine_helpers import final_weights, only_run, rows, same_weights, tiny_args
+from sparseavg.cli.main import main
+from sparseavg.experiment import rundir as rundir_module
+from sparseavg.models import build_model
+from sparseavg.pruning import Mask
+from sparseavg.recipes import RECIPES
+from sparseavg.utils.files import load_tensors
+
+
+def _cycles(recipe):
+    return None if recipe in ("one-shot", "gmp") else 1
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_every_recipe_runs_end_to_end_from_the_cli(recipe, tmp_path, capsys):
+    assert main(tiny_args(recipe, tmp_path, cycles=_cycles(recipe))) == 0
+    run = only_run(tmp_path)
+    assert (run / "config.toml").is_file()
+    table = capsys.readouterr().out
+    assert "sparsity %" in table and str(run) in table
+    result = rows(run)
+    last_cycle = max(r["cycle"] for r in result)
+    for c in range(last_cycle + 1):
+        cdir = run / f"cycle_{c:02d}"
+        assert (cdir / "manifest.json").is_file() and (cdir / "rows.json").is_file()
+        assert list(cdir.rglob("combined.safetensors")) and list(cdir.rglob("mask.safetensors"))
+        assert not list(cdir.rglob("checkpoint.pt"))  # removed once an ingredient is final
+    headline = "ensemble" if recipe == "ensemble" else "combined"
+    final = [r for r in result if r["cycle"] == last_cycle and r["role"] == headline]
+    assert len(final) == 1 and 0.0 < final[0]["accuracy"] <= 1.0
+    mask = Mask.load(sorted(run.rglob("mask.safetensors"))[-1])
+    expected = {
+        "one-shot": 0.9,
+        "gmp": 0.9,
+    }.get(recipe, 0.2)
+    assert final[0]["sparsity"] == pytest.approx(expected, abs=1e-3)
+    assert final[0]["alive"] == mask.num_alive
+    if recipe in ("gmp", "one-shot"):
+        assert mask.num_pruned == round(0.9 * mask.num_total)
+
+
+def test_swamp_particles_share_the_ticket_and_average_exactly(tmp_path):
+    assert main(tiny_args("swamp", tmp_path, "--set", "ingredients.count=3", cycles=1)) == 0
+    run = only_run(tmp_path)
+    result = rows(run)
+    ing = [r for r in result if r["cycle"] == 1 and r["role"] == "ingredient"]
+    assert [r["ingredient"] for r in ing] == [0, 1, 2]
+    assert len({r["accuracy"] for r in ing}) > 1  # different batch orders
+    finals = [load_tensors(run / f"cycle_01/ingredient_{k}/final.safetensors") for k in range(3)]
+    combined = load_tensors(run / "cycle_01/combined.safetensors")
+    mask = Mask.load(run / "cycle_01/mask.safetensors")
+    for name in mask:
+        mean = torch.stack([f[name] for f in finals]).mean(0)
+        assert torch.allclose(combined[name], mean, atol=1e-6)
+        assert torch.equal(
+            combined[name][~mask[name]], torch.zeros_like(combined[name][~mask[name]])
+        )
+    # the mask of cycle 1 removes exactly round(0.2 * total) from the averaged dense model
+    assert mask.num_pruned == round(0.2 * mask.num_total)
+
+
+class _StopAfter:
+    """A reporter that interrupts the run after ``n`` progress updates."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def message(self, text):
+        pass
+
+    def task(self, label, total):
+        return 0
+
+    def update(self, task, completed, info=""):
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+    def finish(self, task):
+        pass
+
+
+@pytest.mark.parametrize("recipe,stops", [("swamp", (7, 130, 300)), ("sms", (50, 200))])
+def test_interrupted_runs_resume_to_the_same_results(recipe, stops, tmp_path):
+    from sparseavg.experiment import run
+    from sparseavg.recipes import resolve_config
+
+    values = {
+        "recipe": recipe,
+        "model": {"options": {"width": 8}},
+        "train": {"epochs": 2, "lr": 0.05},
+        "pruning": {"cycles": 2, "rewind_epochs": 0.5},
+        "execution": {"device": "cpu"},
+    }
+    if recipe == "swamp":
+        values["ingredients"] = {"count": 2}
+    config = resolve_config(values)
+    reference = run(config, tmp_path / "a")
+    for n in stops:
+        with pytest.raises(KeyboardInterrupt):
+            run(config, tmp_path / "b", _StopAfter(n))
+    resumed = run(config, tmp_path / "b")
+    assert rows(resumed) == rows(reference)
+    assert same_weights(final_weights(resumed), final_weights(reference))
+
+
+def test_divergence_drop_leaves_the_ingredient_out(tmp_path):
+    args = tiny_args(
+        "sms",
+        tmp_path,
+        "--set",
+        'ingredients.vary="lr"',
+        "--set",
+        "ingredients.values=[1.0, 1e6, 1.0]",
+        "--set",
+        'execution.on_divergence="drop"',
+        cycles=1,
+    )
+    assert main(args) == 0
+    run = only_run(tmp_path)
+    result = rows(run)
+    dropped = [r for r in result if r["dropped"]]
+    assert [(r["cycle"], r["ingredient"]) for r in dropped] == [(1, 1)]
+    assert dropped[0]["accuracy"] is None
+    info = json.loads((run / "cycle_01/ingredient_1/info.json").read_text())
+    assert info["dropped"] and info["step"] >= 0
+    finals = [load_tensors(run / f"cycle_01/ingredient_{k}/final.safetensors") for k in (0, 2)]
+    combined = load_tensors(run / "cycle_01/combined.safetensors")
+    assert torch.allclose(
+        combined["fc.weight"], (finals[0]["fc.weight"] + finals[1]["fc.weight"]) / 2
+    )
+
+
+def test_divergence_stop_names_cycle_ingredient_and_step(tmp_path, capsys):
+    args = tiny_args(
+        "sms",
+        tmp_path,
+        "--set",
+        'ingredients.vary="lr"',
+        "--set",
+        "ingredients.values=[1.0, 1e6, 1.0]",
+        cycles=1,
+    )
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sparseavg: stopped:") and "cycle 1, ingredient 1, step" in err
+    run = only_run(tmp_path)
+    assert (run / "cycle_00/manifest.json").is_file()  # finished work kept
+    assert (run / "cycle_01/ingredient_0/final.safetensors").is_file()
+
+
+def test_a_changed_artifact_is_refused_by_name(tmp_path, capsys):
+    assert main(tiny_args("imp", tmp_path, cycles=1)) == 0
+    run = only_run(tmp_path)
+    target = run / "cycle_00/combined.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(tiny_args("imp", tmp_path, cycles=1)) == 2
+    err = capsys.readouterr().err
+    assert "combined.safetensors" in err and "checksum" in err
+
+
+def test_a_truncated_checkpoint_is_refused_by_name(tmp_path, capsys):
+    from sparseavg.experiment import run
+    from sparseavg.recipes import resolve_config
+
+    config = resolve_config(
+        {
+            "recipe": "imp",
+            "model": {"options": {"width": 8}},
+            "train": {"epochs": 3},
+            "pruning": {"cycles": 0},
+        }
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path, _StopAfter(80))
+    ckpt = next(tmp_path.rglob("checkpoint.pt"))
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(Exception, match="checkpoint.pt"):
+        run(config, tmp_path)
+
+
+def test_too_little_disk_stops_before_the_cycle(tmp_path, capsys, monkeypatch):
+    class Usage:
+        total, used, free = 10**9, 10**9, 1000
+
+    monkeypatch.setattr(rundir_module.shutil, "disk_usage", lambda path: Usage())
+    assert main(tiny_args("imp", tmp_path, cycles=1)) == 1
+    err = capsys.readouterr().err
+    assert "cycle 0 needs about" in err and "MiB are free" in err
+    run = only_run(tmp_path)
+    assert not list(run.glob("cycle_*/*.safetensors"))
+
+
+def test_a_live_lock_is_refused_and_a_stale_one_taken_over(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    assert main(tiny_args("imp", tmp_path, "--print-config", cycles=0)) == 0
+    name = capsys.readouterr().out.splitlines()[0].split("/")[-1]
+    run = tmp_path / name
+    run.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "run.lock").write_text(str(sleeper.pid))
+        assert main(tiny_args("imp", tmp_path, cycles=0)) == 2
+        assert f"in use by process {sleeper.pid}" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with pytest.warns(UserWarning, match="stale lock"):
+        assert main(tiny_args("imp", tmp_path, cycles=0)) == 0
+    assert not (run / "run.lock").exists()
+    assert os.getpid() > 0
+
+
+def test_export_loads_into_the_bare_model_with_its_zeros(tmp_path, capsys):
+    assert main(tiny_args("imp", tmp_path, cycles=1)) == 0
+    run = only_run(tmp_path)
+    out = tmp_path / "export" / "model.safetensors"
+    assert main(["export", str(run), "--cycle", "1", "--out", str(out)]) == 0
+    state = load_tensors(out)
+    model = build_model("conv1d", 10, (1, 40), width=8)
+    model.load_state_dict(state)  # a plain state_dict: no wrapper, no extra keys
+    mask = Mask.load(tmp_path / "export" / "model.mask.safetensors")
+    zeros = sum(int((state[n] == 0).sum()) for n in mask)
+    assert zeros >= mask.num_pruned and mask.sparsity == pytest.approx(0.2, abs=1e-3)
+    summary = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert summary["cycle"] == 1 and summary["alive"] == mask.num_alive
+    pt = tmp_path / "export" / "model.pt"
+    assert main(["export", str(run), "--cycle", "1", "--out", str(pt)]) == 0
+    model.load_state_dict(torch.load(pt, weights_only=True))
+    assert main(["export", str(run), "--cycle", "5", "--out", str(pt)]) == 2
+
+
+def test_report_and_inspect_commands(tmp_path, capsys):
+    for seed in ("0", "1"):
+        assert main(tiny_args("imp", tmp_path / "runs", "--seed", seed, cycles=1)) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "±" in out and (tmp_path / "rep/report.md").is_file()
+    assert (tmp_path / "rep/accuracy_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
+    run = sorted((tmp_path / "runs").iterdir())[0]
+    assert main(["inspect", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "cycles    2/2 complete" in out and "fc.weight" in out
+    assert main(["inspect", str(run / "cycle_01/mask.safetensors")]) == 0
+    assert "total" in capsys.readouterr().out
+    assert main(["inspect", "--recipes"]) == 0
+    assert "swamp" in capsys.readouterr().out
+
+
+def test_resolved_config_names_the_run_and_a_rerun_reuses_it(tmp_path, capsys):
+    assert main(tiny_args("imp", tmp_path, cycles=0)) == 0
+    run = only_run(tmp_path)
+    before = rows(run)
+    stamp = (run / "cycle_00/combined.safetensors").stat().st_mtime_ns
+    assert main(tiny_args("imp", tmp_path, cycles=0)) == 0
+    assert rows(run) == before
+    assert (run / "cycle_00/combined.safetensors").stat().st_mtime_ns == stamp
+    shutil.rmtree(run)
