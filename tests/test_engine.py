@@ -10,7 +10,7 @@ from sparseavg.experiment import rundir as rundir_module
 from sparseavg.models import build_model
 from sparseavg.pruning import Mask
 from sparseavg.recipes import RECIPES
-from sparseavg.utils.files import load_tensors
+from sparseavg.utils.files import CorruptFileError, load_tensors
 
 
 def _cycles(recipe):
@@ -184,7 +184,7 @@ def test_a_truncated_checkpoint_is_refused_by_name(tmp_path, capsys):
         run(config, tmp_path, _StopAfter(80))
     ckpt = next(tmp_path.rglob("checkpoint.pt"))
     ckpt.write_bytes(ckpt.read_bytes()[:100])
-    with pytest.raises(Exception, match="checkpoint.pt"):
+    with pytest.raises(CorruptFileError, match=r"checkpoint\.pt"):
         run(config, tmp_path)
 
 

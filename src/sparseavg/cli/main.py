@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..config import ConfigError, field_help, merge, parse_override, read_toml
 
@@ -29,12 +29,22 @@ def _fields_help() -> str:
     return "\n".join(f"  {key:<28} {default:<14} {text}" for key, default, text in field_help())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``sparseavg: error: ...`` and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"sparseavg: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sparseavg",
         description="Sparse networks by iterative magnitude pruning with weight averaging.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     run = sub.add_parser(
         "run",
@@ -223,7 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..utils.files import CorruptFileError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
     warnings.filterwarnings("default", category=UserWarning, module="sparseavg")
     try:
         return COMMANDS[args.command](args)

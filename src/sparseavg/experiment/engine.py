@@ -25,7 +25,7 @@ from ..averaging import (
     uniform_average,
 )
 from ..config import Config, ConfigError, to_toml
-from ..data import Dataset, load_dataset
+from ..data import Dataset, available_datasets, load_dataset
 from ..models import build_model
 from ..pruning import (
     Mask,
@@ -38,7 +38,7 @@ from ..pruning import (
 )
 from ..recipes import CyclePlan, IngredientPlan, get_recipe
 from ..training import DivergenceError, TrainState, evaluate, steps_per_epoch, train
-from ..utils.files import CorruptFileError, load_tensors
+from ..utils.files import CorruptFileError, load_tensors, safe_torch_load
 from ..utils.seeding import derive_seed, make_generator
 from ..utils.state import State, clone_state
 from .progress import NullReporter, Reporter
@@ -90,11 +90,9 @@ def load_pretrained(path: str, model: nn.Module) -> State:
         state = load_tensors(p)
     else:
         try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ConfigError(
-                f"model.pretrained: {p} is not a readable state_dict ({err})"
-            ) from None
+            obj = safe_torch_load(p)
+        except CorruptFileError as err:
+            raise ConfigError(f"model.pretrained: {err}") from None
         for key in ("state_dict", "model"):
             if isinstance(obj, dict) and isinstance(obj.get(key), dict):
                 obj = obj[key]
@@ -145,6 +143,9 @@ def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = No
     """Check everything that can be checked before anything is written: device, data, model,
     pretrained checkpoint. Raises ConfigError / DataUnavailableError; writes nothing."""
     device = resolve_device(config.execution.device)
+    known = available_datasets()
+    if config.data.dataset not in known:
+        raise ConfigError(f"data.dataset: {config.data.dataset!r} is not one of {', '.join(known)}")
     data = load_dataset(
         config.data.dataset,
         data_dir=config.execution.data_dir or None,
@@ -313,13 +314,19 @@ def _ticket(ctx: Context, lineage: int) -> State:
             ctx.reporter.message(f"lineage {lineage}: common dense run to step {ctx.rewind_step}")
             from ..recipes import base_settings
 
-            train(
-                model,
-                ctx.data.train,
-                base_settings(ctx.config),
-                seed=derive_seed(ctx.config.seed, "lineage", lineage, "common"),
-                stop_step=ctx.rewind_step,
-            )
+            try:
+                train(
+                    model,
+                    ctx.data.train,
+                    base_settings(ctx.config),
+                    seed=derive_seed(ctx.config.seed, "lineage", lineage, "common"),
+                    stop_step=ctx.rewind_step,
+                )
+            except DivergenceError as err:
+                raise RunError(
+                    f"training diverged (NaN/inf loss) in the common dense run to the rewind "
+                    f"point, step {err.step} (epoch {err.epoch}); lower train.lr"
+                ) from None
         state = clone_state(model, device="cpu")
     rd.save_state(path, state, "ticket")
     return state

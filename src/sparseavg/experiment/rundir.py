@@ -30,7 +30,13 @@ from typing import Any
 
 import torch
 
-from ..utils.files import CorruptFileError, atomic_write_text, load_tensors, save_tensors
+from ..utils.files import (
+    CorruptFileError,
+    atomic_write_text,
+    load_tensors,
+    safe_torch_load,
+    save_tensors,
+)
 from ..utils.state import State
 
 LOCK_NAME = "run.lock"
@@ -119,12 +125,19 @@ class RunDir:
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             break
+        self._remove_partial_writes()
         try:
             yield
         finally:
             with contextlib.suppress(FileNotFoundError):
                 if lock.read_text().strip() == me:
                     lock.unlink()
+
+    def _remove_partial_writes(self) -> None:
+        """Delete temporary files a killed writer left behind (never read as data)."""
+        for tmp in self.path.rglob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     # -- files --------------------------------------------------------------------------------
     @staticmethod
@@ -157,10 +170,7 @@ class RunDir:
     @staticmethod
     def load_checkpoint(path: Path) -> dict[str, Any]:
         """Read a checkpoint with ``weights_only=True`` (no code runs); damage is reported."""
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CorruptFileError(f"{path}: unreadable checkpoint ({err})") from None
+        payload = safe_torch_load(path)
         if not isinstance(payload, dict):
             raise CorruptFileError(f"{path}: not a sparseavg checkpoint")
         return payload

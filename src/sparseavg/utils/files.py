@@ -91,3 +91,22 @@ def load_tensors(path: PathLike, device: str | torch.device = "cpu") -> dict[str
         return load_file(str(p), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:
         raise CorruptFileError(f"{p}: not a readable safetensors file ({err})") from err
+
+
+def safe_torch_load(path: PathLike) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors, numbers, strings, lists and
+    dicts only, so no code in the file runs. Anything else, or a damaged file, raises
+    :class:`CorruptFileError` with a one-line message naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        text = str(err)
+        if "Weights only load failed" in text:
+            reason = "it holds objects other than tensors and plain containers, or is damaged"
+        else:
+            reason = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        raise CorruptFileError(
+            f"{path}: refused by torch.load(weights_only=True): {reason}"
+        ) from None

@@ -1,0 +1,703 @@
+"""Bad input to the ``sparseavg`` command line is refused cleanly.
+
+Every case runs ``main([...])`` in-process and checks the contract of ``sparseavg.cli.main``:
+exit code 2, exactly one ``sparseavg: error: ...`` line on stderr that names the problem, no
+traceback, and nothing written (no run directory, no other new file). None of the cases
+trains: they all fail in validation or in ``prepare()``.
+
+Argument templates use ``@TMP@`` for the test's ``tmp_path``; a case's ``setup`` writes its
+input files there before ``main`` runs. Cases that document a known source bug are marked
+``xfail(strict=True)`` (``bug=...``) so that the fix turns them into failures to un-mark.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sparseavg.cli.main import main
+from sparseavg.models import build_model
+from sparseavg.pruning import Mask
+
+TMP = "@TMP@"
+MNIST1D_SHAPE = (1, 40)  # the default data set's input shape
+CLASSES = 10
+# appended to cases that get past validation by mistake, so that they stay fast
+TINY = (
+    "--set", "train.epochs=1",
+    "--set", "pruning.cycles=0",
+    "--set", "train.batch_size=4096",
+    "--quiet",
+)  # fmt: skip
+
+Setup = Callable[[Path], None]
+
+
+# -- input files ---------------------------------------------------------------------------------
+
+
+def text(name: str, content: str) -> Setup:
+    def write(tmp: Path) -> None:
+        (tmp / name).write_text(content, encoding="utf-8")
+
+    return write
+
+
+def raw(name: str, content: bytes) -> Setup:
+    def write(tmp: Path) -> None:
+        (tmp / name).write_bytes(content)
+
+    return write
+
+
+def mkdir(name: str) -> Setup:
+    def make(tmp: Path) -> None:
+        (tmp / name).mkdir()
+
+    return make
+
+
+def _model(name: str = "conv1d", **options: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, CLASSES, MNIST1D_SHAPE, **options)
+
+
+def _prunable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters() if p.dim() > 1}
+
+
+def state_pt(name: str, model: str = "mlp", **options: object) -> Setup:
+    """A ``torch.save``d state_dict of another model than the default conv1d."""
+
+    def write(tmp: Path) -> None:
+        torch.save(_model(model, **options).state_dict(), tmp / name)
+
+    return write
+
+
+def state_safetensors(name: str, model: str = "mlp") -> Setup:
+    def write(tmp: Path) -> None:
+        state = {k: v.contiguous() for k, v in _model(model).state_dict().items()}
+        save_file(state, str(tmp / name))
+
+    return write
+
+
+def pickled(name: str, obj: object) -> Setup:
+    def write(tmp: Path) -> None:
+        torch.save(obj, tmp / name)
+
+    return write
+
+
+class MarkerPayload:
+    """Unpickling this (without ``weights_only``) creates the file ``MARKER`` in ``tmp``."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.marker = str(tmp / "MARKER")
+
+    def __reduce__(self):  # type: ignore[override]
+        return (open, (self.marker, "w"))
+
+
+def payload_pt(name: str) -> Setup:
+    def write(tmp: Path) -> None:
+        torch.save({"weight": MarkerPayload(tmp)}, tmp / name)
+
+    return write
+
+
+def float_mask(name: str) -> Setup:
+    """Right names and shapes, but float tensors: not a mask."""
+
+    def write(tmp: Path) -> None:
+        save_file({n: torch.rand_like(p) for n, p in _prunable(_model()).items()}, str(tmp / name))
+
+    return write
+
+
+def mask_of(name: str, model: str = "conv1d", **options: object) -> Setup:
+    """A valid bool mask, of another model (other names) or another width (other shapes)."""
+
+    def write(tmp: Path) -> None:
+        Mask.ones_like(_prunable(_model(model, **options))).save(tmp / name)
+
+    return write
+
+
+def subset_mask(name: str) -> Setup:
+    """A mask of the right model that covers only its first prunable layer."""
+
+    def write(tmp: Path) -> None:
+        first = dict(list(_prunable(_model()).items())[:1])
+        Mask.ones_like(first).save(tmp / name)
+
+    return write
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+def case(
+    id: str,
+    argv: tuple[str, ...] | list[str],
+    *fragments: str,
+    setup: Setup | None = None,
+    bug: str | None = None,
+    marks: tuple[pytest.MarkDecorator, ...] = (),
+):
+    """One bad input: ``argv`` for ``main`` (``run`` cases get ``--runs-dir`` appended) and
+    the fragments the error line must contain. ``bug`` marks a known source bug (strict
+    xfail)."""
+    all_marks = list(marks)
+    if bug:
+        all_marks.append(pytest.mark.xfail(strict=True, reason=bug))
+    return pytest.param(list(argv), fragments, setup, id=id, marks=all_marks)
+
+
+def run(*args: str) -> list[str]:
+    return ["run", *args]
+
+
+def s(item: str) -> tuple[str, str]:
+    return ("--set", item)
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a CUDA device")
+
+CASES = [
+    # ---- config files
+    case(
+        "toml-syntax-error",
+        run(f"{TMP}/bad.toml"),
+        "bad.toml", "not valid TOML", "line 1",
+        setup=text("bad.toml", "recipe = \n"),
+    ),
+    case(
+        "toml-unclosed-table",
+        run(f"{TMP}/bad.toml"),
+        "bad.toml", "not valid TOML",
+        setup=text("bad.toml", "[train\nepochs = 1\n"),
+    ),
+    case(
+        "toml-duplicate-key",
+        run(f"{TMP}/dup.toml"),
+        "dup.toml", "not valid TOML",
+        setup=text("dup.toml", "[train]\nepochs = 1\nepochs = 2\n"),
+    ),
+    case(
+        "toml-duplicate-table",
+        run(f"{TMP}/dup.toml"),
+        "dup.toml", "not valid TOML",
+        setup=text("dup.toml", "[train]\nepochs = 1\n[train]\nlr = 0.1\n"),
+    ),
+    case("toml-missing-file", run(f"{TMP}/nope.toml"), "nope.toml", "no such config file"),
+    case(
+        "toml-not-utf8",
+        run(f"{TMP}/latin1.toml"),
+        "latin1.toml", "not valid TOML", "utf-8",
+        setup=raw("latin1.toml", 'recipe = "caf\xe9"\n'.encode("latin-1")),
+    ),
+    case(
+        "toml-path-is-a-directory",
+        run(f"{TMP}/conf.toml"),
+        "conf.toml",
+        setup=mkdir("conf.toml"),
+    ),
+    # ---- unknown keys
+    case(
+        "unknown-top-level-key-in-file",
+        run(f"{TMP}/c.toml"),
+        "unknown key epochs", "recipe, seed, data, model, train",
+        setup=text("c.toml", "epochs = 3\n"),
+    ),
+    case(
+        "unknown-section-in-file",
+        run(f"{TMP}/c.toml"),
+        "unknown key bogus", "the top level accepts",
+        setup=text("c.toml", "[bogus]\nx = 1\n"),
+    ),
+    case(
+        "unknown-section-key-in-file",
+        run(f"{TMP}/c.toml"),
+        "unknown key train.epoch", "epochs, batch_size",
+        setup=text("c.toml", "[train]\nepoch = 3\n"),
+    ),
+    case("unknown-top-level-key", run(*s("bogus=1")), "unknown key bogus", "recipe, seed"),
+    case("unknown-section-key", run(*s("train.epoch=3")), "unknown key train.epoch", "epochs"),
+    case("unknown-section", run(*s("trian.epochs=3")), "unknown key trian", "train, pruning"),
+    case(
+        "unknown-pruning-key",
+        run(*s("pruning.sparsity=0.5")),
+        "unknown key pruning.sparsity", "target_sparsity",
+    ),
+    # ---- wrong types
+    case("str-for-int", run(*s("train.epochs='ten'")), "train.epochs", "an integer", "'ten'"),
+    case("float-for-int", run(*s("train.epochs=1.5")), "train.epochs", "an integer", "1.5"),
+    case("int-for-bool", run(*s("train.nesterov=1")), "train.nesterov", "true or false", "1"),
+    case("str-for-bool", run(*s("train.swa=yes")), "train.swa", "true or false", "'yes'"),
+    case("table-for-number", run(*s("train.lr={a=1}")), "train.lr", "a number", "{'a': 1}"),
+    case("list-for-int", run(*s("train.batch_size=[1,2]")), "train.batch_size", "[1, 2]"),
+    case("table-for-str", run(*s("model.name={x=1}")), "model.name", "a string"),
+    case(
+        "str-list-for-float-list",
+        run(*s("train.milestones=['a','b']")),
+        "train.milestones[0]", "a number", "'a'",
+    ),
+    case("scalar-for-list", run(*s("train.milestones=0.5")), "train.milestones", "a list"),
+    case("scalar-for-table", run(*s("model.options=3")), "model.options", "a table"),
+    case("scalar-for-section", run(*s("train=3")), "train", "expected a table"),
+    case("int-for-recipe", run(*s("recipe=3")), "recipe", "a string", "3"),
+    case(
+        "int-in-str-list",
+        run(*s("pruning.exclude=[1]")),
+        "pruning.exclude[0]", "a string", "1",
+    ),
+    # ---- out of range
+    case("fraction-0", run(*s("pruning.fraction=0")), "pruning.fraction", "0.0", "(0, 1)"),
+    case("fraction-1", run(*s("pruning.fraction=1")), "pruning.fraction", "1.0", "(0, 1)"),
+    case("fraction-1.5", run(*s("pruning.fraction=1.5")), "pruning.fraction", "1.5", "(0, 1)"),
+    case("fraction-neg", run(*s("pruning.fraction=-0.1")), "pruning.fraction", "-0.1", "(0, 1)"),
+    case(
+        "ingredients-count-0",
+        run("--recipe", "sms", *s("ingredients.count=0")),
+        "ingredients.count", "0", "[1, inf)",
+    ),
+    case("swa-start-1", run(*s("train.swa_start=1.0")), "train.swa_start", "1.0", "[0, 1)"),
+    case("swa-start-neg", run(*s("train.swa_start=-0.1")), "train.swa_start", "-0.1", "[0, 1)"),
+    case("epochs-neg", run(*s("train.epochs=-1")), "train.epochs", "-1", "[0, inf)"),
+    case("lr-0", run(*s("train.lr=0")), "train.lr", "0.0", "(0, inf)"),
+    case(
+        "weight-decay-neg",
+        run(*s("train.weight_decay=-1e-4")),
+        "train.weight_decay", "-0.0001", "[0, inf)",
+    ),
+    case("momentum-1", run(*s("train.momentum=1")), "train.momentum", "1.0", "[0, 1)"),
+    case("val-fraction-1", run(*s("data.val_fraction=1")), "data.val_fraction", "1.0", "[0, 1)"),
+    case("batch-size-0", run(*s("train.batch_size=0")), "train.batch_size", "0", "[1, inf)"),
+    case("seed-neg-flag", run("--seed", "-1"), "seed", "-1", "[0, inf)"),
+    case(
+        "target-sparsity-1",
+        run(*s("pruning.target_sparsity=1")),
+        "pruning.target_sparsity", "1.0", "[0, 1)",
+    ),
+    case(
+        "fraction-nan",
+        run(*s("pruning.fraction=nan"), *TINY),
+        "pruning.fraction", "nan",
+    ),
+    case(
+        "val-fraction-nan",
+        run(*s("data.val_fraction=nan"), *TINY),
+        "data.val_fraction", "nan",
+    ),
+    case(
+        "lr-nan",
+        run(*s("train.lr=nan"), *TINY),
+        "train.lr", "nan",
+    ),
+    case(
+        "lr-inf",
+        run(*s("train.lr=inf"), *TINY),
+        "train.lr", "inf",
+    ),
+    case(
+        "rewind-epochs-inf",
+        run(*s("pruning.rewind_epochs=inf"), *TINY),
+        "pruning.rewind_epochs", "inf",
+    ),
+    # ---- bad choices
+    case("optimizer", run(*s("train.optimizer=adamx")), "train.optimizer", "'adamx'", "sgd, adam"),
+    case("schedule", run(*s("train.schedule=linear")), "train.schedule", "'linear'", "cosine"),
+    case("precision", run(*s("train.precision=fp8")), "train.precision", "'fp8'", "fp32, bf16"),
+    case(
+        "pruning-scope",
+        run(*s("pruning.scope=local")),
+        "pruning.scope", "'local'", "global, layerwise",
+    ),
+    case(
+        "pruning-method",
+        run(*s("pruning.method=snip")),
+        "pruning.method", "'snip'", "magnitude, random",
+    ),
+    case(
+        "retrain-schedule",
+        run(*s("pruning.retrain_schedule=linear")),
+        "pruning.retrain_schedule", "'linear'", "llr",
+    ),
+    case(
+        "ingredients-combine",
+        run("--recipe", "sms", *s("ingredients.combine=mean")),
+        "ingredients.combine", "'mean'", "single, uniform, greedy",
+    ),
+    case(
+        "ingredients-vary",
+        run(*s("ingredients.vary=momentum")),
+        "ingredients.vary", "'momentum'", "seed, weight_decay, lr, length",
+    ),
+    case(
+        "ingredients-accept",
+        run(*s("ingredients.accept=always")),
+        "ingredients.accept", "'always'", "ge",
+    ),
+    case(
+        "on-divergence",
+        run(*s("execution.on_divergence=ignore")),
+        "execution.on_divergence", "'ignore'", "stop, drop",
+    ),
+    case(
+        "progress",
+        run(*s("execution.progress=fancy")),
+        "execution.progress", "'fancy'", "auto, rich, plain, none",
+    ),
+    case(
+        "unknown-recipe",
+        run("--recipe", "lottery"),
+        "recipe", "'lottery'", "imp, imp-swa, swamp", "gmp",
+    ),
+    case("unknown-recipe-in-set", run(*s("recipe=imp2")), "'imp2'", "imp, imp-swa"),
+    # ---- contradicting a recipe's fixed settings
+    case(
+        "imp-fixes-count",
+        run("--recipe", "imp", *s("ingredients.count=3")),
+        "recipe imp", "ingredients.count = 3", "fixes it to 1",
+    ),
+    case(
+        "swamp-fixes-swa",
+        run("--recipe", "swamp", *s("train.swa=false")),
+        "recipe swamp", "train.swa = False", "fixes it to True",
+    ),
+    case(
+        "imp-fixes-combine",
+        run(*s("ingredients.combine=greedy"), *s("data.val_fraction=0")),
+        "recipe imp", "ingredients.combine", "'single'",
+    ),
+    case(
+        "gmp-fixes-cycles",
+        run("--recipe", "gmp", *s("pruning.cycles=3")),
+        "recipe gmp", "pruning.cycles = 3", "fixes it to 0",
+    ),
+    case(
+        "random-fixes-method",
+        run("--recipe", "random", *s("pruning.method=magnitude")),
+        "recipe random", "pruning.method", "'random'",
+    ),
+    # ---- cross-field checks
+    case(
+        "greedy-without-val",
+        run("--recipe", "sms", *s("ingredients.combine=greedy"), *s("data.val_fraction=0")),
+        "greedy", "data.val_fraction > 0",
+    ),
+    case(
+        "values-with-vary-seed",
+        run("--recipe", "sms", *s("ingredients.values=[1.0,2.0,3.0]")),
+        "ingredients.values", "vary = 'seed'",
+    ),
+    case(
+        "values-length",
+        run("--recipe", "sms", *s("ingredients.vary=lr"), *s("ingredients.values=[1.0,2.0]")),
+        "ingredients.values has 2 entries", "count is 3",
+    ),
+    case(
+        "values-not-positive",
+        run("--recipe", "sms", *s("ingredients.vary=lr"), *s("ingredients.values=[1.0,0,2]")),
+        "ingredients.values", "positive",
+    ),
+    case(
+        "gmp-end-before-start",
+        run("--recipe", "gmp", *s("pruning.gmp_end=0.05")),
+        "pruning.gmp_end", "pruning.gmp_start",
+    ),
+    case(
+        "one-shot-without-target",
+        run("--recipe", "one-shot", *s("pruning.target_sparsity=0")),
+        "one-shot", "pruning.target_sparsity",
+    ),
+    case("zero-epochs-no-checkpoint", run(*s("train.epochs=0")), "train.epochs = 0", "pretrained"),
+    # ---- --set syntax
+    case("set-without-equals", run(*s("train.epochs")), "--set 'train.epochs'", "KEY=VALUE"),
+    case("set-empty-key", run(*s("=3")), "--set '=3'", "bad key"),
+    case("set-empty-key-part", run(*s("train..lr=0.1")), "bad key", "'train..lr'"),
+    case(
+        "argparse-bad-int",
+        run("--seed", "abc"),
+        "--seed", "'abc'",
+    ),
+    # ---- model and data set
+    case(
+        "unknown-model",
+        run("--model", "resnet21"),
+        "'resnet21'", "known models", "conv1d", "resnet20", "wrn<depth>_<width>",
+    ),
+    case(
+        "unknown-dataset",
+        run("--dataset", "mnist2d", *TINY),
+        "'mnist2d'", "mnist1d", "cifar10",
+    ),
+    case("model-vs-input-shape", run("--model", "resnet20"), "resnet20", "input_shape", "(1, 40)"),
+    case(
+        "unknown-model-option",
+        run(*s("model.options={bogus=1}")),
+        "bogus", "conv1d", "width, batch_norm",
+    ),
+    case("bad-model-option-value", run(*s("model.options={width=-1}")), "width", "-1"),
+    case(
+        "exclusions-leave-nothing",
+        run(*s("pruning.exclude=['*']")),
+        "pruning", "no layer to prune",
+    ),
+    case(
+        "mnist-files-missing",
+        run(
+            "--dataset", "mnist", "--data-dir", f"{TMP}/empty",
+            *s("execution.download=false"), *TINY,
+        ),
+        "mnist", f"{TMP}/empty/mnist", "train-images-idx3-ubyte", "download=False",
+        setup=mkdir("empty"),
+    ),
+    # ---- pretrained checkpoint
+    case(
+        "pretrained-missing",
+        run(*s(f"model.pretrained='{TMP}/nope.pt'")),
+        "model.pretrained", "nope.pt", "does not exist",
+    ),
+    case(
+        "pretrained-garbage-pt",
+        run(*s(f"model.pretrained='{TMP}/garbage.pt'")),
+        "model.pretrained", "garbage.pt", "refused by torch.load(weights_only=True)",
+        setup=raw("garbage.pt", b"not a pickle at all"),
+    ),
+    case(
+        "pretrained-garbage-safetensors",
+        run(*s(f"model.pretrained='{TMP}/garbage.safetensors'")),
+        "garbage.safetensors", "not a readable safetensors file",
+        setup=raw("garbage.safetensors", b"\xff" * 64),
+    ),
+    case(
+        "pretrained-other-model-pt",
+        run(*s(f"model.pretrained='{TMP}/mlp.pt'")),
+        "model.pretrained", "mlp.pt", "does not fit the model", "missing", "unexpected",
+        "layers.1.weight",
+        setup=state_pt("mlp.pt"),
+    ),
+    case(
+        "pretrained-other-model-safetensors",
+        run(*s(f"model.pretrained='{TMP}/mlp.safetensors'")),
+        "model.pretrained", "mlp.safetensors", "does not fit the model", "missing", "unexpected",
+        setup=state_safetensors("mlp.safetensors"),
+    ),
+    case(
+        "pretrained-other-width",
+        run(*s(f"model.pretrained='{TMP}/narrow.pt'")),
+        "model.pretrained", "narrow.pt", "shapes differ", "(8, 1, 5) vs model (32, 1, 5)",
+        setup=state_pt("narrow.pt", "conv1d", width=8),
+    ),
+    case(
+        "pretrained-not-tensors",
+        run(*s(f"model.pretrained='{TMP}/plain.pt'")),
+        "model.pretrained", "plain.pt", "state_dict of tensors",
+        setup=pickled("plain.pt", {"epoch": 3, "note": "hello"}),
+    ),
+    case(
+        "pretrained-list",
+        run(*s(f"model.pretrained='{TMP}/list.pt'")),
+        "model.pretrained", "list.pt", "state_dict of tensors",
+        setup=pickled("list.pt", [torch.zeros(3)]),
+    ),
+    case(
+        "pretrained-pickle-payload",
+        run(*s(f"model.pretrained='{TMP}/payload.pt'")),
+        "model.pretrained", "payload.pt", "refused by torch.load(weights_only=True)",
+        setup=payload_pt("payload.pt"),
+    ),
+    # ---- initial mask
+    case(
+        "mask-missing",
+        run(*s(f"pruning.initial_mask='{TMP}/nope.safetensors'")),
+        "pruning.initial_mask", "nope.safetensors", "does not exist",
+    ),
+    case(
+        "mask-float-tensors",
+        run(*s(f"pruning.initial_mask='{TMP}/float.safetensors'")),
+        "float.safetensors", "not a mask", "not bool",
+        setup=float_mask("float.safetensors"),
+    ),
+    case(
+        "mask-garbage",
+        run(*s(f"pruning.initial_mask='{TMP}/junk.safetensors'")),
+        "junk.safetensors", "not a readable safetensors file",
+        setup=raw("junk.safetensors", b"\x00" * 32),
+    ),
+    case(
+        "mask-other-model-names",
+        run(*s(f"pruning.initial_mask='{TMP}/mlp_mask.safetensors'")),
+        "pruning.initial_mask", "mlp_mask.safetensors", "'layers.1.weight' is not a parameter",
+        setup=mask_of("mlp_mask.safetensors", "mlp"),
+    ),
+    case(
+        "mask-other-shapes",
+        run(*s(f"pruning.initial_mask='{TMP}/narrow_mask.safetensors'")),
+        "pruning.initial_mask", "narrow_mask.safetensors", "has shape (8, 1, 5)", "(32, 1, 5)",
+        setup=mask_of("narrow_mask.safetensors", "conv1d", width=8),
+    ),
+    case(
+        "mask-subset-of-layers",
+        run(*s(f"pruning.initial_mask='{TMP}/part.safetensors'")),
+        "pruning.initial_mask", "part.safetensors", "missing", "fc.weight",
+        setup=subset_mask("part.safetensors"),
+    ),
+    # ---- device
+    case(
+        "device-cuda-without-cuda",
+        run(*s("execution.device=cuda")),
+        "execution.device", "cuda", "no CUDA device",
+        marks=(NO_CUDA,),
+    ),
+    case(
+        "device-flag-cuda-without-cuda",
+        run("--device", "cuda:1"),
+        "execution.device", "no CUDA device",
+        marks=(NO_CUDA,),
+    ),
+    case(
+        "device-nonsense",
+        run(*s("execution.device=nonsense")),
+        "execution.device", "'nonsense'", "cpu, cuda",
+    ),
+    # ---- export / inspect
+    case(
+        "export-missing-run-dir",
+        ["export", f"{TMP}/no_run", "--cycle", "0", "--out", f"{TMP}/out.safetensors"],
+        f"{TMP}/no_run", "not a run directory",
+    ),
+    case(
+        "export-dir-not-a-run",
+        ["export", f"{TMP}/emptyrun", "--cycle", "0", "--out", f"{TMP}/out.pt"],
+        "emptyrun", "not a run directory",
+        setup=mkdir("emptyrun"),
+    ),
+    case("inspect-missing-file", ["inspect", f"{TMP}/nope.safetensors"], "nope.safetensors"),
+    case(
+        "inspect-missing-toml",
+        ["inspect", f"{TMP}/nope.toml"],
+        "nope.toml", "no such config file",
+    ),
+    case(
+        "inspect-garbage-file",
+        ["inspect", f"{TMP}/junk.safetensors"],
+        "junk.safetensors", "not a readable safetensors file",
+        setup=raw("junk.safetensors", b"\x01" * 16),
+    ),
+    case(
+        "inspect-bad-toml",
+        ["inspect", f"{TMP}/c.toml"],
+        "unknown key train.epoch",
+        setup=text("c.toml", "[train]\nepoch = 3\n"),
+    ),
+    case("inspect-nothing", ["inspect"], "inspect needs a run directory or file"),
+]  # fmt: skip
+
+
+# -- the harness ---------------------------------------------------------------------------------
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _subst(item: str, tmp: Path) -> str:
+    return item.replace(TMP, str(tmp))
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path`` as the working directory and data root, so a stray write lands there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEAVG_DATA", str(tmp_path / "data"))
+    return tmp_path
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exit:  # argparse; reported through the assertions below
+        return exit.code if isinstance(exit.code, int) else 1
+
+
+def test_cases_are_many_and_named_uniquely():
+    ids = [p.id for p in CASES]
+    assert len(ids) >= 35
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize(("argv", "fragments", "setup"), CASES)
+def test_bad_input_is_refused_cleanly(argv, fragments, setup, sandbox, capsys):
+    runs = sandbox / "runs"
+    if setup is not None:
+        setup(sandbox)
+    args = [_subst(a, sandbox) for a in argv]
+    if args[0] == "run":
+        args += ["--runs-dir", str(runs)]
+    before = _files(sandbox)
+
+    rc = _main(args)
+
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err + out
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{err}"
+    line = lines[0]
+    assert line.startswith("sparseavg: error: "), line
+    for fragment in fragments:
+        assert _subst(fragment, sandbox) in line, f"{fragment!r} not in {line!r}"
+    assert rc == 2
+    assert not runs.exists(), sorted(_files(sandbox) - before)
+    assert _files(sandbox) == before, sorted(_files(sandbox) ^ before)
+    assert not (sandbox / "MARKER").exists()
+
+
+def test_existing_runs_dir_is_left_unchanged(sandbox, capsys):
+    runs = sandbox / "runs"
+    (runs / "other-run").mkdir(parents=True)
+    (runs / "other-run" / "config.toml").write_text('recipe = "imp"\n')
+    before = _files(sandbox)
+    rc = _main(["run", "--model", "resnet21", "--runs-dir", str(runs)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("sparseavg: error: ")
+    assert _files(sandbox) == before
+
+
+def test_pickle_payload_in_pretrained_is_not_executed(sandbox, capsys):
+    """``model.pretrained`` is read with ``weights_only``: a pickle whose ``__reduce__`` would
+    create a file is refused without running it (the message format is checked above)."""
+    payload_pt("payload.pt")(sandbox)
+    marker = sandbox / "MARKER"
+    rc = _main(["run", "--set", f"model.pretrained='{sandbox}/payload.pt'", "--runs-dir", "runs"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("sparseavg: error: model.pretrained: ") and "payload.pt" in err
+    assert "Traceback" not in err
+    assert not marker.exists()
+    assert not (sandbox / "runs").exists()
+    # the payload is live: an unsafe load would have created the marker
+    torch.load(sandbox / "payload.pt", weights_only=False)
+    assert marker.exists()
+    os.remove(marker)
+
+
+def test_print_config_is_a_positive_control(sandbox, capsys):
+    runs = sandbox / "runs"
+    before = _files(sandbox)
+    rc = main(["run", "--recipe", "imp", "--print-config", "--runs-dir", str(runs)])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert err == ""
+    assert out.startswith(f"# run directory: {runs}/imp-mnist1d-conv1d-")
+    assert 'recipe = "imp"' in out
+    assert not runs.exists()
+    assert _files(sandbox) == before
