@@ -63,7 +63,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
         proc = subprocess.Popen(
             _cmd(runs), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0.2, duration))
+        time.sleep(rng.uniform(0.3, duration / 4))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
