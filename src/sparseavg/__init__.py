@@ -40,6 +40,7 @@ from .recipes import RECIPES, resolve_config
 from .training import (
     DivergenceError,
     Evaluation,
+    MaskEnforcer,
     TrainResult,
     TrainSettings,
     TrainState,
@@ -57,6 +58,7 @@ __all__ = [
     "DivergenceError",
     "Evaluation",
     "Mask",
+    "MaskEnforcer",
     "MaskError",
     "SoupResult",
     "Split",

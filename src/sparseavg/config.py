@@ -379,14 +379,20 @@ def build_config(values: dict[str, Any]) -> Config:
     return cfg
 
 
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def field_help() -> list[tuple[str, str, str]]:
     """``(key, default, help)`` for every field, for ``--help`` and the README."""
     rows = []
     for section in dataclasses.fields(Config):
         tp = get_type_hints(Config)[section.name]
         if dataclasses.is_dataclass(tp):
-            for f in dataclasses.fields(tp):  # type: ignore[arg-type]
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            for f in dataclasses.fields(tp):
+                default = _default_of(f)
                 rows.append((f"{section.name}.{f.name}", repr(default), f.metadata["help"]))
         else:
             rows.append((section.name, repr(section.default), section.metadata["help"]))

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from ..data import Dataset, available_datasets, load_dataset
 from ..models import build_model
 from ..pruning import (
     Mask,
+    Scope,
     MaskError,
     cubic_sparsity,
     magnitude_prune,
@@ -348,15 +349,12 @@ def _cycle_mask(ctx: Context, plan: CyclePlan, lineage: int) -> Mask:
         mask = Mask.ones_like({n: weights[n] for n in ctx.prunable})
     else:
         previous, previous_mask = _previous_member(ctx, plan.cycle, lineage)
+        scope = cast(Scope, ctx.config.pruning.scope)
         if plan.prune_method == "random":
             g = make_generator(ctx.config.seed, "lineage", lineage, "cycle", plan.cycle, "prune")
-            mask = random_prune(
-                previous_mask, plan.prune_fraction, generator=g, scope=ctx.config.pruning.scope
-            )  # type: ignore[arg-type]
+            mask = random_prune(previous_mask, plan.prune_fraction, generator=g, scope=scope)
         else:
-            mask = magnitude_prune(
-                previous, previous_mask, plan.prune_fraction, scope=ctx.config.pruning.scope
-            )  # type: ignore[arg-type]
+            mask = magnitude_prune(previous, previous_mask, plan.prune_fraction, scope=scope)
     if plan.gradual is None:
         mask.save(path)
     return mask
@@ -387,10 +385,10 @@ def _run_member(ctx: Context, plan: CyclePlan, lineage: int) -> MemberResult:
     info: dict[int, dict[str, Any]] = {}
     for ing in plan.ingredients:
         idir = mdir / f"ingredient_{ing.index}"
-        state, meta, ing_mask = _train_ingredient(ctx, plan, ing, start, mask, idir, lineage)
+        trained, meta, ing_mask = _train_ingredient(ctx, plan, ing, start, mask, idir, lineage)
         info[ing.index] = meta
-        if state is not None:
-            finals[ing.index] = state
+        if trained is not None:
+            finals[ing.index] = trained
         if plan.gradual is not None and ing_mask is not None:
             mask = ing_mask
     if plan.gradual is not None and not (mdir / "mask.safetensors").is_file():
@@ -488,7 +486,7 @@ def _train_ingredient(
         rd.save_checkpoint(ckpt_path, state.to_dict())
         rd.write_json(idir / "elapsed.json", {"seconds": elapsed_before + time.perf_counter() - t0})
 
-    def progress(step: int, total_steps: int, loss: float | None) -> None:
+    def progress(step: int, total: int, loss: float | None) -> None:
         rep.update(task, step, "" if loss is None else f"loss {loss:.3f}")
 
     tighten = _gradual_tightener(ctx, plan) if plan.gradual is not None else None

@@ -189,7 +189,7 @@ def train(
     swa_start_step = None if swa_start_epoch is None else swa_start_epoch * spe
 
     if settings.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = build_optimizer(model, settings)
     enforcer = MaskEnforcer(model, mask)
     swa = AveragedModel(model, use_buffers=False) if swa_start_step is not None else None

@@ -76,7 +76,8 @@ def cached(
     arrays = generate(num_samples, seed)
     try:
         buffer = io.BytesIO()
-        np.savez(buffer, **dict(zip(names, arrays, strict=True)))
+        x, y, x_test, y_test = arrays
+        np.savez(buffer, x=x, y=y, x_test=x_test, y_test=y_test)
         atomic_write_bytes(path, buffer.getvalue())
     except OSError:
         pass
