@@ -29,8 +29,8 @@ from ..data import Dataset, available_datasets, load_dataset
 from ..models import build_model
 from ..pruning import (
     Mask,
-    Scope,
     MaskError,
+    Scope,
     cubic_sparsity,
     magnitude_prune,
     magnitude_prune_to,
