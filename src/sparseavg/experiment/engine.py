@@ -613,23 +613,12 @@ def _evaluate_cycle(
     for lineage, res in enumerate(results):
         if len(res.plan.ingredients) > 1:
             for idx in sorted(res.info):
-                meta = res.info[idx]
-                if idx not in res.ingredients:
-                    rows.append(
-                        _row(
-                            ctx,
-                            cycle,
-                            lineage,
-                            "ingredient",
-                            res.mask,
-                            None,
-                            None,
-                            idx,
-                            dropped=True,
-                        )
-                    )
-                    continue
-                _load_model_state(ctx, res.ingredients[idx])
+                state = res.ingredients.get(idx)
+                ev = None
+                if state is not None:
+                    _load_model_state(ctx, state)
+                    ev = evaluate(ctx.model, test)
+                seconds_k = res.info[idx].get("seconds")
                 rows.append(
                     _row(
                         ctx,
@@ -637,9 +626,10 @@ def _evaluate_cycle(
                         lineage,
                         "ingredient",
                         res.mask,
-                        evaluate(ctx.model, test),
-                        meta.get("seconds"),
+                        ev,
+                        seconds_k,
                         idx,
+                        dropped=state is None,
                     )
                 )
         _load_model_state(ctx, res.combined)

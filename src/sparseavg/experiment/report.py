@@ -15,18 +15,18 @@ atomically (temporary file in the same directory, then ``os.replace``). Plots us
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import statistics
-import tempfile
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..utils.files import atomic_open, atomic_write_text
 
 PathLike = str | os.PathLike[str]
 
@@ -483,27 +483,6 @@ def _escape(text: str) -> str:
 # -- plot ---------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, then ``os.replace`` it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    data = text.encode("utf-8")
-    _atomic_write(path, lambda handle: handle.write(data))
-
-
 # Sparsity axis: plotted against -log10(remaining fraction), so the geometric steps of IMP are
 # evenly spaced; ticks are labelled in sparsity %.
 _MAX_SPARSITY_PCT = 99.999
@@ -591,7 +570,8 @@ def plot_accuracy_vs_sparsity(runs: Sequence[RunResults], path: PathLike) -> Non
     else:
         ax.text(0.5, 0.5, "no results yet", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()
-    _atomic_write(target, lambda handle: fig.savefig(handle, format="png", dpi=150))
+    with atomic_open(target, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=150)
 
 
 def _context(runs: Sequence[RunResults]) -> str:
@@ -644,5 +624,5 @@ def write_report(runs: Sequence[RunResults], out_dir: PathLike) -> tuple[Path, P
         cycles = sorted({r["cycle"] for r in run.rows})
         state = f"cycles {cycles[0]}–{cycles[-1]}" if cycles else "no results yet"
         parts.append(f"- `{run.path}` (seed {run.seed}, {state})")
-    _atomic_write_text(report_path, "\n".join(parts) + "\n")
+    atomic_write_text(report_path, "\n".join(parts) + "\n")
     return report_path, plot_path
