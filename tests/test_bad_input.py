@@ -600,6 +600,11 @@ CASES = [
         setup=text("c.toml", "[train]\nepoch = 3\n"),
     ),
     case("inspect-nothing", ["inspect"], "inspect needs a run directory or file"),
+    case(
+        "rewind-after-training",
+        run(*s("pruning.rewind_epochs=40"), *s("train.epochs=30")),
+        "pruning.rewind_epochs (40) must be less than train.epochs (30)",
+    ),
 ]  # fmt: skip
 
 

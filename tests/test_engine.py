@@ -269,3 +269,43 @@ def test_resolved_config_names_the_run_and_a_rerun_reuses_it(tmp_path, capsys):
     assert rows(run) == before
     assert (run / "cycle_00/combined.safetensors").stat().st_mtime_ns == stamp
     shutil.rmtree(run)
+
+
+def test_sms_from_a_pretrained_checkpoint_and_a_run_from_an_initial_mask(tmp_path, capsys):
+    assert main(tiny_args("imp", tmp_path / "a", cycles=1)) == 0
+    source = only_run(tmp_path / "a")
+    dense = tmp_path / "dense.safetensors"
+    assert main(["export", str(source), "--cycle", "0", "--out", str(dense)]) == 0
+    args = tiny_args(
+        "sms",
+        tmp_path / "b",
+        "--set",
+        f"model.pretrained='{dense}'",
+        "--set",
+        "ingredients.count=2",
+        cycles=1,
+    )
+    assert main(args) == 0
+    run = only_run(tmp_path / "b")
+    result = rows(run)
+    source_dense = [r for r in rows(source) if r["cycle"] == 0 and r["role"] == "combined"][0]
+    sms_dense = [r for r in result if r["cycle"] == 0 and r["role"] == "combined"][0]
+    assert sms_dense["accuracy"] == source_dense["accuracy"]  # cycle 0 is the checkpoint itself
+    assert not (run / "cycle_00/ingredient_0").exists()  # nothing trained in cycle 0
+    # a run that starts from the exported cycle-1 mask is 20 % sparse in cycle 0 already
+    mask_file = tmp_path / "m.safetensors"
+    Mask.load(source / "cycle_01/mask.safetensors").save(mask_file)
+    assert (
+        main(
+            tiny_args(
+                "imp", tmp_path / "c", "--set", f"pruning.initial_mask='{mask_file}'", cycles=0
+            )
+        )
+        == 0
+    )
+    started = rows(only_run(tmp_path / "c"))
+    assert started[0]["sparsity"] == pytest.approx(0.2, abs=1e-3)
+    final = load_tensors(only_run(tmp_path / "c") / "cycle_00/combined.safetensors")
+    mask = Mask.load(mask_file)
+    for name in mask:
+        assert torch.equal(final[name][~mask[name]], torch.zeros_like(final[name][~mask[name]]))

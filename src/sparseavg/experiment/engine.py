@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from ..averaging import (
+    AcceptRule,
     evaluate_ensemble,
     greedy_soup,
     has_batchnorm,
@@ -37,9 +39,9 @@ from ..pruning import (
     prunable_parameters,
     random_prune,
 )
-from ..recipes import CyclePlan, IngredientPlan, get_recipe
+from ..recipes import CyclePlan, IngredientPlan, base_settings, get_recipe
 from ..training import DivergenceError, TrainState, evaluate, steps_per_epoch, train
-from ..utils.files import CorruptFileError, load_tensors, safe_torch_load
+from ..utils.files import CorruptFileError, atomic_write_text, load_tensors, safe_torch_load
 from ..utils.seeding import derive_seed, make_generator
 from ..utils.state import State, clone_state
 from .progress import NullReporter, Reporter
@@ -183,7 +185,8 @@ def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = No
         device=device,
         reporter=reporter or NullReporter(),
         members=recipe.members(config),
-        rewind_step=round(config.pruning.rewind_epochs * spe),
+        # a pretrained model is its own ticket: cycles rewind to it and restart the schedule
+        rewind_step=0 if pretrained is not None else round(config.pruning.rewind_epochs * spe),
         prunable=names,
         pretrained=pretrained,
         initial_mask=initial_mask,
@@ -236,8 +239,6 @@ def run(config: Config, runs_dir: str | Path, reporter: Reporter | None = None) 
 def _write_or_check_config(ctx: Context) -> None:
     rd = ctx.rundir
     if rd.config_path.exists():
-        import tomllib
-
         try:
             on_disk = tomllib.loads(rd.config_path.read_text())
         except tomllib.TOMLDecodeError as err:
@@ -247,8 +248,6 @@ def _write_or_check_config(ctx: Context) -> None:
             raise RunError(f"{rd.config_path} holds another config than this run's; not resuming")
         ctx.reporter.message(f"resuming {rd.path}")
     else:
-        from ..utils.files import atomic_write_text
-
         atomic_write_text(rd.config_path, to_toml(ctx.config.to_dict()))
 
 
@@ -313,8 +312,6 @@ def _ticket(ctx: Context, lineage: int) -> State:
         model = make_model(ctx.config, ctx.data, init_seed).to(ctx.device)
         if ctx.rewind_step > 0:
             ctx.reporter.message(f"lineage {lineage}: common dense run to step {ctx.rewind_step}")
-            from ..recipes import base_settings
-
             try:
                 train(
                     model,
@@ -439,7 +436,8 @@ def _combine(
         _load_model_state(ctx, _recalibrated(ctx, state))
         return evaluate(ctx.model, val).accuracy
 
-    soup = greedy_soup(states, score, accept=ctx.config.ingredients.accept, mask=mask)  # type: ignore[arg-type]
+    accept = cast(AcceptRule, ctx.config.ingredients.accept)
+    soup = greedy_soup(states, score, accept=accept, mask=mask)
     return _recalibrated(ctx, soup.state), [indices[i] for i in soup.selected]
 
 
@@ -486,8 +484,14 @@ def _train_ingredient(
         rd.save_checkpoint(ckpt_path, state.to_dict())
         rd.write_json(idir / "elapsed.json", {"seconds": elapsed_before + time.perf_counter() - t0})
 
+    spe = steps_per_epoch(ctx.data.train, ing.settings.batch_size)
+    last_loss: list[float] = []
+
     def progress(step: int, total: int, loss: float | None) -> None:
-        rep.update(task, step, "" if loss is None else f"loss {loss:.3f}")
+        if loss is not None:
+            last_loss[:] = [loss]
+        info = f"epoch {min(step // spe + 1, ing.settings.epochs)}/{ing.settings.epochs}"
+        rep.update(task, step, info + (f"  loss {last_loss[0]:.3f}" if last_loss else ""))
 
     tighten = _gradual_tightener(ctx, plan) if plan.gradual is not None else None
     try:
