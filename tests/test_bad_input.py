@@ -30,6 +30,7 @@ CLASSES = 10
 # appended to cases that get past validation by mistake, so that they stay fast
 TINY = (
     "--set", "train.epochs=1",
+    "--set", "pruning.rewind_epochs=0",
     "--set", "pruning.cycles=0",
     "--set", "train.batch_size=4096",
     "--quiet",

@@ -288,8 +288,8 @@ def test_sms_from_a_pretrained_checkpoint_and_a_run_from_an_initial_mask(tmp_pat
     assert main(args) == 0
     run = only_run(tmp_path / "b")
     result = rows(run)
-    source_dense = [r for r in rows(source) if r["cycle"] == 0 and r["role"] == "combined"][0]
-    sms_dense = [r for r in result if r["cycle"] == 0 and r["role"] == "combined"][0]
+    source_dense = next(r for r in rows(source) if r["cycle"] == 0 and r["role"] == "combined")
+    sms_dense = next(r for r in result if r["cycle"] == 0 and r["role"] == "combined")
     assert sms_dense["accuracy"] == source_dense["accuracy"]  # cycle 0 is the checkpoint itself
     assert not (run / "cycle_00/ingredient_0").exists()  # nothing trained in cycle 0
     # a run that starts from the exported cycle-1 mask is 20 % sparse in cycle 0 already
