@@ -309,7 +309,7 @@ CASES = [
     ),
     case(
         "rewind-epochs-inf",
-        run(*s("pruning.rewind_epochs=inf"), *TINY),
+        run(*TINY, *s("pruning.rewind_epochs=inf")),
         "pruning.rewind_epochs", "inf",
     ),
     # ---- bad choices
