@@ -110,19 +110,22 @@ def test_interrupted_runs_resume_to_the_same_results(recipe, stops, tmp_path):
     assert same_weights(final_weights(resumed), final_weights(reference))
 
 
-def test_divergence_drop_leaves_the_ingredient_out(tmp_path):
-    args = tiny_args(
+def _diverging_sms(runs, *extra):
+    """A 3-ingredient SMS run whose ingredient 1 trains at a million times the lr."""
+    return tiny_args(
         "sms",
-        tmp_path,
+        runs,
         "--set",
         'ingredients.vary="lr"',
         "--set",
         "ingredients.values=[1.0, 1e6, 1.0]",
-        "--set",
-        'execution.on_divergence="drop"',
+        *extra,
         cycles=1,
     )
-    assert main(args) == 0
+
+
+def test_divergence_drop_leaves_the_ingredient_out(tmp_path):
+    assert main(_diverging_sms(tmp_path, "--set", 'execution.on_divergence="drop"')) == 0
     run = only_run(tmp_path)
     result = rows(run)
     dropped = [r for r in result if r["dropped"]]
@@ -138,16 +141,7 @@ def test_divergence_drop_leaves_the_ingredient_out(tmp_path):
 
 
 def test_divergence_stop_names_cycle_ingredient_and_step(tmp_path, capsys):
-    args = tiny_args(
-        "sms",
-        tmp_path,
-        "--set",
-        'ingredients.vary="lr"',
-        "--set",
-        "ingredients.values=[1.0, 1e6, 1.0]",
-        cycles=1,
-    )
-    assert main(args) == 1
+    assert main(_diverging_sms(tmp_path)) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("sparseavg: stopped:") and "cycle 1, ingredient 1, step" in err
     run = only_run(tmp_path)
