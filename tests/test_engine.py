@@ -86,7 +86,10 @@ class _StopAfter:
         pass
 
 
-@pytest.mark.parametrize("recipe,stops", [("swamp", (7, 130, 300)), ("sms", (50, 200))])
+@pytest.mark.parametrize(
+    "recipe,stops",
+    [("swamp", (7, 130, 300)), ("sms", (50, 200)), ("ensemble", (60, 200)), ("gmp", (90, 200))],
+)
 def test_interrupted_runs_resume_to_the_same_results(recipe, stops, tmp_path):
     from sparseavg.experiment import run
     from sparseavg.recipes import resolve_config
@@ -100,6 +103,9 @@ def test_interrupted_runs_resume_to_the_same_results(recipe, stops, tmp_path):
     }
     if recipe == "swamp":
         values["ingredients"] = {"count": 2}
+    if recipe == "gmp":  # one run of 6 epochs whose mask tightens at every epoch end
+        values["train"]["epochs"] = 6
+        values["pruning"] = {"gmp_start": 0.0, "gmp_end": 0.99}
     config = resolve_config(values)
     reference = run(config, tmp_path / "a")
     for n in stops:
