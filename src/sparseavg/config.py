@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from .averaging import ACCEPT_RULES
-from .pruning import SCOPES
+from .pruning import SCOPES, fraction_per_cycle
 from .training import OPTIMIZERS, PRECISIONS, SCHEDULES
 
 
@@ -227,15 +227,8 @@ class Config:
         """The per-cycle fraction, derived from ``target_sparsity`` when that is set."""
         p = self.pruning
         if p.target_sparsity > 0 and p.cycles > 0:
-            return 1.0 - (1.0 - p.target_sparsity) ** (1.0 / p.cycles)
+            return fraction_per_cycle(p.target_sparsity, p.cycles)
         return p.fraction
-
-
-SECTIONS: dict[str, type] = {
-    f.name: f.type if isinstance(f.type, type) else get_type_hints(Config)[f.name]
-    for f in dataclasses.fields(Config)
-    if dataclasses.is_dataclass(get_type_hints(Config)[f.name])
-}
 
 
 def _type_name(tp: Any) -> str:

@@ -66,11 +66,8 @@ def uniform_average(
         for s, w in zip(states[1:], weights[1:], strict=True):
             if w == 0:
                 continue
-            seen += w
-            if seen == w:  # everything before had weight 0
-                avg.copy_(s[name])
-            else:
-                avg.lerp_(s[name].to(avg.device, avg.dtype), w / seen)
+            seen += w  # a weight of 1 (all before had weight 0) makes lerp return s exactly
+            avg.lerp_(s[name].to(avg.device, avg.dtype), w / seen)
         result[name] = avg
     if mask is not None:
         result = mask.applied(result)

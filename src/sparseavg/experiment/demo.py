@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import merge
+from ..config import ConfigError, merge
 from ..recipes import resolve_config
 from .engine import run
 from .progress import Reporter
-from .report import budget_lines, find_runs, write_report
+from .report import budget_lines, find_runs, markdown_table, write_report
 
 DEMO_SEEDS = (0, 1)
 DEMO_BASE: dict[str, Any] = {
@@ -38,8 +38,6 @@ def demo_configs(recipes: list[str]) -> list[dict[str, Any]]:
     """The demo's config values, one per (recipe, seed)."""
     unknown = [r for r in recipes if r not in DEMO_RECIPES]
     if unknown:
-        from ..config import ConfigError
-
         raise ConfigError(
             f"demo: unknown recipe {unknown[0]!r}; choose from {', '.join(DEMO_RECIPES)}"
         )
@@ -60,7 +58,6 @@ def run_demo(out: Path, recipes: list[str], reporter: Reporter) -> str:
         paths.append(run(config, out, reporter))
     runs = find_runs(paths)
     md, png = write_report(runs, out)
-    from .report import markdown_table
 
     lines = [
         "sparseavg demo: MNIST-1D (8,000 samples: 7,200 train / 800 held out, 2,000 test), "

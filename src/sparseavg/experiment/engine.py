@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -465,26 +466,24 @@ def _train_ingredient(
     idir.mkdir(parents=True, exist_ok=True)
     ckpt_path = idir / "checkpoint.pt"
     resume = None
+    elapsed_before = 0.0
     if ckpt_path.is_file():
-        resume = TrainState.from_dict(rd.load_checkpoint(ckpt_path))
+        payload = rd.load_checkpoint(ckpt_path)
+        resume = TrainState.from_dict(payload)
+        elapsed_before = float(payload.get("seconds", 0.0))
         rep.message(f"cycle {plan.cycle} ingredient {ing.index}: resuming at step {resume.step}")
     _load_model_state(ctx, start)
     label = f"cycle {plan.cycle}" + (f" member {lineage}" if ctx.members > 1 else "")
     label += f" ingredient {ing.index + 1}/{len(plan.ingredients)}"
-    total = ing.settings.epochs * steps_per_epoch(ctx.data.train, ing.settings.batch_size)
-    task = rep.task(label, total)
+    spe = steps_per_epoch(ctx.data.train, ing.settings.batch_size)
+    task = rep.task(label, ing.settings.epochs * spe)
     t0 = time.perf_counter()
-    elapsed_before = (
-        float(rd.read_json(idir / "elapsed.json")["seconds"])
-        if (resume is not None and (idir / "elapsed.json").is_file())
-        else 0.0
-    )
 
     def save(state: TrainState) -> None:
-        rd.save_checkpoint(ckpt_path, state.to_dict())
-        rd.write_json(idir / "elapsed.json", {"seconds": elapsed_before + time.perf_counter() - t0})
+        # the training seconds so far travel with the checkpoint they belong to
+        seconds = elapsed_before + time.perf_counter() - t0
+        rd.save_checkpoint(ckpt_path, {**state.to_dict(), "seconds": seconds})
 
-    spe = steps_per_epoch(ctx.data.train, ing.settings.batch_size)
     last_loss: list[float] = []
 
     def progress(step: int, total: int, loss: float | None) -> None:
@@ -543,14 +542,16 @@ def _train_ingredient(
         ing_mask.save(mask_path)
     rd.write_json(info_path, meta)
     ckpt_path.unlink(missing_ok=True)
-    (idir / "elapsed.json").unlink(missing_ok=True)
     return final, meta, ing_mask
 
 
-def _gradual_tightener(ctx: Context, plan: CyclePlan):
+def _gradual_tightener(
+    ctx: Context, plan: CyclePlan
+) -> Callable[[int, nn.Module, Mask | None], Mask | None]:
+    """Gradual magnitude pruning: at each epoch end, prune to the cubic schedule's sparsity."""
     assert plan.gradual is not None
     g = plan.gradual
-    scope = ctx.config.pruning.scope
+    scope = cast(Scope, ctx.config.pruning.scope)
 
     def tighten(epochs_done: int, model: nn.Module, mask: Mask | None) -> Mask | None:
         if mask is None or epochs_done <= g.start_epoch or epochs_done > g.end_epoch:
@@ -564,7 +565,7 @@ def _gradual_tightener(ctx: Context, plan: CyclePlan):
         if target <= mask.sparsity:
             return None
         weights = {n: p.detach() for n, p in model.named_parameters() if n in mask}
-        return magnitude_prune_to(weights, mask, target, scope=scope)  # type: ignore[arg-type]
+        return magnitude_prune_to(weights, mask, target, scope=scope)
 
     return tighten
 

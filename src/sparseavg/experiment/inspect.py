@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from ..config import read_toml, to_toml
 from ..pruning import Mask
+from ..recipes import resolve_config
 from ..utils.files import load_tensors
 from .report import find_runs, markdown_table
 from .rundir import RunDir
@@ -53,9 +55,6 @@ def describe_file(path: str | Path) -> str:
     """A mask's per-layer sparsity, a model file's tensors, or a validated config file."""
     p = Path(path)
     if p.suffix == ".toml":
-        from ..config import read_toml, to_toml
-        from ..recipes import resolve_config
-
         return to_toml(resolve_config(read_toml(p)).to_dict())
     tensors = load_tensors(p)
     if tensors and all(t.dtype == torch.bool for t in tensors.values()):

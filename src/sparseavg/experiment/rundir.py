@@ -32,6 +32,7 @@ import torch
 
 from ..utils.files import (
     CorruptFileError,
+    atomic_open,
     atomic_write_text,
     load_tensors,
     safe_torch_load,
@@ -162,8 +163,6 @@ class RunDir:
     @staticmethod
     def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         """An epoch-level training checkpoint (``torch.save``, atomic)."""
-        from ..utils.files import atomic_open
-
         with atomic_open(path, "wb") as f:
             torch.save(payload, f)
 
