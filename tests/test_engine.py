@@ -309,3 +309,52 @@ def test_sms_from_a_pretrained_checkpoint_and_a_run_from_an_initial_mask(tmp_pat
     mask = Mask.load(mask_file)
     for name in mask:
         assert torch.equal(final[name][~mask[name]], torch.zeros_like(final[name][~mask[name]]))
+
+
+def test_greedy_soup_exclusions_layerwise_scope_and_bn_batches_in_a_run(tmp_path):
+    args = tiny_args(
+        "sms", tmp_path,
+        "--set", 'ingredients.combine="greedy"', "--set", "ingredients.count=3",
+        "--set", "ingredients.bn_batches=2", "--set", "pruning.exclude_last=true",
+        "--set", 'pruning.scope="layerwise"', "--set", "pruning.fraction=0.5",
+        cycles=1,
+    )  # fmt: skip
+    assert main(args) == 0
+    run = only_run(tmp_path)
+    selected = json.loads((run / "cycle_01/soup.json").read_text())["selected"]
+    assert selected and set(selected) <= {0, 1, 2} and len(set(selected)) == len(selected)
+    combined_row = next(r for r in rows(run) if r["cycle"] == 1 and r["role"] == "combined")
+    assert combined_row["selected"] == selected
+    mask = Mask.load(run / "cycle_01/mask.safetensors")
+    assert "fc.weight" not in mask  # the classifier stays dense
+    for r in mask.report():  # layerwise: every layer loses exactly round(0.5 * its size)
+        assert r.total - r.alive == round(0.5 * r.total)
+    finals = [load_tensors(run / f"cycle_01/ingredient_{k}/final.safetensors") for k in selected]
+    combined = load_tensors(run / "cycle_01/combined.safetensors")
+    mean = torch.stack([f["fc.weight"] for f in finals]).mean(0)
+    assert torch.allclose(combined["fc.weight"], mean, atol=1e-6)
+    # BN statistics come from exactly 2 recalibration batches of 256, not the whole split
+    from sparseavg.averaging import recalibrate_bn
+    from sparseavg.data import load_dataset
+
+    model = build_model("conv1d", 10, (1, 40), width=8)
+    model.load_state_dict(combined)
+    data = load_dataset("mnist1d", val_fraction=0.1)
+    recalibrate_bn(model, data.train, num_batches=2)
+    assert torch.allclose(
+        model.state_dict()["features.1.running_mean"],
+        combined["features.1.running_mean"],
+        atol=1e-6,
+    )
+
+
+def test_progress_output_plain_and_none(tmp_path, capsys):
+    args = tiny_args("imp", tmp_path / "a", cycles=0)
+    args.remove("--quiet")
+    assert main([*args, "--plain"]) == 0
+    err = capsys.readouterr().err
+    assert "cycle 0 ingredient 1/1:" in err and "cycles: 1/1" in err  # one line per finished task
+    args = tiny_args("imp", tmp_path / "b", "--set", 'execution.progress="none"', cycles=0)
+    args.remove("--quiet")
+    assert main(args) == 0
+    assert capsys.readouterr().err == ""
