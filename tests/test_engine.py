@@ -315,7 +315,7 @@ def test_greedy_soup_exclusions_layerwise_scope_and_bn_batches_in_a_run(tmp_path
     args = tiny_args(
         "sms", tmp_path,
         "--set", 'ingredients.combine="greedy"', "--set", "ingredients.count=3",
-        "--set", "ingredients.bn_batches=2", "--set", "pruning.exclude_last=true",
+        "--set", "bn.batches=2", "--set", "pruning.exclude_last=true",
         "--set", 'pruning.scope="layerwise"', "--set", "pruning.fraction=0.5",
         cycles=1,
     )  # fmt: skip

@@ -127,9 +127,9 @@ def test_learning_rate_schedules():
     assert [learning_rate(s, i, 100, None) for i in (49, 50, 75)] == pytest.approx(
         [0.1, 0.01, 0.001]
     )
-    s = TrainSettings(lr=0.1, schedule="llr")  # 10 % warm-up, then linear decay to 0
-    assert learning_rate(s, 9, 100, None) == pytest.approx(0.1)
-    assert learning_rate(s, 0, 100, None) == pytest.approx(0.01)
+    s = TrainSettings(lr=0.1, schedule="llr")  # 10 % warm-up from 0, then linear decay to 0
+    assert learning_rate(s, 0, 100, None) == 0.0
+    assert learning_rate(s, 10, 100, None) == pytest.approx(0.1)
     assert learning_rate(s, 55, 100, None) == pytest.approx(0.05)
     # with SWA: cosine decays to swa_lr at the SWA start, then stays constant
     s = TrainSettings(lr=0.1, schedule="cosine", swa_start=0.75, swa_lr=0.05)

@@ -21,7 +21,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from .averaging import ACCEPT_RULES
 from .pruning import SCOPES, fraction_per_cycle
-from .training import OPTIMIZERS, PRECISIONS, SCHEDULES
+from .training import OPTIMIZERS, PRECISIONS, RETRAIN_SCHEDULES, SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -51,10 +51,13 @@ def _f(
     return field(default=default, metadata=meta)
 
 
-STARTS = ("rewind", "finetune")
+STARTS = ("rewind", "finetune", "reinit")
 COMBINES = ("single", "uniform", "greedy")
 VARIES = ("seed", "weight_decay", "lr", "length")
-PRUNERS = ("magnitude", "random")
+PRUNERS = ("magnitude", "random", "shuffle")
+SWA_SCHEDULES = ("anneal", "switch")
+EARLY_CYCLES = ("swa", "imp")
+RECALIBRATE = ("averaged", "always", "never")
 DIVERGENCE = ("stop", "drop")
 PROGRESS = ("auto", "rich", "plain", "none")
 
@@ -101,6 +104,13 @@ class TrainConfig:
         hi_open=True,
     )
     swa_lr: float = _f(0.05, "constant learning rate during SWA", lo=0.0, lo_open=True)
+    swa_schedule: str = _f(
+        "anneal",
+        "lr before SWA: 'anneal' fits the schedule into the steps before swa_start and ends it "
+        "at swa_lr; 'switch' runs the schedule as if over all steps and switches to swa_lr at "
+        "swa_start",
+        choices=SWA_SCHEDULES,
+    )
     augment: bool = _f(True, "use the data set's augmentation")
     precision: str = _f("fp32", "training precision", choices=PRECISIONS)
     channels_last: bool = _f(False, "channels-last memory format for image models")
@@ -129,6 +139,16 @@ class PruningConfig:
     exclude_first: bool = _f(False, "keep the first conv/linear layer dense")
     exclude_last: bool = _f(False, "keep the last (classifier) layer dense")
     exclude: list[str] = _f([], "glob patterns of parameter names to keep dense")
+    layer_fractions: dict[str, float] = _f(
+        {},
+        "per-layer fractions {glob = fraction}: matching layers are pruned on their own at "
+        "that fraction, e.g. {\"fc3.weight\" = 0.1} (the lottery-ticket paper's output layer)",
+    )
+    masks_from: str = _f(
+        "",
+        "a run directory of the same model whose mask of cycle c this run uses in cycle c "
+        "(the lottery-ticket controls: recipes reinit and shuffle)",
+    )
     initial_mask: str = _f(
         "",
         "a mask file (.safetensors of bool tensors) that cycle 0 starts "
@@ -141,7 +161,10 @@ class PruningConfig:
         0, "fine-tuning cycles: epochs of each retraining (0 = train.epochs)", lo=0
     )
     retrain_schedule: str = _f(
-        "", "fine-tuning cycles: lr schedule (empty = train.schedule)", choices=("", *SCHEDULES)
+        "",
+        "fine-tuning cycles: lr schedule, a train.schedule or one of the SMS code's retraining "
+        "schedules ft, lrw, slr, clr, llr, allr (empty = train.schedule)",
+        choices=("", *SCHEDULES, *RETRAIN_SCHEDULES),
     )
     retrain_lr: float = _f(0.0, "fine-tuning cycles: peak lr (0 = train.lr)", lo=0.0)
     gmp_start: float = _f(
@@ -162,7 +185,10 @@ class IngredientsConfig:
         1, "models trained per cycle (SWAMP particles, soup ingredients, ensemble members)", lo=1
     )
     start: str = _f(
-        "rewind", "cycle start: rewind to the ticket or fine-tune the last model", choices=STARTS
+        "rewind",
+        "cycle start: rewind to the ticket, fine-tune the last model, or a new random "
+        "initialisation (reinit)",
+        choices=STARTS,
     )
     combine: str = _f("single", "how a cycle's models become one", choices=COMBINES)
     accept: str = _f(
@@ -170,16 +196,42 @@ class IngredientsConfig:
         "greedy soup: keep a candidate if held-out accuracy is >= (ge) or > (gt)",
         choices=ACCEPT_RULES,
     )
-    vary: str = _f("seed", "what differs between ingredients besides the seed", choices=VARIES)
+    vary: str = _f("seed", "the one hyperparameter that differs between ingredients", choices=VARIES)
+    seed_per_ingredient: bool = _f(
+        False,
+        "with vary = weight_decay, lr or length: also give each ingredient its own seed (batch "
+        "order, augmentation); the SMS code shares one",
+    )
     values: list[float] = _f(
         [],
         "per-ingredient values of the varied hyperparameter (factors of "
         "the base value for lr, weight_decay and length)",
     )
     single_until: int = _f(0, "swamp+: one particle in cycles below this", lo=0)
+    early: str = _f(
+        "swa",
+        "swamp+: the single-particle cycles train with SWA (swa) or are plain IMP (imp)",
+        choices=EARLY_CYCLES,
+    )
     length_factor: float = _f(1.0, "imp+: retrain this many times longer", lo=1.0)
-    bn_batches: int = _f(
-        0, "batches for BatchNorm recalibration (0 = the whole training split)", lo=0
+
+
+@dataclass(frozen=True)
+class BNConfig:
+    recalibrate: str = _f(
+        "averaged",
+        "recompute BatchNorm statistics of averaged models (soups, SWA) only, of every model "
+        "before it is evaluated or starts the next cycle (always, the SMS code), or never",
+        choices=RECALIBRATE,
+    )
+    batches: int = _f(0, "batches (of train.batch_size) per recalibration; 0 = the whole split", lo=0)
+    augment: bool = _f(False, "recalibrate on augmented training batches (the SMS code does)")
+    momentum: float = _f(
+        0.0,
+        "BatchNorm momentum while recalibrating; 0 = the exact average over the batches "
+        "(torch's update_bn), 0.1 = the SMS code",
+        lo=0.0,
+        hi=1.0,
     )
 
 
@@ -203,6 +255,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     ingredients: IngredientsConfig = field(default_factory=IngredientsConfig)
+    bn: BNConfig = field(default_factory=BNConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     # -- derived ------------------------------------------------------------------------------

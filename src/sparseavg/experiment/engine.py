@@ -415,7 +415,7 @@ def _recalibrated(ctx: Context, state: State) -> State:
     if not has_batchnorm(ctx.model):
         return state
     _load_model_state(ctx, state)
-    bn = ctx.config.ingredients.bn_batches
+    bn = ctx.config.bn.batches
     recalibrate_bn(ctx.model, ctx.data.train, num_batches=bn or None)
     return clone_state(ctx.model, device="cpu")
 

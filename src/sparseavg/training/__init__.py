@@ -10,13 +10,22 @@ from .loop import (
     train,
 )
 from .masking import MaskEnforcer
-from .schedules import learning_rate
-from .settings import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainSettings
+from .schedules import learning_rate, smallest_rate, warmup_steps
+from .settings import (
+    OPTIMIZERS,
+    PRECISIONS,
+    RETRAIN_SCHEDULES,
+    SCHEDULES,
+    SWA_SCHEDULES,
+    TrainSettings,
+)
 
 __all__ = [
     "OPTIMIZERS",
     "PRECISIONS",
+    "RETRAIN_SCHEDULES",
     "SCHEDULES",
+    "SWA_SCHEDULES",
     "DivergenceError",
     "Evaluation",
     "MaskEnforcer",
@@ -29,6 +38,8 @@ __all__ = [
     "learning_rate",
     "model_device",
     "predict_logits",
+    "smallest_rate",
     "steps_per_epoch",
     "train",
+    "warmup_steps",
 ]

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 Optimizer = Literal["sgd", "adam", "adamw"]
-ScheduleKind = Literal["constant", "step", "cosine", "llr"]
+ScheduleKind = Literal["constant", "step", "cosine", "llr", "ft", "lrw", "slr", "clr"]
+SwaSchedule = Literal["anneal", "switch"]
 Precision = Literal["fp32", "bf16"]
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+#: schedules of a training run from scratch (``train.schedule``)
 SCHEDULES: tuple[str, ...] = ("constant", "step", "cosine", "llr")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: the retraining schedules of the Sparse Model Soups code that derive from the original run's
+#: schedule (``pruning.retrain_schedule``; ``llr`` is in :data:`SCHEDULES`). ``allr`` is ``llr``
+#: with a peak chosen at the start of each cycle (see ``sparseavg.recipes``).
+RETRAIN_SCHEDULES: tuple[str, ...] = ("ft", "lrw", "slr", "clr", "allr")
+#: schedules that need :attr:`TrainSettings.original`
+DERIVED_SCHEDULES: tuple[str, ...] = ("ft", "lrw", "slr", "clr")
+SWA_SCHEDULES: tuple[str, ...] = get_args(SwaSchedule)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -27,16 +36,27 @@ class TrainSettings:
         nesterov: Nesterov momentum for SGD.
         weight_decay: L2 penalty (decoupled for ``adamw``).
         schedule: ``"constant"``; ``"step"`` (multiply by ``gamma`` at each of ``milestones``);
-            ``"cosine"`` (to 0, or to ``swa_lr`` when SWA is on); ``"llr"`` (linear warm-up then
-            linear decay to 0, the schedule Sparse Model Soups retrain with).
-        warmup: fraction of the (pre-SWA) steps with a linear warm-up from 0 to ``lr``; for
-            ``"llr"`` the warm-up length (0.1 if left at 0).
+            ``"cosine"`` (to 0, or to ``swa_lr`` when SWA anneals to it); ``"llr"`` (warm-up,
+            then linear decay to 0: the SMS code's LLR). Retraining schedules of the Sparse
+            Model Soups code, derived from :attr:`original` (see :mod:`.schedules`): ``"ft"``
+            (constant at the original's smallest rate), ``"lrw"`` (the original's last
+            ``epochs`` epochs), ``"slr"`` (the original compressed into ``epochs``), ``"clr"``
+            (cosine from ``lr`` to the original's smallest rate).
+        warmup: fraction of the (pre-SWA) steps spent warming up from 0 to ``lr``;
+            ``int(warmup * steps)`` steps, linear for constant/step/cosine and a half cosine for
+            llr/slr/clr (as the SMS code), which default to 0.1 when this is 0.
         milestones: for ``"step"``: fractions of the (pre-SWA) steps at which lr drops.
         gamma: lr factor at each milestone.
         swa_start: ``None`` for no SWA; else the fraction of epochs after which SWA begins. From
             then on the learning rate is the constant ``swa_lr`` and the weights are averaged once
             at the end of every epoch (the last ``1 - swa_start`` of the epochs).
         swa_lr: the constant learning rate during SWA.
+        swa_schedule: with SWA, how the schedule treats the steps before ``swa_start``:
+            ``"anneal"`` fits the whole schedule into them, decaying to ``swa_lr`` rather than 0
+            (cosine and llr; step cannot and is refused); ``"switch"`` runs the schedule as if
+            over all steps and replaces it by ``swa_lr`` from ``swa_start`` on.
+        original: the settings of the run being retrained (the dense training), needed by the
+            derived schedules ft, lrw, slr and clr.
         augment: apply the data set's augmentation to training batches.
         precision: ``"bf16"`` trains under ``torch.autocast`` with bfloat16.
         channels_last: use the channels-last memory format for 4-D inputs and the model.
@@ -55,6 +75,8 @@ class TrainSettings:
     gamma: float = 0.1
     swa_start: float | None = None
     swa_lr: float = 0.05
+    swa_schedule: SwaSchedule = "anneal"
+    original: TrainSettings | None = None
     augment: bool = True
     precision: Precision = "fp32"
     channels_last: bool = False
@@ -67,8 +89,28 @@ class TrainSettings:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        kinds = get_args(ScheduleKind)
+        if self.schedule not in kinds:
+            problems.append(f"schedule must be one of {kinds}, got {self.schedule!r}")
+        if self.schedule in DERIVED_SCHEDULES and self.original is None:
+            problems.append(f"schedule {self.schedule!r} needs the original run's settings")
+        if self.schedule == "lrw" and self.original is not None:
+            if self.epochs > self.original.epochs:
+                problems.append(
+                    f"lrw rewinds the last {self.epochs} epochs of the original schedule, "
+                    f"which has only {self.original.epochs}"
+                )
+        if self.swa_schedule not in SWA_SCHEDULES:
+            problems.append(
+                f"swa_schedule must be one of {SWA_SCHEDULES}, got {self.swa_schedule!r}"
+            )
+        if self.swa_start is not None and self.swa_schedule == "anneal":
+            if self.schedule in ("step", *DERIVED_SCHEDULES):
+                problems.append(
+                    f"a {self.schedule!r} schedule cannot anneal to swa_lr before SWA starts; "
+                    "use swa_schedule 'switch' (the schedule over all steps, constant swa_lr "
+                    "from swa_start)"
+                )
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not self.lr > 0:
