@@ -57,3 +57,77 @@ def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
         a[f].keys() == b[f].keys() and all(torch.equal(a[f][k], b[f][k]) for k in a[f]) for f in a
     )
+
+
+class TrainCalls:
+    """Records every call of the engine's ``train``: the model's weights when it starts, the
+    settings, seed, start and stop step, and the labels of the first batch it draws."""
+
+    def __init__(self, monkeypatch) -> None:
+        import sparseavg.experiment.engine as engine
+        from sparseavg.utils.state import clone_state
+
+        self.calls: list[dict[str, Any]] = []
+        real = engine.train
+
+        def spy(model, data, settings, *, seed, **kwargs):
+            call = {
+                "start": clone_state(model, device="cpu"),
+                "settings": settings,
+                "seed": seed,
+                "start_step": kwargs.get("start_step", 0),
+                "common": kwargs.get("stop_step") is not None,
+                "first_labels": None,
+            }
+            self.calls.append(call)
+            result = real(model, _FirstBatch(data, call), settings, seed=seed, **kwargs)
+            call["result"] = result
+            return result
+
+        monkeypatch.setattr(engine, "train", spy)
+
+    def ingredients(self) -> list[dict[str, Any]]:
+        """The calls that trained an ingredient (not the common run to the ticket)."""
+        return [c for c in self.calls if not c["common"]]
+
+
+class _FirstBatch:
+    """A batch source that notes the labels of the first training batch it yields."""
+
+    def __init__(self, data, call) -> None:
+        self.data, self.call = data, call
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def num_batches(self, batch_size, drop_last=False):
+        return self.data.num_batches(batch_size, drop_last)
+
+    def batches(self, batch_size, **kwargs):
+        for x, y in self.data.batches(batch_size, **kwargs):
+            if self.call["first_labels"] is None:
+                self.call["first_labels"] = y.cpu().clone()
+            yield x, y
+
+
+TINY_VALUES: dict[str, Any] = {
+    "model": {"options": {"width": 8}},
+    "train": {"epochs": 2, "lr": 0.05},
+    "pruning": {"rewind_epochs": 0.5, "cycles": 1},
+    "execution": {"device": "cpu", "progress": "none"},
+}
+
+
+def tiny_config(values: dict[str, Any]):
+    """A validated config: the tiny MNIST-1D setup with ``values`` merged over it."""
+    from sparseavg.config import merge
+    from sparseavg.recipes import resolve_config
+
+    return resolve_config(merge(TINY_VALUES, values))
+
+
+def tiny_run(runs: Path, values: dict[str, Any]) -> Path:
+    """Run :func:`tiny_config` of ``values`` under ``runs``; returns the run directory."""
+    from sparseavg.experiment import run
+
+    return run(tiny_config(values), runs)

@@ -142,7 +142,7 @@ class PruningConfig:
     layer_fractions: dict[str, float] = _f(
         {},
         "per-layer fractions {glob = fraction}: matching layers are pruned on their own at "
-        "that fraction, e.g. {\"fc3.weight\" = 0.1} (the lottery-ticket paper's output layer)",
+        'that fraction, e.g. {"fc3.weight" = 0.1} (the lottery-ticket paper\'s output layer)',
     )
     masks_from: str = _f(
         "",
@@ -196,7 +196,9 @@ class IngredientsConfig:
         "greedy soup: keep a candidate if held-out accuracy is >= (ge) or > (gt)",
         choices=ACCEPT_RULES,
     )
-    vary: str = _f("seed", "the one hyperparameter that differs between ingredients", choices=VARIES)
+    vary: str = _f(
+        "seed", "the one hyperparameter that differs between ingredients", choices=VARIES
+    )
     seed_per_ingredient: bool = _f(
         False,
         "with vary = weight_decay, lr or length: also give each ingredient its own seed (batch "
@@ -224,7 +226,9 @@ class BNConfig:
         "before it is evaluated or starts the next cycle (always, the SMS code), or never",
         choices=RECALIBRATE,
     )
-    batches: int = _f(0, "batches (of train.batch_size) per recalibration; 0 = the whole split", lo=0)
+    batches: int = _f(
+        0, "batches (of train.batch_size) per recalibration; 0 = the whole split", lo=0
+    )
     augment: bool = _f(False, "recalibrate on augmented training batches (the SMS code does)")
     momentum: float = _f(
         0.0,

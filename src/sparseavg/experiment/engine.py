@@ -1,74 +1,98 @@
-"""The cycle loop of DESIGN.md: every recipe is this loop with other settings.
+"""The cycle loop of DESIGN.md: every recipe is this loop with other pieces.
 
-A cycle (IMP level) of one lineage: prune the previous combined model (cycle ≥ 1), start K
-ingredients (rewind or fine-tune), train them, combine them, recalibrate BatchNorm, evaluate,
-write. Every stage skips itself when its output exists, so calling :func:`run` again on an
-interrupted run directory resumes it and ends with the same results.
+A cycle (IMP level) of one lineage::
+
+    mask ──► start ──► train the ingredients ──► combine ──► (recalibrate BN) ──► read out
+
+The recipe's :class:`~sparseavg.recipes.CyclePlan` says how each stage is done (which mask
+rule, which start, which combiner); the engine only runs the stages in order, hands the rules
+what they ask for, and stores what they make. Every stage skips itself when its output
+exists (:mod:`.store`), so calling :func:`run` again on an interrupted run directory resumes
+it and ends with the same results.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import time
-import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
 
 import torch
 from torch import nn
 
-from ..averaging import (
-    AcceptRule,
-    evaluate_ensemble,
-    greedy_soup,
-    has_batchnorm,
-    recalibrate_bn,
-    uniform_average,
-)
-from ..config import Config, ConfigError, to_toml
+from ..averaging import evaluate_ensemble, has_batchnorm, recalibrate_bn
+from ..config import Config, ConfigError
 from ..data import Dataset, available_datasets, load_dataset
 from ..models import build_model
 from ..pruning import (
     Mask,
     MaskError,
-    Scope,
-    cubic_sparsity,
-    magnitude_prune,
-    magnitude_prune_to,
     prunable_parameters,
-    random_prune,
+    pruning_groups,
+    relative_norm_drop,
 )
-from ..recipes import CyclePlan, IngredientPlan, base_settings, get_recipe
-from ..training import DivergenceError, TrainState, evaluate, steps_per_epoch, train
-from ..utils.files import CorruptFileError, atomic_write_text, load_tensors, safe_torch_load
+from ..recipes import (
+    CyclePlan,
+    IngredientPlan,
+    LineageResult,
+    Recipe,
+    RunPlan,
+    StartFacts,
+    get_recipe,
+)
+from ..training import (
+    DivergenceError,
+    Evaluation,
+    TrainSettings,
+    TrainState,
+    evaluate,
+    steps_per_epoch,
+    train,
+)
+from ..utils.files import CorruptFileError, load_tensors, safe_torch_load
 from ..utils.seeding import derive_seed, make_generator
 from ..utils.state import State, clone_state
 from .progress import NullReporter, Reporter
 from .rundir import RunDir
+from .store import IngredientFiles, LineageFiles, Outcome, RunStore
 
 
 class RunError(RuntimeError):
     """The run stopped; every finished artifact is kept and the same command resumes it."""
 
 
+# -- checks before anything is written -----------------------------------------------------------
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` picks CUDA, then MPS, then the CPU; anything else must be available."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_available = mps is not None and mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps") if mps_available else torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(
             f"execution.device: {name!r} is not a device (cpu, cuda, cuda:1, mps, auto)"
         ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("execution.device: cuda was asked for but torch sees no CUDA device")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("execution.device: cuda was asked for but torch sees no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"execution.device: {name!r} does not exist; torch sees "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps" and not mps_available:
+        raise ConfigError("execution.device: mps was asked for but this torch build has no MPS")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"execution.device: {name!r} is not supported (cpu, cuda, mps, auto)")
     return device
 
 
@@ -82,12 +106,20 @@ def make_model(config: Config, data: Dataset, seed: int) -> nn.Module:
             )
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model: {err}") from None
+        except (RuntimeError, MemoryError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(
+                f"model: {config.model.name} with options {config.model.options} cannot be "
+                f"allocated ({reason})"
+            ) from None
 
 
 def load_pretrained(path: str, model: nn.Module) -> State:
     """Read a pretrained state dict (safetensors, or a ``.pt`` read with ``weights_only``) and
     check it fits ``model``; a misfit lists the missing, unexpected and mis-shaped entries."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"model.pretrained: {p} is a directory, not a state_dict file")
     if not p.is_file():
         raise ConfigError(f"model.pretrained: {p} does not exist")
     if p.suffix == ".safetensors":
@@ -128,16 +160,19 @@ class Context:
     """What every stage of a run needs."""
 
     config: Config
-    rundir: RunDir
+    recipe: Recipe
+    plan: RunPlan
+    store: RunStore
     data: Dataset
     model: nn.Module
     device: torch.device
     reporter: Reporter
-    members: int
     rewind_step: int
     prunable: list[str]
     pretrained: State | None
     initial_mask: Mask | None
+    source: RunDir | None = None
+    _models: dict[int, nn.Module] = field(default_factory=dict)
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
@@ -145,7 +180,8 @@ class Context:
 
 def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = None) -> Context:
     """Check everything that can be checked before anything is written: device, data, model,
-    pretrained checkpoint. Raises ConfigError / DataUnavailableError; writes nothing."""
+    pretrained checkpoint, masks, and that every cycle has steps and weights to train.
+    Raises ConfigError / MaskError / DataUnavailableError; writes nothing."""
     device = resolve_device(config.execution.device)
     known = available_datasets()
     if config.data.dataset not in known:
@@ -158,40 +194,87 @@ def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = No
         split_seed=config.data.split_seed,
         download=config.execution.download,
     )
+    if len(data.train) < config.train.batch_size:
+        raise ConfigError(
+            f"train.batch_size ({config.train.batch_size}) is larger than the training split "
+            f"({len(data.train)} samples): an epoch would have no step"
+        )
     model = make_model(config, data, derive_seed(config.seed, "lineage", 0, "init")).to(device)
+    p = config.pruning
     try:
-        names = list(
-            prunable_parameters(
-                model,
-                exclude_first=config.pruning.exclude_first,
-                exclude_last=config.pruning.exclude_last,
-                exclude=config.pruning.exclude,
-            )
+        weights = prunable_parameters(
+            model, exclude_first=p.exclude_first, exclude_last=p.exclude_last, exclude=p.exclude
         )
     except ValueError as err:
         raise ConfigError(f"pruning: {err}") from None
+    names = list(weights)
     if not names:
         raise ConfigError("pruning: the exclusions leave no layer to prune")
+    _check_layer_fractions(config, names)
     pretrained = (
         load_pretrained(config.model.pretrained, model) if config.model.pretrained else None
     )
-    initial_mask = _load_initial_mask(config.pruning.initial_mask, names, model)
+    initial_mask = _load_initial_mask(p.initial_mask, names, model)
+    _check_weights_survive(config, {n: w.numel() for n, w in weights.items()}, initial_mask)
+    source = _source_run(config, names, model)
     recipe = get_recipe(config.recipe)
+    run_plan = recipe.run(config)
     spe = steps_per_epoch(data.train, config.train.batch_size)
     return Context(
         config=config,
-        rundir=RunDir(Path(runs_dir) / config.run_name()),
+        recipe=recipe,
+        plan=run_plan,
+        store=RunStore(RunDir(Path(runs_dir) / config.run_name()), run_plan.lineages),
         data=data,
         model=model,
         device=device,
         reporter=reporter or NullReporter(),
-        members=recipe.members(config),
         # a pretrained model is its own ticket: cycles rewind to it and restart the schedule
-        rewind_step=0 if pretrained is not None else round(config.pruning.rewind_epochs * spe),
+        rewind_step=0 if pretrained is not None else round(p.rewind_epochs * spe),
         prunable=names,
         pretrained=pretrained,
         initial_mask=initial_mask,
+        source=source,
     )
+
+
+def _check_layer_fractions(config: Config, names: list[str]) -> None:
+    for pattern in config.pruning.layer_fractions:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(
+                f"pruning.layer_fractions: {pattern!r} matches no prunable weight "
+                f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
+            )
+
+
+def _check_weights_survive(config: Config, sizes: dict[str, int], initial: Mask | None) -> None:
+    """Refuse a pruning schedule that leaves a ranked group of layers with no weight alive."""
+    p = config.pruning
+    alive = {n: int(initial[n].sum()) if initial is not None else size for n, size in sizes.items()}
+    names = list(sizes)
+    if p.cycles == 0:  # gradual pruning reaches target_sparsity within one run
+        for group, _ in pruning_groups(names, 0.0, p.scope):
+            total = sum(sizes[n] for n in group)
+            if total - round(p.target_sparsity * total) <= 0:
+                raise ConfigError(
+                    f"pruning.target_sparsity = {p.target_sparsity} leaves no weight alive in "
+                    f"{_group_name(group)}"
+                )
+        return
+    for group, fraction in pruning_groups(names, config.prune_fraction, p.scope, p.layer_fractions):
+        left = sum(alive[n] for n in group)
+        for cycle in range(1, p.cycles + 1):
+            left -= round(fraction * left)
+            if left <= 0:
+                raise ConfigError(
+                    f"pruning.cycles = {p.cycles} with a fraction of {fraction:g} per cycle "
+                    f"leaves no weight alive in {_group_name(group)} by cycle {cycle}; use fewer "
+                    "cycles or a smaller fraction"
+                )
+
+
+def _group_name(group: list[str]) -> str:
+    return group[0] if len(group) == 1 else "the model"
 
 
 def _load_initial_mask(path: str, names: list[str], model: nn.Module) -> Mask | None:
@@ -213,111 +296,200 @@ def _load_initial_mask(path: str, names: list[str], model: nn.Module) -> Mask | 
             f"pruning.initial_mask {p}: covers other layers than the prunable ones "
             f"(not prunable: {extra[:5]}, missing: {missing[:5]})"
         )
+    if mask.num_alive == 0:
+        raise MaskError(f"pruning.initial_mask {p}: prunes every weight; nothing would train")
     return Mask({n: mask[n] for n in names})
+
+
+def _source_mask_path(source: RunDir, cycle: int) -> Path:
+    cdir = source.cycle_dir(cycle)
+    direct = cdir / "mask.safetensors"
+    return direct if direct.is_file() else cdir / "member_0" / "mask.safetensors"
+
+
+def _source_run(config: Config, names: list[str], model: nn.Module) -> RunDir | None:
+    """``pruning.masks_from``: a run directory with a complete cycle for each of ours whose
+    masks fit this model's prunable weights."""
+    if not config.pruning.masks_from:
+        return None
+    source = RunDir(Path(config.pruning.masks_from).expanduser())
+    where = f"pruning.masks_from: {source.path}"
+    if not source.config_path.is_file():
+        raise ConfigError(f"{where} is not a run directory (no config.toml)")
+    for cycle in range(config.pruning.cycles + 1):
+        if not source.is_complete(cycle):
+            raise ConfigError(
+                f"{where} has no complete cycle {cycle}; this run needs cycles 0 to "
+                f"{config.pruning.cycles} (finish that run first)"
+            )
+        source.verify_manifest(source.cycle_dir(cycle))
+    mask = Mask.load(_source_mask_path(source, config.pruning.cycles))
+    try:
+        mask.validate(model)
+    except MaskError as err:
+        raise MaskError(f"{where}: {err}") from None
+    if list(mask) != names:
+        raise MaskError(f"{where}: its masks cover other layers than this run's prunable ones")
+    return source
+
+
+# -- the run -------------------------------------------------------------------------------------
 
 
 def run(config: Config, runs_dir: str | Path, reporter: Reporter | None = None) -> Path:
     """Run (or resume) the experiment ``config`` under ``runs_dir``; returns its directory."""
     ctx = prepare(config, runs_dir, reporter)
-    rd = ctx.rundir
-    with rd.lock():
-        _write_or_check_config(ctx)
-        cycles = config.pruning.cycles + 1
-        rep = ctx.reporter
+    store, rep = ctx.store, ctx.reporter
+    cycles = config.pruning.cycles + 1
+    with store.rundir.lock():
+        if store.open(config, cycles):
+            rep.message(f"resuming {store.path}")
         task = rep.task(f"{config.run_name()} cycles", cycles)
         for cycle in range(cycles):
-            if rd.is_complete(cycle):
-                rd.verify_manifest(rd.cycle_dir(cycle))
+            if store.is_complete(cycle):
                 rep.message(f"cycle {cycle}: complete, skipped")
             else:
                 _run_cycle(ctx, cycle)
             rep.update(task, cycle + 1)
-            rd.write_results(_all_rows(rd, cycle + 1))
+            store.write_results(cycle + 1)
         rep.finish(task)
-    return rd.path
-
-
-def _write_or_check_config(ctx: Context) -> None:
-    rd = ctx.rundir
-    if rd.config_path.exists():
-        try:
-            on_disk = tomllib.loads(rd.config_path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise CorruptFileError(f"{rd.config_path}: not valid TOML ({err})") from None
-        on_disk.pop("execution", None)
-        if on_disk != ctx.config.to_dict(hashed_only=True):
-            raise RunError(f"{rd.config_path} holds another config than this run's; not resuming")
-        ctx.reporter.message(f"resuming {rd.path}")
-    else:
-        atomic_write_text(rd.config_path, to_toml(ctx.config.to_dict()))
-
-
-def _all_rows(rd: RunDir, cycles: int) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for c in range(cycles):
-        path = rd.cycle_dir(c) / "rows.json"
-        if rd.is_complete(c) and path.is_file():
-            rows.extend(rd.read_json(path))
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# one cycle
-
-
-@dataclass
-class MemberResult:
-    mask: Mask
-    combined: State
-    ingredients: dict[int, State]
-    info: dict[int, dict[str, Any]]
-    plan: CyclePlan
-    selected: list[int] | None
+    return store.path
 
 
 def _run_cycle(ctx: Context, cycle: int) -> None:
-    rd, config = ctx.rundir, ctx.config
-    recipe = get_recipe(config.recipe)
-    cdir = rd.cycle_dir(cycle)
-    cdir.mkdir(parents=True, exist_ok=True)
+    """All lineages of one cycle, then the cycle's rows; the manifest marks it complete."""
     started = time.perf_counter()
     results = []
-    for lineage in range(ctx.members):
-        plan = recipe.plan(config, lineage, cycle, ctx.rewind_step)
+    for lineage in range(ctx.plan.lineages):
+        plan = ctx.recipe.plan(ctx.config, lineage, cycle, ctx.rewind_step)
         needed = ctx.state_bytes() * (2 * len(plan.ingredients) + 4) + (1 << 20)
-        rd.check_free_space(needed, f"cycle {cycle}")
-        results.append(_run_member(ctx, plan, lineage))
-    rows = _evaluate_cycle(ctx, cycle, results, time.perf_counter() - started)
-    rd.write_json(cdir / "rows.json", rows)
-    rd.write_manifest(cdir)
+        ctx.store.rundir.check_free_space(needed, f"cycle {cycle}")
+        results.append(_run_lineage(ctx, plan, lineage))
+    tools = _Readouts(ctx, cycle, time.perf_counter() - started)
+    rows = [row for readout in ctx.plan.readouts for row in readout(cycle, results, tools)]
+    for r in rows:
+        if r["accuracy"] is not None and not math.isfinite(r["loss"]):
+            r["loss"] = None
+    ctx.store.finish_cycle(cycle, rows)
 
 
-def _member_dir(ctx: Context, cycle: int, lineage: int) -> Path:
-    return ctx.rundir.member_dir(cycle, lineage, ctx.members)
+def _run_lineage(ctx: Context, plan: CyclePlan, lineage: int) -> LineageResult:
+    """mask → start → train the ingredients → combine, each stage read back if it exists."""
+    files = ctx.store.lineage(plan.cycle, lineage)
+    sources = _Sources(ctx, plan.cycle, lineage)
+    mask = _mask(plan, files, sources)
+    if not plan.start.trains:
+        done = files.combined()
+        if done is None:
+            state, _ = plan.start(sources, mask)
+            files.save_combined(state, None)
+            done = (state, None)
+        return LineageResult(lineage, mask, done[0], {}, {}, 0, done[1])
+
+    outcomes = _train_ingredients(ctx, plan, lineage, mask, files, sources)
+    finals = {k: o.state for k, o in outcomes.items() if o.state is not None}
+    if plan.during is not None:
+        mask = next(o.mask for o in outcomes.values() if o.mask is not None)
+        if files.mask() is None:
+            files.save_mask(mask)
+    if not finals:
+        raise RunError(
+            f"cycle {plan.cycle}: every ingredient diverged; nothing to combine (see {files.dir})"
+        )
+    done = files.combined()
+    if done is None:
+        ctx.reporter.message(f"cycle {plan.cycle}: combining {len(finals)} model(s)")
+        indices = sorted(finals)
+        tools = _CombineTools(ctx, plan.cycle, lineage)
+        state, selected = plan.combine([finals[i] for i in indices], indices, mask, tools)
+        files.save_combined(state, selected)
+        done = (state, selected)
+    info = {k: o.info for k, o in outcomes.items()}
+    return LineageResult(lineage, mask, done[0], finals, info, len(plan.ingredients), done[1])
 
 
-def _load_model_state(ctx: Context, state: State) -> None:
-    ctx.model.load_state_dict(state)
+def _mask(plan: CyclePlan, files: LineageFiles, sources: _Sources) -> Mask:
+    """The mask the cycle trains under. A plan whose mask changes during training saves only
+    the final mask, so its start mask is derived again on resume."""
+    if plan.during is not None:
+        return plan.mask(plan.cycle, sources)
+    mask = files.mask()
+    if mask is None:
+        mask = plan.mask(plan.cycle, sources)
+        files.save_mask(mask)
+    return mask
+
+
+class _Sources:
+    """What mask and start rules may read, loaded on demand (``MaskSources``,
+    ``StartSources``)."""
+
+    def __init__(self, ctx: Context, cycle: int, lineage: int) -> None:
+        self.ctx, self.cycle, self.lineage = ctx, cycle, lineage
+        self._previous: tuple[State, Mask] | None = None
+
+    @property
+    def rewind_step(self) -> int:
+        return self.ctx.rewind_step
+
+    def dense(self) -> Mask:
+        if self.ctx.initial_mask is not None:
+            return self.ctx.initial_mask
+        weights = self.ctx.pretrained or self.ctx.model.state_dict()
+        return Mask.ones_like({n: weights[n] for n in self.ctx.prunable})
+
+    def previous(self) -> tuple[State, Mask]:
+        if self._previous is None:
+            files = self.ctx.store.lineage(self.cycle - 1, self.lineage)
+            done, mask = files.combined(), files.mask()
+            if done is None or mask is None:
+                raise CorruptFileError(f"{files.dir}: the previous cycle's model is missing")
+            self._previous = (done[0], mask)
+        return self._previous
+
+    def previous_model(self) -> State:
+        return self.previous()[0]
+
+    def source(self, cycle: int) -> Mask:
+        assert self.ctx.source is not None
+        return Mask.load(_source_mask_path(self.ctx.source, cycle))
+
+    def ticket(self) -> State:
+        return _ticket(self.ctx, self.lineage)
+
+    def initialisation(self, seed: int) -> State:
+        return clone_state(make_model(self.ctx.config, self.ctx.data, seed), device="cpu")
+
+    def pretrained(self) -> State:
+        assert self.ctx.pretrained is not None
+        return {k: v.clone() for k, v in self.ctx.pretrained.items()}
+
+    def combined(self, lineage: int) -> State:
+        done = self.ctx.store.lineage(self.cycle, lineage).combined()
+        if done is None:
+            raise CorruptFileError(f"cycle {self.cycle}: lineage {lineage}'s model is missing")
+        return done[0]
 
 
 def _ticket(ctx: Context, lineage: int) -> State:
-    """θ_T0 of a lineage: the weights after the common dense run to the rewind step."""
-    rd = ctx.rundir
-    path = _member_dir(ctx, 0, lineage) / "ticket.safetensors"
-    if path.is_file():
-        return rd.load_state(path)
+    """θ_T0 of a lineage: its initialisation trained to the rewind step by the common run (the
+    pretrained model itself when there is one)."""
+    files = ctx.store.lineage(0, lineage)
+    state = files.ticket()
+    if state is not None:
+        return state
     if ctx.pretrained is not None:
         state = {k: v.clone() for k, v in ctx.pretrained.items()}
     else:
         init_seed = derive_seed(ctx.config.seed, "lineage", lineage, "init")
         model = make_model(ctx.config, ctx.data, init_seed).to(ctx.device)
-        if ctx.rewind_step > 0:
+        if ctx.rewind_step > 0 and ctx.plan.common is not None:
             ctx.reporter.message(f"lineage {lineage}: common dense run to step {ctx.rewind_step}")
             try:
                 train(
                     model,
                     ctx.data.train,
-                    base_settings(ctx.config),
+                    ctx.plan.common,
                     seed=derive_seed(ctx.config.seed, "lineage", lineage, "common"),
                     stop_step=ctx.rewind_step,
                 )
@@ -327,189 +499,99 @@ def _ticket(ctx: Context, lineage: int) -> State:
                     f"point, step {err.step} (epoch {err.epoch}); lower train.lr"
                 ) from None
         state = clone_state(model, device="cpu")
-    rd.save_state(path, state, "ticket")
+    files.save_ticket(state)
     return state
 
 
-def _previous_member(ctx: Context, cycle: int, lineage: int) -> tuple[State, Mask]:
-    d = _member_dir(ctx, cycle - 1, lineage)
-    return ctx.rundir.load_state(d / "combined.safetensors"), Mask.load(d / "mask.safetensors")
+# -- training ------------------------------------------------------------------------------------
 
 
-def _cycle_mask(ctx: Context, plan: CyclePlan, lineage: int) -> Mask:
-    path = _member_dir(ctx, plan.cycle, lineage) / "mask.safetensors"
-    if plan.gradual is None and path.is_file():
-        return Mask.load(path)
-    if plan.cycle == 0 and ctx.initial_mask is not None:
-        mask = ctx.initial_mask
-    elif plan.cycle == 0:
-        weights = ctx.pretrained or ctx.model.state_dict()
-        mask = Mask.ones_like({n: weights[n] for n in ctx.prunable})
-    else:
-        previous, previous_mask = _previous_member(ctx, plan.cycle, lineage)
-        scope = cast(Scope, ctx.config.pruning.scope)
-        if plan.prune_method == "random":
-            g = make_generator(ctx.config.seed, "lineage", lineage, "cycle", plan.cycle, "prune")
-            mask = random_prune(previous_mask, plan.prune_fraction, generator=g, scope=scope)
-        else:
-            mask = magnitude_prune(previous, previous_mask, plan.prune_fraction, scope=scope)
-    if plan.gradual is None:
-        mask.save(path)
-    return mask
-
-
-def _start_state(ctx: Context, plan: CyclePlan, lineage: int, mask: Mask) -> State:
-    if plan.start == "finetune":
-        previous, _ = _previous_member(ctx, plan.cycle, lineage)
-        return mask.applied(previous)
-    return mask.applied(_ticket(ctx, lineage))
-
-
-def _run_member(ctx: Context, plan: CyclePlan, lineage: int) -> MemberResult:
-    rd, rep = ctx.rundir, ctx.reporter
-    mdir = _member_dir(ctx, plan.cycle, lineage)
-    mdir.mkdir(parents=True, exist_ok=True)
-    mask = _cycle_mask(ctx, plan, lineage)
-    if plan.start == "pretrained":
-        state = mask.applied(ctx.pretrained or {})
-        if not (mdir / "combined.safetensors").is_file():
-            rd.save_state(mdir / "ticket.safetensors", state, "ticket")
-            rd.save_state(mdir / "combined.safetensors", state, "combined")
-            mask.save(mdir / "mask.safetensors")
-        return MemberResult(mask, state, {}, {}, plan, None)
-
-    start = _start_state(ctx, plan, lineage, mask)
-    finals: dict[int, State] = {}
-    info: dict[int, dict[str, Any]] = {}
-    for ing in plan.ingredients:
-        idir = mdir / f"ingredient_{ing.index}"
-        trained, meta, ing_mask = _train_ingredient(ctx, plan, ing, start, mask, idir, lineage)
-        info[ing.index] = meta
-        if trained is not None:
-            finals[ing.index] = trained
-        if plan.gradual is not None and ing_mask is not None:
-            mask = ing_mask
-    if plan.gradual is not None and not (mdir / "mask.safetensors").is_file():
-        mask.save(mdir / "mask.safetensors")
-    if not finals:
-        raise RunError(
-            f"cycle {plan.cycle}: every ingredient diverged; nothing to combine (see {mdir})"
-        )
-    combined_path = mdir / "combined.safetensors"
-    selected: list[int] | None = None
-    if combined_path.is_file():
-        combined = rd.load_state(combined_path)
-        if (mdir / "soup.json").is_file():
-            selected = rd.read_json(mdir / "soup.json")["selected"]
-    else:
-        rep.message(f"cycle {plan.cycle}: combining {len(finals)} model(s) ({plan.combine})")
-        combined, selected = _combine(ctx, plan, finals, mask)
-        if selected is not None:
-            rd.write_json(mdir / "soup.json", {"selected": selected})
-        rd.save_state(combined_path, combined, "combined")
-    return MemberResult(mask, combined, finals, info, plan, selected)
-
-
-def _recalibrated(ctx: Context, state: State) -> State:
-    """``state`` with BatchNorm statistics recomputed on the training split."""
-    if not has_batchnorm(ctx.model):
-        return state
-    _load_model_state(ctx, state)
-    bn = ctx.config.bn.batches
-    recalibrate_bn(ctx.model, ctx.data.train, num_batches=bn or None)
-    return clone_state(ctx.model, device="cpu")
-
-
-def _combine(
-    ctx: Context, plan: CyclePlan, finals: dict[int, State], mask: Mask
-) -> tuple[State, list[int] | None]:
-    indices = sorted(finals)
-    states = [finals[i] for i in indices]
-    if plan.combine == "single" or len(states) == 1:
-        return states[0], None
-    if plan.combine == "uniform":
-        return _recalibrated(ctx, uniform_average(states, mask=mask)), None
-    val = ctx.data.val
-    if val is None:
-        raise ConfigError("ingredients.combine = 'greedy' needs data.val_fraction > 0")
-
-    def score(state: State) -> float:
-        _load_model_state(ctx, _recalibrated(ctx, state))
-        return evaluate(ctx.model, val).accuracy
-
-    accept = cast(AcceptRule, ctx.config.ingredients.accept)
-    soup = greedy_soup(states, score, accept=accept, mask=mask)
-    return _recalibrated(ctx, soup.state), [indices[i] for i in soup.selected]
-
-
-def _train_ingredient(
+def _train_ingredients(
     ctx: Context,
     plan: CyclePlan,
-    ing: IngredientPlan,
-    start: State,
-    mask: Mask,
-    idir: Path,
     lineage: int,
-) -> tuple[State | None, dict[str, Any], Mask | None]:
-    """Train one ingredient, or read it back. Returns (final state or None if it diverged and
-    was dropped, its info, its final mask under gradual pruning)."""
-    rd, rep, config = ctx.rundir, ctx.reporter, ctx.config
-    final_path, info_path = idir / "final.safetensors", idir / "info.json"
-    mask_path = idir / "mask.safetensors"
-    if info_path.is_file():
-        meta = rd.read_json(info_path)
-        if meta.get("dropped"):
-            return None, meta, None
-        if final_path.is_file():
-            ing_mask = Mask.load(mask_path) if mask_path.is_file() else None
-            return rd.load_state(final_path), meta, ing_mask
-    idir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = idir / "checkpoint.pt"
-    resume = None
+    mask: Mask,
+    files: LineageFiles,
+    sources: _Sources,
+) -> dict[int, Outcome]:
+    """Every ingredient of the cycle, trained from the plan's start or read back."""
+    outcomes: dict[int, Outcome] = {}
+    pending = []
+    for ing in plan.ingredients:
+        done = files.ingredient(ing.index).outcome()
+        if done is None:
+            pending.append(ing)
+        else:
+            outcomes[ing.index] = done
+    if pending:
+        start, start_step = plan.start(sources, mask)
+        facts = StartFacts()
+        if plan.adapt is not None:
+            previous, _ = sources.previous()
+            names = [n for n, _ in ctx.model.named_parameters()]
+            facts = StartFacts(relative_norm_drop(previous, start, names))
+        for ing in pending:
+            settings = ing.settings if plan.adapt is None else plan.adapt(ing.settings, facts)
+            files_k = files.ingredient(ing.index)
+            outcomes[ing.index] = _train_one(
+                ctx, plan, lineage, ing, settings, start, start_step, mask, files_k
+            )
+    return outcomes
+
+
+def _train_one(
+    ctx: Context,
+    plan: CyclePlan,
+    lineage: int,
+    ing: IngredientPlan,
+    settings: TrainSettings,
+    start: State,
+    start_step: int,
+    mask: Mask,
+    files: IngredientFiles,
+) -> Outcome:
+    """Train one ingredient (resuming its checkpoint), recalibrate, save its outcome."""
+    rep, config = ctx.reporter, ctx.config
+    resume: TrainState | None = None
     elapsed_before = 0.0
-    if ckpt_path.is_file():
-        payload = rd.load_checkpoint(ckpt_path)
-        resume = TrainState.from_dict(payload)
-        elapsed_before = float(payload.get("seconds", 0.0))
+    checkpoint = files.checkpoint()
+    if checkpoint is not None:
+        resume, elapsed_before = checkpoint
         rep.message(f"cycle {plan.cycle} ingredient {ing.index}: resuming at step {resume.step}")
-    _load_model_state(ctx, start)
-    label = f"cycle {plan.cycle}" + (f" member {lineage}" if ctx.members > 1 else "")
+    ctx.model.load_state_dict(start)
+    label = f"cycle {plan.cycle}" + (f" member {lineage}" if ctx.plan.lineages > 1 else "")
     label += f" ingredient {ing.index + 1}/{len(plan.ingredients)}"
-    spe = steps_per_epoch(ctx.data.train, ing.settings.batch_size)
-    task = rep.task(label, ing.settings.epochs * spe)
+    spe = steps_per_epoch(ctx.data.train, settings.batch_size)
+    task = rep.task(label, settings.epochs * spe)
     t0 = time.perf_counter()
+    last_loss: list[float] = []
 
     def save(state: TrainState) -> None:
-        # the training seconds so far travel with the checkpoint they belong to
-        seconds = elapsed_before + time.perf_counter() - t0
-        rd.save_checkpoint(ckpt_path, {**state.to_dict(), "seconds": seconds})
-
-    last_loss: list[float] = []
+        files.save_checkpoint(state, elapsed_before + time.perf_counter() - t0)
 
     def progress(step: int, total: int, loss: float | None) -> None:
         if loss is not None:
             last_loss[:] = [loss]
-        info = f"epoch {min(step // spe + 1, ing.settings.epochs)}/{ing.settings.epochs}"
+        info = f"epoch {min(step // spe + 1, settings.epochs)}/{settings.epochs}"
         rep.update(task, step, info + (f"  loss {last_loss[0]:.3f}" if last_loss else ""))
 
-    tighten = _gradual_tightener(ctx, plan) if plan.gradual is not None else None
     try:
         result = train(
             ctx.model,
             ctx.data.train,
-            ing.settings,
+            settings,
             seed=ing.seed,
             mask=mask.to(ctx.device),
-            start_step=plan.start_step,
+            start_step=start_step,
             resume=resume,
             on_epoch_end=save,
             progress=progress,
-            tighten_mask=tighten,
+            mask_schedule=plan.during,
         )
     except DivergenceError as err:
         rep.finish(task)
         where = f"cycle {plan.cycle}, ingredient {ing.index}, step {err.step} (epoch {err.epoch})"
-        if ctx.members > 1:
+        if ctx.plan.lineages > 1:
             where = f"member {lineage}, " + where
         if config.execution.on_divergence == "stop":
             raise RunError(
@@ -518,161 +600,117 @@ def _train_ingredient(
                 "ingredients out of the combine"
             ) from None
         rep.message(f"ingredient diverged at {where}; dropped from the combine")
-        meta = {"dropped": True, "step": err.step, "epoch": err.epoch, "seed": ing.seed}
-        rd.write_json(info_path, meta)
-        ckpt_path.unlink(missing_ok=True)
-        return None, meta, None
+        outcome = Outcome(
+            None, {"dropped": True, "step": err.step, "epoch": err.epoch, "seed": ing.seed}
+        )
+        files.save(outcome)
+        return outcome
     rep.finish(task)
     final = result.final_state
-    if result.swa_state is not None:
-        final = _recalibrated(ctx, final)
-    seconds = elapsed_before + time.perf_counter() - t0
-    meta = {
+    averaged = result.swa_state is not None
+    if config.bn.recalibrate == "always" or (averaged and config.bn.recalibrate == "averaged"):
+        final = _recalibrated(ctx, final, ("cycle", plan.cycle, lineage, "ingredient", ing.index))
+    info = {
         "dropped": False,
-        "seconds": seconds,
+        "seconds": elapsed_before + time.perf_counter() - t0,
         "steps": result.steps,
         "swa_count": result.swa_count,
         "seed": ing.seed,
+        "lr": settings.lr,
         "final_loss": result.losses[-1] if result.losses else None,
     }
-    rd.save_state(final_path, final, "ingredient")
-    ing_mask = None
-    if plan.gradual is not None and result.mask is not None:
-        ing_mask = result.mask.to("cpu")
-        ing_mask.save(mask_path)
-    rd.write_json(info_path, meta)
-    ckpt_path.unlink(missing_ok=True)
-    return final, meta, ing_mask
+    final_mask = result.mask.to("cpu") if plan.during is not None and result.mask else None
+    outcome = Outcome(final, info, final_mask)
+    files.save(outcome)
+    return outcome
 
 
-def _gradual_tightener(
-    ctx: Context, plan: CyclePlan
-) -> Callable[[int, nn.Module, Mask | None], Mask | None]:
-    """Gradual magnitude pruning: at each epoch end, prune to the cubic schedule's sparsity."""
-    assert plan.gradual is not None
-    g = plan.gradual
-    scope = cast(Scope, ctx.config.pruning.scope)
-
-    def tighten(epochs_done: int, model: nn.Module, mask: Mask | None) -> Mask | None:
-        if mask is None or epochs_done <= g.start_epoch or epochs_done > g.end_epoch:
-            return None
-        target = cubic_sparsity(
-            epochs_done,
-            start_step=g.start_epoch,
-            end_step=g.end_epoch,
-            final_sparsity=g.final_sparsity,
-        )
-        if target <= mask.sparsity:
-            return None
-        weights = {n: p.detach() for n, p in model.named_parameters() if n in mask}
-        return magnitude_prune_to(weights, mask, target, scope=scope)
-
-    return tighten
+# -- BatchNorm, combining, reading out -----------------------------------------------------------
 
 
-# ---------------------------------------------------------------------------------------------
-# evaluation
+def _recalibrated(ctx: Context, state: State, tag: tuple[object, ...]) -> State:
+    """``state`` with BatchNorm statistics recomputed on the training split per ``bn.*``;
+    ``tag`` names the call so that its augmentation draws are the same on every resume."""
+    if not has_batchnorm(ctx.model) or ctx.config.bn.recalibrate == "never":
+        return state
+    bn = ctx.config.bn
+    ctx.model.load_state_dict(state)
+    recalibrate_bn(
+        ctx.model,
+        ctx.data.train,
+        num_batches=bn.batches or None,
+        batch_size=ctx.config.train.batch_size,
+        momentum=bn.momentum or None,
+        augment=bn.augment,
+        generator=make_generator(ctx.config.seed, "bn", *tag) if bn.augment else None,
+    )
+    return clone_state(ctx.model, device="cpu")
 
 
-def _row(
-    ctx: Context,
-    cycle: int,
-    lineage: int,
-    role: str,
-    mask: Mask,
-    ev: Any,
-    seconds: float | None,
-    ingredient: int | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    c = ctx.config
-    row = {
-        "run": ctx.rundir.path.name,
-        "recipe": c.recipe,
-        "dataset": c.data.dataset,
-        "model": c.model.name,
-        "seed": c.seed,
-        "cycle": cycle,
-        "lineage": lineage,
-        "role": role,
-        "ingredient": ingredient,
-        "sparsity": round(mask.sparsity, 6),
-        "alive": mask.num_alive,
-        "total": mask.num_total,
-        "accuracy": None if ev is None else ev.accuracy,
-        "loss": None if ev is None else ev.loss,
-        "seconds": None if seconds is None else round(seconds, 3),
-        "selected": None,
-        "dropped": False,
-    }
-    row.update(extra)
-    return row
+class _CombineTools:
+    """``CombineTools`` for one lineage's combine."""
+
+    def __init__(self, ctx: Context, cycle: int, lineage: int) -> None:
+        self.ctx, self.cycle, self.lineage = ctx, cycle, lineage
+        self.calls = 0
+
+    def recalibrate(self, state: State) -> State:
+        self.calls += 1
+        return _recalibrated(self.ctx, state, ("cycle", self.cycle, self.lineage, self.calls))
+
+    def score(self, state: State) -> float:
+        val = self.ctx.data.val
+        if val is None:
+            raise ConfigError("ingredients.combine = 'greedy' needs data.val_fraction > 0")
+        self.ctx.model.load_state_dict(self.recalibrate(state))
+        return evaluate(self.ctx.model, val).accuracy
 
 
-def _evaluate_cycle(
-    ctx: Context, cycle: int, results: list[MemberResult], seconds: float
-) -> list[dict[str, Any]]:
-    test = ctx.data.test
-    rows = []
-    models = []
-    for lineage, res in enumerate(results):
-        if len(res.plan.ingredients) > 1:
-            for idx in sorted(res.info):
-                state = res.ingredients.get(idx)
-                ev = None
-                if state is not None:
-                    _load_model_state(ctx, state)
-                    ev = evaluate(ctx.model, test)
-                seconds_k = res.info[idx].get("seconds")
-                rows.append(
-                    _row(
-                        ctx,
-                        cycle,
-                        lineage,
-                        "ingredient",
-                        res.mask,
-                        ev,
-                        seconds_k,
-                        idx,
-                        dropped=state is None,
-                    )
-                )
-        _load_model_state(ctx, res.combined)
-        rows.append(
-            _row(
-                ctx,
-                cycle,
-                lineage,
-                "combined",
-                res.mask,
-                evaluate(ctx.model, test),
-                seconds,
-                selected=res.selected,
-            )
-        )
-        if ctx.members > 1:
-            m = make_model(ctx.config, ctx.data, 0).to(ctx.device)
-            m.load_state_dict(res.combined)
+class _Readouts:
+    """``ReadoutTools`` for one finished cycle."""
+
+    def __init__(self, ctx: Context, cycle: int, seconds: float) -> None:
+        self.ctx, self.cycle, self.seconds = ctx, cycle, seconds
+        self.calls = 0
+
+    def evaluate(self, state: State) -> Evaluation:
+        self.ctx.model.load_state_dict(state)
+        return evaluate(self.ctx.model, self.ctx.data.test)
+
+    def evaluate_ensemble(self, states: Sequence[State]) -> Evaluation:
+        models = []
+        for state in states:
+            m = make_model(self.ctx.config, self.ctx.data, 0).to(self.ctx.device)
+            m.load_state_dict(state)
             models.append(m)
-    if ctx.members > 1:
-        masks = [r.mask for r in results]
-        mean_mask = masks[0]
-        rows.append(
-            _row(
-                ctx,
-                cycle,
-                0,
-                "ensemble",
-                mean_mask,
-                evaluate_ensemble(models, test),
-                seconds,
-                members=len(models),
-            )
-        )
-    for r in rows:
-        if r["accuracy"] is not None and not math.isfinite(r["loss"]):
-            r["loss"] = None
-    return rows
+        return evaluate_ensemble(models, self.ctx.data.test)
+
+    def recalibrate(self, state: State) -> State:
+        self.calls += 1
+        return _recalibrated(self.ctx, state, ("cycle", self.cycle, "readout", self.calls))
+
+    def row(self, role: str, lineage: int, mask: Mask, evaluation: Evaluation | None) -> dict:
+        c = self.ctx.config
+        return {
+            "run": self.ctx.store.path.name,
+            "recipe": c.recipe,
+            "dataset": c.data.dataset,
+            "model": c.model.name,
+            "seed": c.seed,
+            "cycle": self.cycle,
+            "lineage": lineage,
+            "role": role,
+            "ingredient": None,
+            "sparsity": round(mask.sparsity, 6),
+            "alive": mask.num_alive,
+            "total": mask.num_total,
+            "accuracy": None if evaluation is None else evaluation.accuracy,
+            "loss": None if evaluation is None else evaluation.loss,
+            "seconds": round(self.seconds, 3),
+            "selected": None,
+            "dropped": False,
+            "headline": False,
+        }
 
 
 __all__ = ["RunError", "load_pretrained", "make_model", "prepare", "resolve_device", "run"]

@@ -35,7 +35,7 @@ RESULTS_NAME = "results.jsonl"
 REPORT_NAME = "report.md"
 PLOT_NAME = "accuracy_vs_sparsity.png"
 
-ROLES = ("ensemble", "combined", "ingredient")
+ROLES = ("ensemble", "average", "reprune", "combined", "ingredient")
 MISSING = "–"
 
 # Keys left out of a group's identity: the seed and where/how it ran.
@@ -193,6 +193,8 @@ def headline_rows(run: RunResults) -> list[dict[str, Any]]:
     The run's ``"ensemble"`` rows if it has any, otherwise its ``"combined"`` rows of lineage 0.
     """
     rows = _latest(run.rows)
+    if any("headline" in r for r in rows):
+        return sorted((r for r in rows if r.get("headline")), key=lambda r: r["cycle"])
     ensemble = [r for r in rows if r["role"] == "ensemble"]
     if ensemble:
         chosen = ensemble
@@ -271,6 +273,9 @@ class _Group:
 
     @property
     def headline_role(self) -> str:
+        marked = [r["role"] for run in self.runs for r in run.rows if r.get("headline")]
+        if marked:
+            return marked[0]
         has_ensemble = any(r["role"] == "ensemble" for run in self.runs for r in run.rows)
         return "ensemble" if has_ensemble else "combined"
 

@@ -28,6 +28,10 @@ def prunable_parameters(
 
     Returns:
         ``{name: parameter}`` with names as in ``model.named_parameters()``.
+
+    Raises:
+        ValueError: the model has no conv or linear layer, or a pattern of ``exclude`` matches
+            none of its prunable weights (a typo would otherwise keep nothing dense silently).
     """
     found: list[tuple[str, nn.Parameter]] = []
     for module_name, module in model.named_modules():
@@ -36,6 +40,11 @@ def prunable_parameters(
             found.append((name, module.weight))
     if not found:
         raise ValueError(f"{type(model).__name__} has no conv or linear layers to prune")
+    names = [n for n, _ in found]
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise ValueError(f"exclude pattern {pattern!r} matches no prunable weight ({shown})")
     if exclude_last:
         found = found[:-1]
     if exclude_first:

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor
+
+from .mask import Mask
+from .strategies import Scope, magnitude_prune_to
+
 
 def fraction_per_cycle(target_sparsity: float, cycles: int) -> float:
     """The per-cycle fraction that reaches ``target_sparsity`` after ``cycles`` cycles.
@@ -41,3 +50,56 @@ def cubic_sparsity(
         return final_sparsity
     progress = (step - start_step) / (end_step - start_step)
     return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - progress) ** 3
+
+
+class MaskSchedule(Protocol):
+    """Changes the mask while a model trains (gradual pruning; growth rules such as RigL).
+
+    ``train`` calls :meth:`update` at the end of every epoch with the number of epochs done,
+    the current weights and mask and, when :attr:`needs_gradients` is true, the dense gradients
+    of the epoch's last step (before they were masked), ``name -> tensor`` for the masked
+    parameters. A returned mask replaces the current one (weights and optimizer buffers that it
+    prunes are zeroed); ``None`` keeps it.
+    """
+
+    @property
+    def needs_gradients(self) -> bool: ...
+
+    def update(
+        self,
+        epochs_done: int,
+        weights: Mapping[str, Tensor],
+        gradients: Mapping[str, Tensor] | None,
+        mask: Mask,
+    ) -> Mask | None: ...
+
+
+@dataclass(frozen=True)
+class GradualMagnitudePruning:
+    """Zhu & Gupta's gradual magnitude pruning: at each epoch end between ``start_epoch`` and
+    ``end_epoch``, prune by magnitude to :func:`cubic_sparsity` of the epochs done."""
+
+    start_epoch: int
+    end_epoch: int
+    final_sparsity: float
+    scope: Scope = "global"
+    needs_gradients: bool = False
+
+    def update(
+        self,
+        epochs_done: int,
+        weights: Mapping[str, Tensor],
+        gradients: Mapping[str, Tensor] | None,
+        mask: Mask,
+    ) -> Mask | None:
+        if epochs_done <= self.start_epoch or epochs_done > self.end_epoch:
+            return None
+        target = cubic_sparsity(
+            epochs_done,
+            start_step=self.start_epoch,
+            end_step=self.end_epoch,
+            final_sparsity=self.final_sparsity,
+        )
+        if target <= mask.sparsity:
+            return None
+        return magnitude_prune_to(weights, mask, target, scope=self.scope)

@@ -3,10 +3,17 @@
 Each removes exactly ``round(fraction * alive)`` of the weights still alive (per layer for
 ``scope="layerwise"``), never revives a pruned one, and breaks ties deterministically: among
 equal scores the weight that comes first (in mask order, then flat index) goes first.
+
+``layer_fractions`` (``{glob: fraction}``) takes the layers whose names match a pattern out of
+the ranking: each such layer loses ``round(fraction * its alive)`` on its own (the first
+matching pattern decides), and the other layers are pruned by ``scope`` and ``fraction`` as
+usual. The lottery-ticket paper prunes LeNet's hidden layers at 20 % and its output layer at
+10 % per round this way.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping
 from typing import Literal
 
@@ -24,29 +31,53 @@ def _check_fraction(fraction: float) -> None:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
 
 
+def pruning_groups(
+    names: list[str],
+    fraction: float,
+    scope: str,
+    layer_fractions: Mapping[str, float] | None = None,
+) -> list[tuple[list[str], float]]:
+    """How ``names`` are ranked: ``(layers ranked together, fraction they lose)`` pairs.
+
+    Layers matching a ``layer_fractions`` pattern form a group of their own with that
+    fraction; the rest form one group (``"global"``) or one group each (``"layerwise"``).
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    _check_fraction(fraction)
+    special: dict[str, float] = {}
+    for pattern, value in (layer_fractions or {}).items():
+        _check_fraction(value)
+        for n in names:
+            if n not in special and fnmatch.fnmatchcase(n, pattern):
+                special[n] = value
+    rest = [n for n in names if n not in special]
+    groups = [([n], special[n]) for n in names if n in special]
+    if rest:
+        groups += [(rest, fraction)] if scope == "global" else [([n], fraction) for n in rest]
+    return groups
+
+
 def _prune_by_scores(
     mask: Mask,
     scores: Mapping[str, Tensor],
     fraction: float,
     scope: str,
     target_sparsity: float | None = None,
+    layer_fractions: Mapping[str, float] | None = None,
 ) -> Mask:
     """Remove the lowest-scoring alive weights; scores are float tensors shaped like the mask.
 
-    Each group (all layers, or one layer) loses ``round(fraction * alive)`` weights, or, with
+    Each group (see :func:`pruning_groups`) loses ``round(fraction * alive)`` weights, or, with
     ``target_sparsity``, as many as make ``round(target_sparsity * total)`` of it pruned.
     """
-    _check_fraction(fraction)
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     names = list(mask)
     new = {n: mask[n].clone() for n in names}
-    groups = [names] if scope == "global" else [[n] for n in names]
-    for group in groups:
+    for group, group_fraction in pruning_groups(names, fraction, scope, layer_fractions):
         flat_mask = torch.cat([mask[n].reshape(-1).cpu() for n in group])
         alive = int(flat_mask.sum())
         if target_sparsity is None:
-            k = round(fraction * alive)
+            k = round(group_fraction * alive)
         else:
             k = max(0, round(target_sparsity * flat_mask.numel()) - (flat_mask.numel() - alive))
         if k == 0:
@@ -79,7 +110,11 @@ def _check_weights(weights: Mapping[str, Tensor], mask: Mask) -> None:
 
 
 def magnitude_prune(
-    weights: Mapping[str, Tensor], mask: Mask, fraction: float, scope: Scope = "global"
+    weights: Mapping[str, Tensor],
+    mask: Mask,
+    fraction: float,
+    scope: Scope = "global",
+    layer_fractions: Mapping[str, float] | None = None,
 ) -> Mask:
     """Prune the ``fraction`` of alive weights with the smallest absolute value.
 
@@ -89,29 +124,54 @@ def magnitude_prune(
         fraction: share of the alive weights to remove, in [0, 1) (0.2 keeps 80 %).
         scope: ``"global"`` ranks all layers together; ``"layerwise"`` prunes each layer by
             ``fraction``.
+        layer_fractions: ``{glob: fraction}`` for layers pruned on their own at another rate.
 
     Returns:
         A new :class:`Mask` with exactly ``round(fraction * alive)`` fewer alive weights
-        (per layer for ``"layerwise"``).
+        (per layer for ``"layerwise"`` and for the ``layer_fractions`` layers).
     """
     _check_weights(weights, mask)
-    return _prune_by_scores(mask, {n: weights[n].abs() for n in mask}, fraction, scope)
+    scores = {n: weights[n].abs() for n in mask}
+    return _prune_by_scores(mask, scores, fraction, scope, layer_fractions=layer_fractions)
 
 
 def random_prune(
-    mask: Mask, fraction: float, *, generator: torch.Generator, scope: Scope = "global"
+    mask: Mask,
+    fraction: float,
+    *,
+    generator: torch.Generator,
+    scope: Scope = "global",
+    layer_fractions: Mapping[str, float] | None = None,
 ) -> Mask:
     """Prune a uniformly random ``fraction`` of the alive weights (the random-pruning baseline).
 
     Scores are drawn with ``generator`` (a CPU ``torch.Generator``), one per weight in mask order,
-    so the same seed gives the same mask.
+    so the same seed gives the same mask. Counts are those of :func:`magnitude_prune`.
     """
     scores = {n: torch.rand(mask[n].shape, generator=generator) for n in mask}
-    return _prune_by_scores(mask, scores, fraction, scope)
+    return _prune_by_scores(mask, scores, fraction, scope, layer_fractions=layer_fractions)
+
+
+def shuffle_within_layers(mask: Mask, *, generator: torch.Generator) -> Mask:
+    """The same number of alive weights in every layer, at uniformly random positions.
+
+    The lottery-ticket paper's random-pruning control: a random mask with the layer-wise
+    sparsities of a magnitude-pruned one. Layers are shuffled in mask order with
+    ``generator``, so the same seed gives the same mask.
+    """
+    out = {}
+    for name, t in mask.items():
+        flat = t.reshape(-1).cpu()
+        order = torch.randperm(flat.numel(), generator=generator)
+        out[name] = flat[order].reshape(t.shape).to(t.device)
+    return Mask(out)
 
 
 def magnitude_prune_to(
-    weights: Mapping[str, Tensor], mask: Mask, sparsity: float, scope: Scope = "global"
+    weights: Mapping[str, Tensor],
+    mask: Mask,
+    sparsity: float,
+    scope: Scope = "global",
 ) -> Mask:
     """Prune the smallest alive weights until exactly ``round(sparsity * total)`` are pruned
     (per layer for ``"layerwise"``); a mask already that sparse is returned unchanged.

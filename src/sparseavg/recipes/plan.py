@@ -1,15 +1,34 @@
-"""What the engine runs: a :class:`CyclePlan` per cycle, filled in by a recipe."""
+"""What the engine runs: a :class:`RunPlan` per run and a :class:`CyclePlan` per cycle and
+lineage, filled in by a recipe.
+
+A plan hands the engine behaviour, not flags to branch on. Each behaviour is a small frozen
+dataclass with one method over plain values (see :mod:`.rules` and :mod:`.readouts`):
+
+- :class:`MaskRule`: how a cycle's mask is derived (magnitude, random, shuffled, another run's);
+- :class:`StartRule`: where the cycle's ingredients start (rewind, fine-tune, re-initialise,
+  a pretrained model, another lineage's model);
+- :class:`SettingsRule`: how training settings adapt to that start (SMS's adaptive ALLR peak);
+- :class:`~sparseavg.pruning.MaskSchedule`: what changes the mask during training (gradual
+  pruning; it sees dense gradients, so growth rules fit too);
+- :class:`Combiner`: how the trained ingredients become the cycle's model;
+- :class:`Readout`: which rows a finished cycle reports, and which of them is the headline.
+
+The engine supplies what the rules need through the small ``*Sources`` and ``*Tools``
+protocols below and never asks which kind of rule it holds, so a new method is a new recipe:
+its defaults, its fixed settings and a plan function composed from these pieces.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from ..config import Config
-from ..training import TrainSettings
-from ..utils.seeding import derive_seed
+from ..pruning import Mask, MaskSchedule
+from ..training import Evaluation, TrainSettings
+from ..utils.state import State
 
-Start = Literal["ticket", "rewind", "finetune", "pretrained"]
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -21,116 +40,208 @@ class IngredientPlan:
     settings: TrainSettings
 
 
-@dataclass(frozen=True)
-class GradualPlan:
-    """Gradual magnitude pruning inside one training run (Zhu & Gupta's cubic schedule):
-    the mask is tightened at every epoch end between ``start_epoch`` and ``end_epoch``."""
+# -- what rules see ------------------------------------------------------------------------------
 
-    start_epoch: int
-    end_epoch: int
-    final_sparsity: float
+
+class MaskSources(Protocol):
+    """What a :class:`MaskRule` may read (the engine loads each on demand)."""
+
+    def dense(self) -> Mask:
+        """All prunable weights alive, or the user's ``pruning.initial_mask``."""
+        ...
+
+    def previous(self) -> tuple[State, Mask]:
+        """This lineage's combined model of the previous cycle and its mask."""
+        ...
+
+    def source(self, cycle: int) -> Mask:
+        """The mask of ``cycle`` in the run named by ``pruning.masks_from``."""
+        ...
+
+
+class StartSources(Protocol):
+    """What a :class:`StartRule` may read (the engine loads each on demand)."""
+
+    @property
+    def rewind_step(self) -> int:
+        """T0: the global step of the ticket."""
+        ...
+
+    def ticket(self) -> State:
+        """θ_T0 of this lineage: the weights after the common dense run to T0."""
+        ...
+
+    def previous_model(self) -> State:
+        """This lineage's combined model of the previous cycle."""
+        ...
+
+    def initialisation(self, seed: int) -> State:
+        """A freshly initialised model, drawn from ``seed``."""
+        ...
+
+    def pretrained(self) -> State:
+        """The ``model.pretrained`` checkpoint."""
+        ...
+
+    def combined(self, lineage: int) -> State:
+        """Another lineage's combined model of this cycle (it ran first)."""
+        ...
+
+
+@dataclass(frozen=True)
+class StartFacts:
+    """What a :class:`SettingsRule` may use: measured once the start state exists.
+
+    Attributes:
+        relative_norm_drop: ``sqrt(|‖θ‖² − ‖θ ⊙ m‖²|) / ‖θ‖`` over the model's parameters,
+            between the previous cycle's model and the pruned start (0 for other starts).
+    """
+
+    relative_norm_drop: float = 0.0
+
+
+class CombineTools(Protocol):
+    """What a :class:`Combiner` may use."""
+
+    def recalibrate(self, state: State) -> State:
+        """``state`` with BatchNorm statistics recomputed (per ``bn.*``), for averages."""
+        ...
+
+    def score(self, state: State) -> float:
+        """Held-out accuracy of ``state`` after recalibration (greedy soups)."""
+        ...
+
+
+class ReadoutTools(Protocol):
+    """What a :class:`Readout` may use."""
+
+    def evaluate(self, state: State) -> Evaluation:
+        """Test accuracy and loss of one model."""
+        ...
+
+    def evaluate_ensemble(self, states: Sequence[State]) -> Evaluation:
+        """Test accuracy and NLL of the models' averaged predicted probabilities."""
+        ...
+
+    def recalibrate(self, state: State) -> State:
+        """``state`` with BatchNorm statistics recomputed (per ``bn.*``), for averages."""
+        ...
+
+    def row(self, role: str, lineage: int, mask: Mask, evaluation: Evaluation | None) -> Row:
+        """A results row with the run's columns filled in; callers add fields to it."""
+        ...
+
+
+# -- the behaviours ------------------------------------------------------------------------------
+
+
+class MaskRule(Protocol):
+    """Derives the mask a cycle trains under."""
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask: ...
+
+
+class StartRule(Protocol):
+    """Where a cycle's ingredients start: ``(state, global step)`` under ``mask``.
+
+    :attr:`trains` is false for starts that are already the cycle's model (a pretrained
+    checkpoint, another lineage's shared model): the cycle then trains nothing.
+    """
+
+    @property
+    def trains(self) -> bool: ...
+
+    def __call__(self, sources: StartSources, mask: Mask) -> tuple[State, int]: ...
+
+
+class SettingsRule(Protocol):
+    """Adapts an ingredient's settings to its start (e.g. SMS's adaptive ALLR peak)."""
+
+    def __call__(self, settings: TrainSettings, facts: StartFacts) -> TrainSettings: ...
+
+
+class Combiner(Protocol):
+    """Turns the trained ingredients (in index order) into the cycle's model; also returns
+    the indices it kept (greedy soups) or ``None``."""
+
+    def __call__(
+        self, states: Sequence[State], indices: Sequence[int], mask: Mask, tools: CombineTools
+    ) -> tuple[State, list[int] | None]: ...
+
+
+@dataclass(frozen=True)
+class LineageResult:
+    """One lineage's finished cycle, as readouts see it.
+
+    Attributes:
+        lineage: its index (0 unless the run has several independent lineages).
+        mask: the cycle's mask.
+        combined: the cycle's model (what the next cycle starts from or prunes).
+        ingredients: the trained ingredients that were not dropped, by index.
+        info: every planned ingredient's info (``dropped``, ``seconds``, ...), by index.
+        planned: how many ingredients the plan had.
+        selected: the indices a greedy soup kept, else ``None``.
+    """
+
+    lineage: int
+    mask: Mask
+    combined: State
+    ingredients: dict[int, State]
+    info: dict[int, dict[str, Any]]
+    planned: int
+    selected: list[int] | None = None
+
+
+class Readout(Protocol):
+    """Rows a finished cycle reports; rows of a ``headline`` readout are the method's result."""
+
+    @property
+    def headline(self) -> bool: ...
+
+    def __call__(
+        self, cycle: int, results: Sequence[LineageResult], tools: ReadoutTools
+    ) -> list[Row]: ...
+
+
+# -- plans ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class CyclePlan:
-    """One IMP level.
+    """One IMP level of one lineage.
 
     Attributes:
         cycle: 0 for the dense cycle.
-        start: ``"ticket"`` (cycle 0: from the shared rewind point θ_T0), ``"rewind"`` (θ_T0 ⊙ m),
-            ``"finetune"`` (the previous combined model ⊙ m), ``"pretrained"`` (cycle 0 from the
-            user's checkpoint: nothing is trained).
-        start_step: the global step training resumes at (T0 when rewinding, else 0).
-        ingredients: the models trained under this cycle's mask.
-        combine: ``"single"``, ``"uniform"`` or ``"greedy"``.
-        prune_fraction: share of surviving weights removed before this cycle (0 in cycle 0).
-        prune_method: ``"magnitude"`` or ``"random"``.
-        gradual: gradual pruning during the ingredients' training, or ``None``.
+        mask: derives the cycle's mask (before training; a ``during`` schedule may tighten it).
+        start: where the ingredients start; a start that does not train is the cycle's model.
+        ingredients: the models trained under the mask (empty when ``start`` does not train).
+        combine: how they become one model.
+        adapt: adapts each ingredient's settings to the start, or ``None``.
+        during: changes the mask while the (single) ingredient trains, or ``None``.
     """
 
     cycle: int
-    start: Start
-    start_step: int
+    mask: MaskRule
+    start: StartRule
     ingredients: tuple[IngredientPlan, ...]
-    combine: str
-    prune_fraction: float
-    prune_method: str
-    gradual: GradualPlan | None = None
+    combine: Combiner
+    adapt: SettingsRule | None = None
+    during: MaskSchedule | None = None
 
 
-def base_settings(config: Config) -> TrainSettings:
-    """The :class:`TrainSettings` of ``config.train``."""
-    t = config.train
-    return TrainSettings(
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        optimizer=t.optimizer,  # type: ignore[arg-type]
-        lr=t.lr,
-        momentum=t.momentum,
-        nesterov=t.nesterov,
-        weight_decay=t.weight_decay,
-        schedule=t.schedule,  # type: ignore[arg-type]
-        warmup=t.warmup,
-        milestones=tuple(t.milestones),
-        gamma=t.gamma,
-        swa_start=t.swa_start if t.swa else None,
-        swa_lr=t.swa_lr,
-        augment=t.augment,
-        precision=t.precision,  # type: ignore[arg-type]
-        channels_last=t.channels_last,
-    )
+@dataclass(frozen=True)
+class RunPlan:
+    """What holds for the whole run.
 
+    Attributes:
+        lineages: independent IMP lineages (ensemble members, IMP-AVG's runs); 1 for most.
+        readouts: the rows every cycle reports, in order; exactly the rows of readouts with
+            ``headline`` true are the method's result.
+        common: settings of the common dense run to the rewind point T0 that makes each
+            lineage's ticket (those of cycle 0's first ingredient), or ``None`` when the run
+            never trains from a ticket.
+    """
 
-def retrain_settings(config: Config) -> TrainSettings:
-    """Settings of a fine-tuning cycle: ``train`` with the ``pruning.retrain_*`` overrides and
-    ``ingredients.length_factor`` (imp+) applied."""
-    p = config.pruning
-    s = base_settings(config)
-    epochs = p.retrain_epochs or s.epochs
-    return replace(
-        s,
-        epochs=max(1, round(epochs * config.ingredients.length_factor)),
-        schedule=p.retrain_schedule or s.schedule,  # type: ignore[arg-type]
-        lr=p.retrain_lr or s.lr,
-    )
-
-
-def default_factors(count: int) -> list[float]:
-    """Multipliers of the varied hyperparameter when none are given: ``count`` values spaced
-    geometrically from 0.5 to 2 (1.0 for a single ingredient)."""
-    if count == 1:
-        return [1.0]
-    return [2.0 ** (-1.0 + 2.0 * k / (count - 1)) for k in range(count)]
-
-
-def ingredient_seed(config: Config, lineage: int, cycle: int, index: int) -> int:
-    """The seed of one ingredient: its batch order and augmentation."""
-    return derive_seed(config.seed, "lineage", lineage, "cycle", cycle, "ingredient", index)
-
-
-def varied(config: Config, settings: TrainSettings, count: int) -> list[TrainSettings]:
-    """``count`` copies of ``settings`` that differ in ``ingredients.vary``."""
-    vary = config.ingredients.vary
-    if vary == "seed":
-        return [settings] * count
-    factors = list(config.ingredients.values) or default_factors(count)
-    out = []
-    for k in range(count):
-        f = factors[k]
-        if vary == "lr":
-            out.append(replace(settings, lr=settings.lr * f))
-        elif vary == "weight_decay":
-            out.append(replace(settings, weight_decay=settings.weight_decay * f))
-        else:  # length
-            out.append(replace(settings, epochs=max(1, round(settings.epochs * f))))
-    return out
-
-
-def make_ingredients(
-    config: Config, lineage: int, cycle: int, settings: list[TrainSettings]
-) -> tuple[IngredientPlan, ...]:
-    """Number the ingredients and give each its derived seed."""
-    return tuple(
-        IngredientPlan(k, ingredient_seed(config, lineage, cycle, k), s)
-        for k, s in enumerate(settings)
-    )
+    lineages: int
+    readouts: tuple[Readout, ...]
+    common: TrainSettings | None = field(default=None)

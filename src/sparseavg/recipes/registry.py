@@ -7,10 +7,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config, ConfigError, build_config, merge
-from .plan import CyclePlan
-from .standard import gradual_plan, member_plan, standard_plan
+from .plan import CyclePlan, RunPlan
+from .standard import (
+    ensemble_of_ingredients_run,
+    ensemble_run,
+    gradual_plan,
+    lineage_average_run,
+    member_plan,
+    run_plan,
+    shared_dense_plan,
+    standard_plan,
+)
 
 PlanFn = Callable[[Config, int, int, int], CyclePlan]
+RunPlanFn = Callable[[Config], RunPlan]
 
 
 @dataclass(frozen=True)
@@ -24,7 +34,8 @@ class Recipe:
         fixed: nested config values that define the method; a user value that differs is an
             error.
         plan: ``(config, lineage, cycle, rewind_step) -> CyclePlan``.
-        members: how many independent lineages (ensemble members) the run has.
+        run: ``config -> RunPlan``: lineages and the rows each cycle reports.
+        reference: the paper and code it follows (docs/recipes.md has the details).
     """
 
     name: str
@@ -32,54 +43,121 @@ class Recipe:
     defaults: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     plan: PlanFn = standard_plan
-    members: Callable[[Config], int] = lambda config: 1
+    run: RunPlanFn = run_plan
+    reference: str = ""
 
 
 _REWIND_ONE = {"ingredients": {"count": 1, "start": "rewind", "combine": "single"}}
 _FINETUNE_ONE = {"ingredients": {"count": 1, "start": "finetune", "combine": "single"}}
-_LLR = {"pruning": {"retrain_schedule": "llr"}}
-_SWAMP_DEFAULTS = {"ingredients": {"count": 4}, "train": {"swa_start": 0.75, "swa_lr": 0.05}}
+# What the SMS code does around every prune-retrain phase: LLR retraining, Nesterov momentum
+# (its SGD sets nesterov = weight_decay > 0), and BatchNorm recalibrated for every model,
+# on augmented training batches, with momentum 0.1.
+_SMS_CODE = {
+    "train": {"nesterov": True},
+    "pruning": {"retrain_schedule": "llr"},
+    "bn": {"recalibrate": "always", "augment": True, "momentum": 0.1},
+}
+_SWA = {"train": {"swa_start": 0.75, "swa_lr": 0.05}}
+_SWAMP_DEFAULTS = merge(_SWA, {"ingredients": {"count": 4}})
 _SWAMP_FIXED = {"ingredients": {"start": "rewind", "combine": "uniform"}, "train": {"swa": True}}
+_SOUP_DEFAULTS = merge(_SMS_CODE, {"ingredients": {"count": 3, "combine": "uniform"}})
+_LINEAGES = merge(_SMS_CODE, {"ingredients": {"count": 3}})
+_LINEAGES_FIXED = {"ingredients": {"start": "finetune", "combine": "single", "single_until": 0}}
+_SWAMP_PAPER = "SWAMP (Choi et al., ICLR 2024, arXiv 2305.14852)"
+_SMS_PAPER = "Sparse Model Soups (Zimmer et al., ICLR 2024, arXiv 2306.16788; ZIB-IOL/SMS)"
+_LTH_PAPER = "lottery tickets (Frankle & Carbin 2019; Frankle et al. 2020; open_lth)"
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
-        Recipe("imp", "IMP with weight rewinding (lottery tickets)", fixed=_REWIND_ONE),
+        Recipe(
+            "imp",
+            "IMP with weight rewinding (lottery tickets)",
+            fixed=_REWIND_ONE,
+            reference=_LTH_PAPER,
+        ),
         Recipe(
             "imp-swa",
-            "IMP with SWA over the last part of each training run, one model",
-            defaults={"train": {"swa_start": 0.75, "swa_lr": 0.05}},
+            "IMP with SWA over the last part of each training run, one model (SWAMP's "
+            "SWA-only ablation)",
+            defaults=_SWA,
             fixed=merge(_REWIND_ONE, {"train": {"swa": True}}),
+            reference=_SWAMP_PAPER,
         ),
         Recipe(
             "swamp",
             "SWAMP: N particles with SWA from the same ticket, averaged, then pruned",
             defaults=_SWAMP_DEFAULTS,
             fixed=_SWAMP_FIXED,
+            reference=_SWAMP_PAPER,
         ),
         Recipe(
             "swamp+",
-            "SWAMP with one particle in the first cycles (ingredients.single_until)",
+            "SWAMP with one particle in the first cycles (ingredients.single_until; "
+            "ingredients.early = imp makes them plain IMP)",
             defaults=merge(_SWAMP_DEFAULTS, {"ingredients": {"single_until": 4}}),
             fixed=_SWAMP_FIXED,
+            reference=_SWAMP_PAPER,
+        ),
+        Recipe(
+            "swamp-no-swa",
+            "SWAMP without SWA: N particles from the same ticket, averaged (the particles-only "
+            "ablation)",
+            defaults={"ingredients": {"count": 4}},
+            fixed={
+                "ingredients": {"start": "rewind", "combine": "uniform"},
+                "train": {"swa": False},
+            },
+            reference=_SWAMP_PAPER,
         ),
         Recipe(
             "sms",
             "Sparse Model Soups: fine-tune m ingredients from the last soup, average them",
-            defaults=merge(_LLR, {"ingredients": {"count": 3, "combine": "uniform"}}),
+            defaults=_SOUP_DEFAULTS,
             fixed={"ingredients": {"start": "finetune"}},
+            reference=_SMS_PAPER,
+        ),
+        Recipe(
+            "sms-ensemble",
+            "SMS whose result per phase is the prediction ensemble of its m ingredients "
+            "(m x the inference cost); the next phase starts from the soup",
+            defaults=_SOUP_DEFAULTS,
+            fixed={"ingredients": {"start": "finetune"}},
+            run=ensemble_of_ingredients_run,
+            reference=_SMS_PAPER,
         ),
         Recipe(
             "imp-ft",
             "prune-retrain IMP (fine-tuning, no rewinding)",
-            defaults=_LLR,
+            defaults=_SMS_CODE,
             fixed=_FINETUNE_ONE,
+            reference=_SMS_PAPER,
         ),
         Recipe(
             "imp+",
             "prune-retrain IMP retrained length_factor times longer (a K-soup's compute)",
-            defaults=merge(_LLR, {"ingredients": {"length_factor": 3.0}}),
+            defaults=merge(_SMS_CODE, {"ingredients": {"length_factor": 3.0}}),
             fixed=_FINETUNE_ONE,
+            reference=_SMS_PAPER,
+        ),
+        Recipe(
+            "imp-avg",
+            "m prune-retrain lineages from one dense model, pruned separately; result: their "
+            "average (lower sparsity)",
+            defaults=_LINEAGES,
+            fixed=_LINEAGES_FIXED,
+            plan=shared_dense_plan,
+            run=lambda config: lineage_average_run(config, "average"),
+            reference=_SMS_PAPER,
+        ),
+        Recipe(
+            "imp-reprune",
+            "as imp-avg; result: the average pruned back to the lineages' sparsity",
+            defaults=_LINEAGES,
+            fixed=_LINEAGES_FIXED,
+            plan=shared_dense_plan,
+            run=lambda config: lineage_average_run(config, "reprune"),
+            reference=_SMS_PAPER,
         ),
         Recipe(
             "ensemble",
@@ -87,20 +165,42 @@ RECIPES: dict[str, Recipe] = {
             defaults={"ingredients": {"count": 2}},
             fixed={"ingredients": {"start": "rewind", "combine": "single", "single_until": 0}},
             plan=member_plan,
-            members=lambda config: config.ingredients.count,
+            run=ensemble_run,
+            reference=_SWAMP_PAPER,
         ),
         Recipe(
             "one-shot",
             "prune to pruning.target_sparsity at once, then retrain",
             defaults=merge(
-                _LLR, {"pruning": {"target_sparsity": 0.9}, "ingredients": {"start": "finetune"}}
+                _SMS_CODE,
+                {"pruning": {"target_sparsity": 0.9}, "ingredients": {"start": "finetune"}},
             ),
             fixed={"pruning": {"cycles": 1}, "ingredients": {"count": 1, "combine": "single"}},
+            reference=_SMS_PAPER,
         ),
         Recipe(
             "random",
             "IMP with random instead of magnitude pruning (the random-mask baseline)",
             fixed=merge(_REWIND_ONE, {"pruning": {"method": "random"}}),
+            reference=_LTH_PAPER,
+        ),
+        Recipe(
+            "shuffle",
+            "lottery-ticket control: magnitude pruning's per-layer sparsities at random "
+            "positions (of pruning.masks_from's masks, or of this run's)",
+            fixed=merge(_REWIND_ONE, {"pruning": {"method": "shuffle"}}),
+            reference=_LTH_PAPER,
+        ),
+        Recipe(
+            "reinit",
+            "lottery-ticket control: pruning.masks_from's masks, trained from a new random "
+            "initialisation",
+            defaults={"pruning": {"rewind_epochs": 0.0}},
+            fixed={
+                "ingredients": {"count": 1, "start": "reinit", "combine": "single"},
+                "pruning": {"method": "magnitude"},
+            },
+            reference=_LTH_PAPER,
         ),
         Recipe(
             "gmp",
@@ -111,6 +211,7 @@ RECIPES: dict[str, Recipe] = {
                 "ingredients": {"count": 1, "combine": "single", "start": "rewind"},
             },
             plan=gradual_plan,
+            reference="Zhu & Gupta 2017 (gradual magnitude pruning)",
         ),
     ]
 }
@@ -157,8 +258,12 @@ def resolve_config(values: dict[str, Any]) -> Config:
 
 
 def check_config(config: Config) -> None:
-    """Checks that involve more than one field."""
-    ing, p = config.ingredients, config.pruning
+    """Checks that involve more than one field, and every cycle's training settings.
+
+    Builds the plan of every cycle and lineage, so any setting that :class:`TrainSettings`
+    refuses is refused here, before a run writes anything.
+    """
+    ing, p, t = config.ingredients, config.pruning, config.train
     if ing.combine == "greedy" and config.data.val_fraction <= 0:
         raise ConfigError("ingredients.combine = 'greedy' needs data.val_fraction > 0")
     if ing.values and ing.vary == "seed":
@@ -175,10 +280,58 @@ def check_config(config: Config) -> None:
         raise ConfigError(
             f"pruning.gmp_end ({p.gmp_end}) must be after pruning.gmp_start ({p.gmp_start})"
         )
-    if config.train.epochs == 0 and not config.model.pretrained:
+    if ing.seed_per_ingredient and ing.vary == "seed":
+        raise ConfigError(
+            "ingredients.seed_per_ingredient only matters when ingredients.vary is "
+            "weight_decay, lr or length (vary = 'seed' gives every ingredient its own seed)"
+        )
+    for pattern, value in p.layer_fractions.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ConfigError(
+                f"pruning.layer_fractions[{pattern!r}]: expected a fraction in [0, 1), "
+                f"got {value!r}"
+            )
+    if p.masks_from and p.method == "random":
+        raise ConfigError(
+            "pruning.masks_from takes its masks from another run; pruning.method = 'random' "
+            "would ignore them (use recipe shuffle for random masks with their layer sparsities)"
+        )
+    if p.masks_from and p.initial_mask:
+        raise ConfigError("pruning.masks_from and pruning.initial_mask both give cycle 0's mask")
+    if ing.start == "reinit" and not p.masks_from:
+        raise ConfigError(
+            "ingredients.start = 'reinit' (the lottery-ticket control) trains another run's "
+            "masks from a new initialisation: set pruning.masks_from to that run's directory"
+        )
+    if p.retrain_schedule == "lrw" and (p.retrain_epochs or t.epochs) > t.epochs:
+        raise ConfigError(
+            f"pruning.retrain_schedule = 'lrw' rewinds the last pruning.retrain_epochs "
+            f"({p.retrain_epochs}) epochs of the dense schedule, which has train.epochs "
+            f"({t.epochs})"
+        )
+    if t.swa and t.swa_schedule == "anneal" and t.schedule == "step":
+        raise ConfigError(
+            "train.schedule = 'step' cannot anneal to train.swa_lr before SWA starts: set "
+            "train.swa_schedule = 'switch' (the step schedule over all epochs, then a constant "
+            "swa_lr from swa_start) or use a cosine or llr schedule"
+        )
+    if t.epochs == 0 and not config.model.pretrained:
         raise ConfigError("train.epochs = 0 needs a model.pretrained checkpoint")
     if p.rewind_epochs >= config.train.epochs and not config.model.pretrained:
         raise ConfigError(
             f"pruning.rewind_epochs ({p.rewind_epochs:g}) must be less than train.epochs "
             f"({config.train.epochs})"
         )
+    _check_plans(config)
+
+
+def _check_plans(config: Config) -> None:
+    """Build every cycle's plan: settings that TrainSettings refuses become a ConfigError."""
+    recipe = get_recipe(config.recipe)
+    try:
+        lineages = recipe.run(config).lineages
+        for cycle in range(config.pruning.cycles + 1):
+            for lineage in range(lineages):
+                recipe.plan(config, lineage, cycle, 0)
+    except ValueError as err:
+        raise ConfigError(f"train: {err}") from None

@@ -1,73 +1,290 @@
-"""The plans shared by the recipes: every method is this cycle loop with other settings."""
+"""The plans the recipes share: every method is this cycle loop with other pieces.
+
+:func:`standard_plan` is IMP with rewinding, fine-tuning or re-initialisation, K ingredients
+and any combine; the other plan functions adjust it (one model per lineage, shared dense
+model, gradual pruning during training). :func:`run_plan` and its variants say how many
+lineages a run has and which rows it reports.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
+from typing import cast
 
+from ..averaging import AcceptRule
 from ..config import Config
-from .plan import (
-    CyclePlan,
-    GradualPlan,
-    base_settings,
-    make_ingredients,
-    retrain_settings,
-    varied,
+from ..pruning import GradualMagnitudePruning, Scope
+from ..training import TrainSettings
+from ..utils.seeding import derive_seed
+from .plan import Combiner, CyclePlan, IngredientPlan, MaskRule, RunPlan, SettingsRule, StartRule
+from .readouts import (
+    CombinedRows,
+    IngredientEnsemble,
+    IngredientRows,
+    LineageAverage,
+    LineageEnsemble,
+    LineageReprune,
 )
+from .rules import (
+    AdaptivePeak,
+    Borrow,
+    DenseMask,
+    FineTune,
+    Greedy,
+    MagnitudePrune,
+    Pretrained,
+    RandomPrune,
+    Reinit,
+    Rewind,
+    ShuffleLayers,
+    Single,
+    SourceMask,
+    Uniform,
+)
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+def base_settings(config: Config) -> TrainSettings:
+    """The :class:`TrainSettings` of ``config.train``: training from scratch or a ticket."""
+    t = config.train
+    return TrainSettings(
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        optimizer=t.optimizer,  # type: ignore[arg-type]
+        lr=t.lr,
+        momentum=t.momentum,
+        nesterov=t.nesterov,
+        weight_decay=t.weight_decay,
+        schedule=t.schedule,  # type: ignore[arg-type]
+        warmup=t.warmup,
+        milestones=tuple(t.milestones),
+        gamma=t.gamma,
+        swa_start=t.swa_start if t.swa else None,
+        swa_lr=t.swa_lr,
+        swa_schedule=t.swa_schedule,  # type: ignore[arg-type]
+        augment=t.augment,
+        precision=t.precision,  # type: ignore[arg-type]
+        channels_last=t.channels_last,
+    )
+
+
+def retrain_settings(config: Config) -> TrainSettings:
+    """Settings of a fine-tuning cycle: ``train`` with the ``pruning.retrain_*`` overrides and
+    ``ingredients.length_factor`` (imp+) applied.
+
+    The schedule is ``pruning.retrain_schedule`` (else ``train.schedule``) over the retraining
+    epochs, with no warm-up of its own but the SMS code's 10 % for llr/slr/clr/allr; ft, lrw,
+    slr and clr derive from the dense run's settings. ``allr`` is planned as ``llr``: its peak
+    is chosen when the cycle starts (:class:`~.rules.AdaptivePeak`).
+    """
+    p = config.pruning
+    base = base_settings(config)
+    kind = p.retrain_schedule or base.schedule
+    kind = "llr" if kind == "allr" else kind
+    return replace(
+        base,
+        epochs=max(1, round((p.retrain_epochs or base.epochs) * config.ingredients.length_factor)),
+        schedule=kind,  # type: ignore[arg-type]
+        lr=p.retrain_lr or base.lr,
+        warmup=0.0,
+        original=base if kind in ("ft", "lrw", "slr", "clr") else None,
+    )
+
+
+def default_factors(count: int) -> list[float]:
+    """Multipliers of the varied hyperparameter when none are given: ``count`` values spaced
+    geometrically from 0.5 to 2 (1.0 for a single ingredient)."""
+    if count == 1:
+        return [1.0]
+    return [2.0 ** (-1.0 + 2.0 * k / (count - 1)) for k in range(count)]
+
+
+def ingredient_seed(config: Config, lineage: int, cycle: int, index: int) -> int:
+    """The seed of one ingredient: its batch order and augmentation."""
+    return derive_seed(config.seed, "lineage", lineage, "cycle", cycle, "ingredient", index)
+
+
+def make_ingredients(
+    config: Config, lineage: int, cycle: int, settings: TrainSettings, count: int
+) -> tuple[IngredientPlan, ...]:
+    """The cycle's ``count`` ingredients from ``settings``.
+
+    A cycle that trains ``ingredients.count`` models varies ``ingredients.vary`` over them
+    (factors ``ingredients.values``, else :func:`default_factors`); a cycle forced to one model
+    (cycle 0 of a fine-tuning recipe, SWAMP+'s early cycles) trains the base settings. Seeds
+    differ per ingredient when ``vary = "seed"`` or ``seed_per_ingredient``; otherwise every
+    ingredient shares ingredient 0's seed (batch order and augmentation), as the SMS code
+    does when it varies weight decay, learning rate or length.
+    """
+    ing = config.ingredients
+    varies = count == ing.count and ing.vary != "seed"
+    factors = (list(ing.values) or default_factors(count)) if varies else [1.0] * count
+    distinct = ing.vary == "seed" or ing.seed_per_ingredient
+    out = []
+    for k, f in enumerate(factors):
+        s = settings
+        if varies and ing.vary == "lr":
+            s = replace(settings, lr=settings.lr * f)
+        elif varies and ing.vary == "weight_decay":
+            s = replace(settings, weight_decay=settings.weight_decay * f)
+        elif varies and ing.vary == "length":
+            s = replace(settings, epochs=max(1, round(settings.epochs * f)))
+        seed = ingredient_seed(config, lineage, cycle, k if distinct else 0)
+        out.append(IngredientPlan(k, seed, s))
+    return tuple(out)
+
+
+# -- rules from the config -----------------------------------------------------------------------
+
+
+def prune_rule(config: Config, lineage: int, cycle: int) -> MaskRule:
+    """How cycle ``cycle`` derives its mask, from ``pruning.*``."""
+    p = config.pruning
+    scope = cast(Scope, p.scope)
+    seed: tuple[object, ...] = (config.seed, "lineage", lineage, "cycle", cycle, "prune")
+    base: MaskRule
+    if p.masks_from:
+        base = SourceMask()
+    elif cycle == 0:
+        base = DenseMask()
+    elif p.method == "random":
+        base = RandomPrune(config.prune_fraction, seed, scope, dict(p.layer_fractions))
+    else:
+        base = MagnitudePrune(config.prune_fraction, scope, dict(p.layer_fractions))
+    if p.method == "shuffle" and cycle > 0:
+        return ShuffleLayers(base, seed)
+    return base
+
+
+def combiner(config: Config, count: int) -> Combiner:
+    """How ``count`` ingredients combine, from ``ingredients.combine``."""
+    ing = config.ingredients
+    if count == 1 or ing.combine == "single":
+        return Single()
+    if ing.combine == "greedy":
+        return Greedy(cast(AcceptRule, ing.accept))
+    return Uniform()
+
+
+# -- plans ---------------------------------------------------------------------------------------
 
 
 def standard_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
-    """IMP with rewinding or fine-tuning, K ingredients, any combine.
+    """IMP with rewinding, fine-tuning or re-initialisation; K ingredients; any combine.
 
     Cycle 0 trains the dense model from the shared rewind point θ_T0 (rewinding recipes train
-    their K particles from there; fine-tuning recipes train one dense model), or takes the
-    pretrained checkpoint. Cycle c ≥ 1 prunes the previous combined model and trains K
-    ingredients from θ_T0 ⊙ m (``start = "rewind"``) or from the previous model ⊙ m
-    (``"finetune"``, with the ``pruning.retrain_*`` settings).
+    their K particles from there; the others one dense model), or takes the pretrained
+    checkpoint. Cycle c ≥ 1 derives its mask from the previous combined model and trains K
+    ingredients from θ_T0 ⊙ m (``start = "rewind"``), the previous model ⊙ m
+    (``"finetune"``, with the ``pruning.retrain_*`` settings) or a new initialisation ⊙ m
+    (``"reinit"``). SWAMP+ trains one model below ``ingredients.single_until``, with SWA or,
+    with ``ingredients.early = "imp"``, as plain IMP.
     """
     ing = config.ingredients
-    method = config.pruning.method
-    if cycle == 0:
-        if config.model.pretrained:
-            return CyclePlan(0, "pretrained", 0, (), "single", 0.0, method)
-        count = 1 if ing.start == "finetune" or ing.single_until > 0 else ing.count
-        settings = varied(config, base_settings(config), count)
-        start, start_step, fraction = "ticket", rewind_step, 0.0
+    mask = prune_rule(config, lineage, cycle)
+    if cycle == 0 and config.model.pretrained:
+        return CyclePlan(0, mask, Pretrained(), (), Single())
+    early = cycle < ing.single_until
+    start: StartRule
+    adapt: SettingsRule | None = None
+    if cycle == 0 or ing.start == "rewind":
+        count = 1 if early or (cycle == 0 and ing.start != "rewind") else ing.count
+        settings, start = base_settings(config), Rewind()
+    elif ing.start == "finetune":
+        count = ing.count
+        settings, start = retrain_settings(config), FineTune()
+        if config.pruning.retrain_schedule == "allr":
+            adapt = AdaptivePeak(
+                max_lr=settings.lr,
+                fraction=config.prune_fraction,
+                retrain_epochs=settings.epochs,
+                original_epochs=config.train.epochs,
+            )
     else:
-        count = 1 if cycle < ing.single_until else ing.count
-        if ing.start == "rewind":
-            settings = varied(config, base_settings(config), count)
-            start, start_step = "rewind", rewind_step
-        else:
-            settings = varied(config, retrain_settings(config), count)
-            start, start_step = "finetune", 0
-        fraction = config.prune_fraction
+        count = ing.count
+        init_seed = derive_seed(config.seed, "lineage", lineage, "cycle", cycle, "reinit")
+        settings, start = base_settings(config), Reinit(init_seed)
+    if early and ing.early == "imp":
+        settings = replace(settings, swa_start=None)
     return CyclePlan(
         cycle=cycle,
-        start=start,  # type: ignore[arg-type]
-        start_step=start_step,
-        ingredients=make_ingredients(config, lineage, cycle, settings),
-        combine=ing.combine if count > 1 else "single",
-        prune_fraction=fraction,
-        prune_method=method,
+        mask=mask,
+        start=start,
+        ingredients=make_ingredients(config, lineage, cycle, settings, count),
+        combine=combiner(config, count),
+        adapt=adapt,
     )
+
+
+def _one_model(config: Config) -> Config:
+    return dataclasses.replace(config, ingredients=dataclasses.replace(config.ingredients, count=1))
 
 
 def member_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
-    """One member of a prediction ensemble: a plain one-model IMP lineage."""
-    single = dataclasses.replace(
-        config, ingredients=dataclasses.replace(config.ingredients, count=1)
-    )
-    return standard_plan(single, lineage, cycle, rewind_step)
+    """One lineage of a multi-lineage recipe: a one-model IMP lineage of its own."""
+    return standard_plan(_one_model(config), lineage, cycle, rewind_step)
+
+
+def shared_dense_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
+    """One of several one-model lineages that share lineage 0's dense model (IMP-AVG)."""
+    plan = member_plan(config, lineage, cycle, rewind_step)
+    if cycle == 0 and lineage > 0:
+        return replace(plan, start=Borrow(0), ingredients=(), combine=Single())
+    return plan
 
 
 def gradual_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
     """Gradual magnitude pruning: one training run whose mask tightens every epoch."""
     plan = standard_plan(config, lineage, cycle, rewind_step)
-    if plan.start == "pretrained":
+    if not plan.start.trains:
         return plan
     epochs = config.train.epochs
-    start = round(config.pruning.gmp_start * epochs)
-    end = max(start + 1, round(config.pruning.gmp_end * epochs))
-    return dataclasses.replace(
-        plan, gradual=GradualPlan(start, min(end, epochs), config.pruning.target_sparsity)
+    first = round(config.pruning.gmp_start * epochs)
+    last = min(max(first + 1, round(config.pruning.gmp_end * epochs)), epochs)
+    schedule = GradualMagnitudePruning(
+        first, last, config.pruning.target_sparsity, cast(Scope, config.pruning.scope)
     )
+    return replace(plan, during=schedule)
+
+
+# -- run plans -----------------------------------------------------------------------------------
+
+
+def _common(config: Config) -> TrainSettings | None:
+    """The common dense run's settings: cycle 0's first ingredient (None when cycle 0 trains
+    nothing)."""
+    plan = standard_plan(_one_model(config), 0, 0, 0)
+    return plan.ingredients[0].settings if plan.ingredients else None
+
+
+def run_plan(config: Config) -> RunPlan:
+    """One lineage; ingredient rows, their prediction ensemble and the combined model (the
+    headline)."""
+    readouts = (IngredientRows(), IngredientEnsemble(), CombinedRows(headline=True))
+    return RunPlan(1, readouts, _common(config))
+
+
+def ensemble_of_ingredients_run(config: Config) -> RunPlan:
+    """As :func:`run_plan`, with the ingredients' prediction ensemble as the headline."""
+    readouts = (IngredientRows(), IngredientEnsemble(headline=True), CombinedRows(headline=False))
+    return RunPlan(1, readouts, _common(config))
+
+
+def ensemble_run(config: Config) -> RunPlan:
+    """``ingredients.count`` independent lineages, their prediction ensemble the headline."""
+    readouts = (CombinedRows(headline=False), LineageEnsemble(headline=True))
+    return RunPlan(config.ingredients.count, readouts, _common(config))
+
+
+def lineage_average_run(config: Config, headline: str) -> RunPlan:
+    """``ingredients.count`` lineages from one dense model; their average (IMP-AVG) and the
+    re-pruned average (IMP-RePrune), ``headline`` naming which is the result."""
+    scope = cast(Scope, config.pruning.scope)
+    readouts = (
+        CombinedRows(headline=False),
+        LineageAverage(headline=headline == "average"),
+        LineageReprune(headline=headline == "reprune", scope=scope),
+    )
+    return RunPlan(config.ingredients.count, readouts, _common(config))

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..data import BatchSource
-from ..pruning import Mask
+from ..pruning import Mask, MaskSchedule
 from ..utils.seeding import make_generator
 from ..utils.state import State, clone_state
 from .evaluate import model_device
@@ -89,7 +89,7 @@ class TrainResult:
         losses: mean training loss of each finished epoch.
         steps: optimizer steps taken in total (``start_step`` included).
         swa_count: snapshots in the SWA average.
-        mask: the mask at the end (differs from the given one only under ``tighten_mask``).
+        mask: the mask at the end (differs from the given one only under ``mask_schedule``).
     """
 
     state: State
@@ -152,7 +152,7 @@ def train(
     resume: TrainState | None = None,
     on_epoch_end: Callable[[TrainState], None] | None = None,
     progress: Progress | None = None,
-    tighten_mask: Callable[[int, nn.Module, Mask | None], Mask | None] | None = None,
+    mask_schedule: MaskSchedule | None = None,
 ) -> TrainResult:
     """Train ``model`` in place under ``mask`` and return its final weights.
 
@@ -174,14 +174,18 @@ def train(
         on_epoch_end: called with a CPU :class:`TrainState` at every epoch boundary (to save
             a checkpoint).
         progress: called after every step with ``(step, total, loss or None)``.
-        tighten_mask: gradual pruning: called at each epoch end with ``(epochs done, model,
-            current mask)``; a returned mask replaces the current one (weights and optimizer
-            buffers of newly pruned weights are zeroed). The current mask is checkpointed.
+        mask_schedule: changes the mask during training (e.g. gradual magnitude pruning): its
+            ``update`` is called at each epoch end (see
+            :class:`~sparseavg.pruning.MaskSchedule`); a returned mask replaces the current
+            one (weights and optimizer buffers of newly pruned weights are zeroed). Needs a
+            ``mask``. The current mask is checkpointed.
 
     Raises:
         DivergenceError: a training loss was NaN or infinite (checked once per epoch).
     """
     device = model_device(model)
+    if mask_schedule is not None and mask is None:
+        raise ValueError("a mask_schedule needs a mask to change")
     spe = steps_per_epoch(data, settings.batch_size)
     total_steps = settings.epochs * spe
     stop = total_steps if stop_step is None else min(stop_step, total_steps)
@@ -214,6 +218,8 @@ def train(
 
     model.train()
     use_bf16 = settings.precision == "bf16"
+    schedule_gradients = mask_schedule is not None and mask_schedule.needs_gradients
+    dense_gradients: dict[str, Tensor] | None = None
     while step < stop:
         epoch, offset = divmod(step, spe)
         epoch_end = min((epoch + 1) * spe, stop)
@@ -239,6 +245,8 @@ def train(
                 loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if schedule_gradients and step + 1 == (epoch + 1) * spe:
+                dense_gradients = enforcer.gradients()
             enforcer.mask_gradients()
             optimizer.step()
             enforcer.mask_weights()
@@ -255,8 +263,10 @@ def train(
             raise DivergenceError(first + bad, epoch)
         if step == epoch_end and epoch_end == (epoch + 1) * spe:
             losses.append(float(done.mean()) if done.numel() else float("nan"))
-            if tighten_mask is not None:
-                new_mask = tighten_mask(epoch + 1, model, mask)
+            if mask_schedule is not None and mask is not None:
+                weights = {n: p.detach() for n, p in model.named_parameters() if n in mask}
+                new_mask = mask_schedule.update(epoch + 1, weights, dense_gradients, mask)
+                dense_gradients = None
                 if new_mask is not None:
                     mask = new_mask.to(device)
                     enforcer = enforcer.tighten(mask, optimizer)
@@ -271,7 +281,9 @@ def train(
                         swa=_swa_to_cpu(swa) if swa is not None else None,
                         rewind=rewind_state,
                         losses=list(losses),
-                        mask=None if tighten_mask is None or mask is None else dict(mask.to("cpu")),
+                        mask=None
+                        if mask_schedule is None or mask is None
+                        else dict(mask.to("cpu")),
                     )
                 )
         if progress is not None:

@@ -59,6 +59,13 @@ class MaskEnforcer:
                     p.grad.mul_(f)
 
     @torch.no_grad()
+    def gradients(self) -> dict[str, Tensor]:
+        """Copies of the masked parameters' current (dense) gradients, ``name -> tensor``;
+        call before :meth:`mask_gradients` (mask schedules that grow weights need them)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return {names[id(p)]: p.grad.detach().clone() for p in self.params if p.grad is not None}
+
+    @torch.no_grad()
     def mask_weights(self) -> None:
         """Zero the pruned weights (call after ``step``)."""
         if self.params:

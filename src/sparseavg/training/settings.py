@@ -94,23 +94,29 @@ class TrainSettings:
             problems.append(f"schedule must be one of {kinds}, got {self.schedule!r}")
         if self.schedule in DERIVED_SCHEDULES and self.original is None:
             problems.append(f"schedule {self.schedule!r} needs the original run's settings")
-        if self.schedule == "lrw" and self.original is not None:
-            if self.epochs > self.original.epochs:
-                problems.append(
-                    f"lrw rewinds the last {self.epochs} epochs of the original schedule, "
-                    f"which has only {self.original.epochs}"
-                )
+        if (
+            self.schedule == "lrw"
+            and self.original is not None
+            and self.epochs > self.original.epochs
+        ):
+            problems.append(
+                f"lrw rewinds the last {self.epochs} epochs of the original schedule, "
+                f"which has only {self.original.epochs}"
+            )
         if self.swa_schedule not in SWA_SCHEDULES:
             problems.append(
                 f"swa_schedule must be one of {SWA_SCHEDULES}, got {self.swa_schedule!r}"
             )
-        if self.swa_start is not None and self.swa_schedule == "anneal":
-            if self.schedule in ("step", *DERIVED_SCHEDULES):
-                problems.append(
-                    f"a {self.schedule!r} schedule cannot anneal to swa_lr before SWA starts; "
-                    "use swa_schedule 'switch' (the schedule over all steps, constant swa_lr "
-                    "from swa_start)"
-                )
+        if (
+            self.swa_start is not None
+            and self.swa_schedule == "anneal"
+            and self.schedule in ("step", *DERIVED_SCHEDULES)
+        ):
+            problems.append(
+                f"a {self.schedule!r} schedule cannot anneal to swa_lr before SWA starts; "
+                "use swa_schedule 'switch' (the schedule over all steps, constant swa_lr "
+                "from swa_start)"
+            )
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not self.lr > 0:

@@ -1,0 +1,180 @@
+"""The engine's storage: what a cycle has already made, read back, and what it makes, saved.
+
+The engine asks cycle-level questions ("is this lineage's mask there?", "this ingredient's
+outcome?") and hands over what it made; this module knows the file names and formats
+(:class:`~.rundir.RunDir` does the atomic writes, checksums and locking). Every ``load``
+returns ``None`` when the file does not exist yet, so each stage of the cycle loop skips itself
+when its output exists: that is how a run resumes.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ConfigError, to_toml
+from ..pruning import Mask
+from ..training import TrainState
+from ..utils.files import CorruptFileError, atomic_write_text
+from ..utils.state import State
+from .rundir import RunDir
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One trained ingredient: its final state (``None`` if it diverged and was dropped), its
+    info (``dropped``, ``seconds``, ``steps``, ``seed``, ``lr``, ...) and, when a mask
+    schedule changed the mask during training, the final mask."""
+
+    state: State | None
+    info: dict[str, Any]
+    mask: Mask | None = None
+
+
+class IngredientFiles:
+    """``<lineage dir>/ingredient_<k>/``: checkpoint while it trains, then final + info."""
+
+    def __init__(self, rundir: RunDir, directory: Path) -> None:
+        self.rundir = rundir
+        self.dir = directory
+
+    def outcome(self) -> Outcome | None:
+        """The finished ingredient, or ``None`` if it has not finished."""
+        info_path = self.dir / "info.json"
+        if not info_path.is_file():
+            return None
+        info = self.rundir.read_json(info_path)
+        if info.get("dropped"):
+            return Outcome(None, info)
+        final = self.dir / "final.safetensors"
+        if not final.is_file():
+            return None
+        mask_path = self.dir / "mask.safetensors"
+        mask = Mask.load(mask_path) if mask_path.is_file() else None
+        return Outcome(self.rundir.load_state(final), info, mask)
+
+    def checkpoint(self) -> tuple[TrainState, float] | None:
+        """The last epoch checkpoint and the training seconds spent up to it."""
+        path = self.dir / "checkpoint.pt"
+        if not path.is_file():
+            return None
+        payload = self.rundir.load_checkpoint(path)
+        return TrainState.from_dict(payload), float(payload.get("seconds", 0.0))
+
+    def save_checkpoint(self, state: TrainState, seconds: float) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        payload = {**state.to_dict(), "seconds": seconds}
+        self.rundir.save_checkpoint(self.dir / "checkpoint.pt", payload)
+
+    def save(self, outcome: Outcome) -> None:
+        """Write the outcome (the info file last: it marks the ingredient finished) and drop
+        the checkpoint."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if outcome.state is not None:
+            self.rundir.save_state(self.dir / "final.safetensors", outcome.state, "ingredient")
+        if outcome.mask is not None:
+            outcome.mask.save(self.dir / "mask.safetensors")
+        self.rundir.write_json(self.dir / "info.json", outcome.info)
+        (self.dir / "checkpoint.pt").unlink(missing_ok=True)
+
+
+class LineageFiles:
+    """One lineage of one cycle: ``cycle_XX/`` (or ``cycle_XX/member_<l>/`` when a run has
+    several lineages)."""
+
+    def __init__(self, rundir: RunDir, directory: Path) -> None:
+        self.rundir = rundir
+        self.dir = directory
+
+    def ingredient(self, index: int) -> IngredientFiles:
+        return IngredientFiles(self.rundir, self.dir / f"ingredient_{index}")
+
+    def mask(self) -> Mask | None:
+        path = self.dir / "mask.safetensors"
+        return Mask.load(path) if path.is_file() else None
+
+    def save_mask(self, mask: Mask) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        mask.save(self.dir / "mask.safetensors")
+
+    def ticket(self) -> State | None:
+        path = self.dir / "ticket.safetensors"
+        return self.rundir.load_state(path) if path.is_file() else None
+
+    def save_ticket(self, state: State) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rundir.save_state(self.dir / "ticket.safetensors", state, "ticket")
+
+    def combined(self) -> tuple[State, list[int] | None] | None:
+        """The cycle's model and the ingredients a greedy soup kept (``None`` otherwise)."""
+        path = self.dir / "combined.safetensors"
+        if not path.is_file():
+            return None
+        soup = self.dir / "soup.json"
+        selected = self.rundir.read_json(soup)["selected"] if soup.is_file() else None
+        return self.rundir.load_state(path), selected
+
+    def save_combined(self, state: State, selected: list[int] | None) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if selected is not None:
+            self.rundir.write_json(self.dir / "soup.json", {"selected": selected})
+        self.rundir.save_state(self.dir / "combined.safetensors", state, "combined")
+
+
+class RunStore:
+    """The run directory as the engine sees it: cycles, lineages, results."""
+
+    def __init__(self, rundir: RunDir, lineages: int) -> None:
+        self.rundir = rundir
+        self.lineages = lineages
+
+    @property
+    def path(self) -> Path:
+        return self.rundir.path
+
+    def lineage(self, cycle: int, lineage: int) -> LineageFiles:
+        return LineageFiles(self.rundir, self.rundir.member_dir(cycle, lineage, self.lineages))
+
+    def is_complete(self, cycle: int) -> bool:
+        return self.rundir.is_complete(cycle)
+
+    def open(self, config: Config, cycles: int) -> bool:
+        """Start or resume the run: refuse a directory that holds another config or a damaged
+        complete cycle, before anything is written; then write ``config.toml`` if it is new.
+        Returns whether the run resumes."""
+        rd = self.rundir
+        resuming = rd.config_path.exists()
+        if resuming:
+            try:
+                on_disk = tomllib.loads(rd.config_path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+                raise CorruptFileError(f"{rd.config_path}: not valid TOML ({err})") from None
+            on_disk.pop("execution", None)
+            if on_disk != config.to_dict(hashed_only=True):
+                raise ConfigError(
+                    f"{rd.config_path} holds another config than this run's; not resuming "
+                    "(use another --runs-dir, or remove that directory)"
+                )
+        for cycle in range(cycles):
+            if self.is_complete(cycle):
+                rd.verify_manifest(rd.cycle_dir(cycle))
+        if not resuming:
+            atomic_write_text(rd.config_path, to_toml(config.to_dict()))
+        return resuming
+
+    def finish_cycle(self, cycle: int, rows: list[dict[str, Any]]) -> None:
+        """Write the cycle's rows and its manifest, which marks it complete."""
+        cdir = self.rundir.cycle_dir(cycle)
+        self.rundir.write_json(cdir / "rows.json", rows)
+        self.rundir.write_manifest(cdir)
+
+    def write_results(self, cycles: int) -> None:
+        """Rewrite ``results.jsonl`` from the rows of the complete cycles below ``cycles``."""
+        rows: list[dict[str, Any]] = []
+        for c in range(cycles):
+            path = self.rundir.cycle_dir(c) / "rows.json"
+            if self.is_complete(c) and path.is_file():
+                rows.extend(self.rundir.read_json(path))
+        self.rundir.write_results(rows)

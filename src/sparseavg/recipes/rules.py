@@ -1,0 +1,213 @@
+"""The behaviours plans are made of: mask rules, start rules, settings rules and combiners.
+
+Each is a frozen dataclass holding its parameters, with one method over plain values; see
+:mod:`.plan` for the protocols they implement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from ..averaging import AcceptRule, greedy_soup, uniform_average
+from ..pruning import (
+    Mask,
+    Scope,
+    magnitude_prune,
+    random_prune,
+    shuffle_within_layers,
+)
+from ..training import TrainSettings
+from ..utils.seeding import make_generator
+from ..utils.state import State
+from .plan import CombineTools, MaskRule, MaskSources, StartFacts, StartSources
+
+# -- mask rules ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DenseMask:
+    """Cycle 0: every prunable weight alive (or the user's initial mask)."""
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        return sources.dense()
+
+
+@dataclass(frozen=True)
+class MagnitudePrune:
+    """Remove ``fraction`` of the previous model's surviving weights with the smallest
+    magnitude (IMP's rule; :func:`~sparseavg.pruning.magnitude_prune`)."""
+
+    fraction: float
+    scope: Scope = "global"
+    layer_fractions: Mapping[str, float] = field(default_factory=dict)
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        state, mask = sources.previous()
+        return magnitude_prune(state, mask, self.fraction, self.scope, self.layer_fractions)
+
+
+@dataclass(frozen=True)
+class RandomPrune:
+    """Remove a random ``fraction`` of the surviving weights, with magnitude pruning's counts
+    (the random-pruning baseline); ``seed`` fixes the draw."""
+
+    fraction: float
+    seed: tuple[object, ...]
+    scope: Scope = "global"
+    layer_fractions: Mapping[str, float] = field(default_factory=dict)
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        _, mask = sources.previous()
+        generator = make_generator(*self.seed)
+        return random_prune(
+            mask,
+            self.fraction,
+            generator=generator,
+            scope=self.scope,
+            layer_fractions=self.layer_fractions,
+        )
+
+
+@dataclass(frozen=True)
+class ShuffleLayers:
+    """Another rule's mask with its alive weights moved to random positions within each
+    layer: its layer-wise sparsities at random (the lottery-ticket random-pruning control)."""
+
+    rule: MaskRule
+    seed: tuple[object, ...]
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        return shuffle_within_layers(
+            self.rule(cycle, sources), generator=make_generator(*self.seed)
+        )
+
+
+@dataclass(frozen=True)
+class SourceMask:
+    """The mask of the same cycle in another run (``pruning.masks_from``)."""
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        return sources.source(cycle)
+
+
+# -- start rules ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """Start from the ticket θ_T0 ⊙ m at step T0 (lottery-ticket rewinding; cycle 0 too)."""
+
+    trains: bool = True
+
+    def __call__(self, sources: StartSources, mask: Mask) -> tuple[State, int]:
+        return mask.applied(sources.ticket()), sources.rewind_step
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """Start from the previous cycle's model ⊙ m at step 0 (prune-retrain; SMS)."""
+
+    trains: bool = True
+
+    def __call__(self, sources: StartSources, mask: Mask) -> tuple[State, int]:
+        return mask.applied(sources.previous_model()), 0
+
+
+@dataclass(frozen=True)
+class Reinit:
+    """Start from a new random initialisation ⊙ m at step 0 (the lottery-ticket
+    re-initialisation control); ``seed`` draws the initialisation."""
+
+    seed: int
+    trains: bool = True
+
+    def __call__(self, sources: StartSources, mask: Mask) -> tuple[State, int]:
+        return mask.applied(sources.initialisation(self.seed)), 0
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """Cycle 0 is the user's checkpoint (⊙ the initial mask); nothing is trained."""
+
+    trains: bool = False
+
+    def __call__(self, sources: StartSources, mask: Mask) -> tuple[State, int]:
+        return mask.applied(sources.pretrained()), 0
+
+
+@dataclass(frozen=True)
+class Borrow:
+    """This cycle's model is another lineage's (IMP-AVG's lineages share the dense model)."""
+
+    lineage: int = 0
+    trains: bool = False
+
+    def __call__(self, sources: StartSources, mask: Mask) -> tuple[State, int]:
+        return sources.combined(self.lineage), 0
+
+
+# -- settings rules ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdaptivePeak:
+    """SMS's ALLR: an LLR schedule whose peak is ``max_lr`` scaled by the relative norm the
+    pruning removed, ``d / sqrt(fraction)``, clipped to ``[min(E_r / E_o, 1) · max_lr,
+    max_lr]`` (``E_r`` retraining and ``E_o`` original epochs), as the SMS code chooses it."""
+
+    max_lr: float
+    fraction: float
+    retrain_epochs: int
+    original_epochs: int
+
+    def peak(self, relative_norm_drop: float) -> float:
+        """The schedule's peak for a measured relative norm drop."""
+        low = min(self.retrain_epochs / max(self.original_epochs, 1), 1.0) * self.max_lr
+        scaled = relative_norm_drop / self.fraction**0.5 * self.max_lr
+        return min(max(scaled, low), self.max_lr)
+
+    def __call__(self, settings: TrainSettings, facts: StartFacts) -> TrainSettings:
+        return replace(settings, schedule="llr", lr=self.peak(facts.relative_norm_drop))
+
+
+# -- combiners -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Single:
+    """One model: it is the cycle's model."""
+
+    def __call__(
+        self, states: Sequence[State], indices: Sequence[int], mask: Mask, tools: CombineTools
+    ) -> tuple[State, list[int] | None]:
+        return states[0], None
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """The uniform average of all ingredients (SWAMP's particles, SMS's uniform soup), with
+    BatchNorm recalibrated."""
+
+    def __call__(
+        self, states: Sequence[State], indices: Sequence[int], mask: Mask, tools: CombineTools
+    ) -> tuple[State, list[int] | None]:
+        if len(states) == 1:
+            return states[0], None
+        return tools.recalibrate(uniform_average(states, mask=mask)), None
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """A greedy soup on the held-out split: candidates best first, each kept if the
+    recalibrated soup's accuracy is ``>=`` (``"ge"``, the SMS code) or ``>`` (``"gt"``)."""
+
+    accept: AcceptRule = "ge"
+
+    def __call__(
+        self, states: Sequence[State], indices: Sequence[int], mask: Mask, tools: CombineTools
+    ) -> tuple[State, list[int] | None]:
+        soup = greedy_soup(states, tools.score, accept=self.accept, mask=mask)
+        selected = [indices[i] for i in soup.selected]
+        state = soup.state if len(soup.selected) == 1 else tools.recalibrate(soup.state)
+        return state, selected
