@@ -247,7 +247,7 @@ def test_greedy_and_pretrained_plans():
 @pytest.mark.parametrize(
     ("values", "fragment"),
     [
-        ({"train": {"milestones": [1.5]}}, "milestones must be fractions in (0, 1)"),
+        ({"train": {"milestones": [1.5]}}, "train.milestones must be fractions in (0, 1)"),
         ({"recipe": "reinit"}, "set pruning.masks_from"),
         ({"recipe": "random", "pruning": {"masks_from": "x"}}, "masks_from"),
         ({"recipe": "sms", "ingredients": {"seed_per_ingredient": True}}, "seed_per_ingredient"),

@@ -334,4 +334,4 @@ def _check_plans(config: Config) -> None:
             for lineage in range(lineages):
                 recipe.plan(config, lineage, cycle, 0)
     except ValueError as err:
-        raise ConfigError(f"train: {err}") from None
+        raise ConfigError(f"train.{err}") from None

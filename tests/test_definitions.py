@@ -1,0 +1,182 @@
+"""Each method's defining behaviour, pinned on small runs: each test fails if the engine
+ignores the rule it names (issue 8, item 7)."""
+
+import json
+
+import pytest
+import torch
+
+from engine_helpers import TrainCalls, rows, tiny_config, tiny_run
+from sparseavg.averaging import evaluate_ensemble
+from sparseavg.data import load_dataset
+from sparseavg.models import build_model
+from sparseavg.pruning import Mask, magnitude_prune, relative_norm_drop
+from sparseavg.recipes.rules import AdaptivePeak
+from sparseavg.recipes.standard import ingredient_seed
+from sparseavg.utils.files import load_tensors
+
+T0 = 28  # rewind_epochs 0.5 of 56 steps (7,200 samples, batch 128)
+
+
+def _load(run, cycle, name, member=None):
+    d = run / f"cycle_{cycle:02d}"
+    if member is not None:
+        d = d / f"member_{member}"
+    return Mask.load(d / name) if name.startswith("mask") else load_tensors(d / name)
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _model(state):
+    model = build_model("conv1d", 10, (1, 40), width=8)
+    model.load_state_dict(state)
+    return model
+
+
+def test_imp_prunes_the_previous_model_by_global_magnitude(tmp_path):
+    run = tiny_run(tmp_path, {"recipe": "imp"})
+    dense, m0 = _load(run, 0, "combined.safetensors"), _load(run, 0, "mask.safetensors")
+    assert _load(run, 1, "mask.safetensors") == magnitude_prune(dense, m0, 0.2)
+
+
+def test_random_pruning_differs_from_magnitude_and_keeps_the_counts_asked_for(tmp_path):
+    run = tiny_run(tmp_path, {"recipe": "random", "pruning": {"scope": "layerwise"}})
+    dense, m0 = _load(run, 0, "combined.safetensors"), _load(run, 0, "mask.safetensors")
+    mask = _load(run, 1, "mask.safetensors")
+    assert mask != magnitude_prune(dense, m0, 0.2, "layerwise")
+    assert [r.total - r.alive for r in mask.report()] == [round(0.2 * r.total) for r in m0.report()]
+
+
+def test_shuffle_keeps_magnitude_pruning_layer_counts_at_random_positions(tmp_path):
+    run = tiny_run(tmp_path, {"recipe": "shuffle"})
+    dense, m0 = _load(run, 0, "combined.safetensors"), _load(run, 0, "mask.safetensors")
+    magnitude = magnitude_prune(dense, m0, 0.2)
+    mask = _load(run, 1, "mask.safetensors")
+    assert mask != magnitude
+    assert [r.alive for r in mask.report()] == [r.alive for r in magnitude.report()]
+
+
+def test_layer_fractions_prune_matching_layers_at_their_own_rate(tmp_path):
+    run = tiny_run(tmp_path, {"pruning": {"layer_fractions": {"fc.weight": 0.1}}})
+    dense, m0 = _load(run, 0, "combined.safetensors"), _load(run, 0, "mask.safetensors")
+    mask = _load(run, 1, "mask.safetensors")
+    report = {r.name: r for r in mask.report()}
+    assert report["fc.weight"].total - report["fc.weight"].alive == round(
+        0.1 * m0["fc.weight"].numel()
+    )
+    rest = [n for n in mask if n != "fc.weight"]
+    pruned = sum(report[n].total - report[n].alive for n in rest)
+    assert pruned == round(0.2 * sum(m0[n].numel() for n in rest))
+    assert mask == magnitude_prune(dense, m0, 0.2, layer_fractions={"fc.weight": 0.1})
+
+
+def test_rewinding_starts_from_the_ticket_and_fine_tuning_from_the_previous_model(
+    tmp_path, monkeypatch
+):
+    calls = TrainCalls(monkeypatch)
+    run = tiny_run(tmp_path / "imp", {"recipe": "imp"})
+    ticket, mask = _load(run, 0, "ticket.safetensors"), _load(run, 1, "mask.safetensors")
+    first = calls.ingredients()[1]
+    assert _same(first["start"], mask.applied(ticket)) and first["start_step"] == T0
+    calls.calls.clear()
+    run = tiny_run(tmp_path / "ft", {"recipe": "imp-ft"})
+    previous, mask = _load(run, 0, "combined.safetensors"), _load(run, 1, "mask.safetensors")
+    first = calls.ingredients()[1]
+    assert _same(first["start"], mask.applied(previous)) and first["start_step"] == 0
+
+
+def test_reinit_trains_the_source_masks_from_a_new_initialisation(tmp_path, monkeypatch):
+    source = tiny_run(tmp_path / "a", {"recipe": "imp"})
+    calls = TrainCalls(monkeypatch)
+    run = tiny_run(tmp_path / "b", {"recipe": "reinit", "pruning": {"masks_from": str(source)}})
+    for cycle in (0, 1):
+        assert _load(run, cycle, "mask.safetensors") == _load(source, cycle, "mask.safetensors")
+    mask = _load(source, 1, "mask.safetensors")
+    start = calls.ingredients()[1]
+    assert start["start_step"] == 0
+    assert _same(start["start"], mask.applied(start["start"]))  # under the source's mask
+    ticket = _load(source, 0, "ticket.safetensors")
+    assert not torch.equal(start["start"]["fc.weight"], mask.applied(ticket)["fc.weight"])
+    shuffled = tiny_run(
+        tmp_path / "c", {"recipe": "shuffle", "pruning": {"masks_from": str(source)}}
+    )
+    own = _load(shuffled, 1, "mask.safetensors")
+    assert own != mask and [r.alive for r in own.report()] == [r.alive for r in mask.report()]
+
+
+def test_sms_ingredients_get_exactly_the_seeds_and_hyperparameters_specified(tmp_path, monkeypatch):
+    calls = TrainCalls(monkeypatch)
+    values = {
+        "recipe": "sms",
+        "pruning": {"retrain_epochs": 1, "retrain_lr": 0.08},
+        "ingredients": {"vary": "lr", "values": [0.5, 1.0, 2.0]},
+    }
+    tiny_run(tmp_path, values)
+    soup = calls.ingredients()[1:]
+    assert [c["settings"].lr for c in soup] == pytest.approx([0.04, 0.08, 0.16])
+    assert {(c["settings"].epochs, c["settings"].schedule) for c in soup} == {(1, "llr")}
+    seed = ingredient_seed(tiny_config(values), 0, 1, 0)
+    assert [c["seed"] for c in soup] == [seed] * 3
+
+
+def test_swamp_particles_start_from_the_same_weights_and_see_different_batch_orders(
+    tmp_path, monkeypatch
+):
+    calls = TrainCalls(monkeypatch)
+    run = tiny_run(tmp_path, {"recipe": "swamp", "ingredients": {"count": 3}})
+    particles = calls.ingredients()[3:]  # cycle 1
+    assert all(_same(p["start"], particles[0]["start"]) for p in particles)
+    assert all(p["start_step"] == T0 for p in particles)
+    labels = [p["first_labels"] for p in particles]
+    assert not torch.equal(labels[0], labels[1]) and not torch.equal(labels[1], labels[2])
+    assert len({p["seed"] for p in particles}) == 3
+    info = [json.loads((run / f"cycle_01/ingredient_{k}/info.json").read_text()) for k in range(3)]
+    assert [i["swa_count"] for i in info] == [1, 1, 1]  # the last of 2 epochs is averaged
+
+
+def test_allr_picks_its_peak_from_the_norm_the_pruning_removed(tmp_path, monkeypatch):
+    calls = TrainCalls(monkeypatch)
+    values = {"recipe": "imp-ft", "pruning": {"retrain_schedule": "allr", "retrain_epochs": 1}}
+    run = tiny_run(tmp_path, values)
+    previous, mask = _load(run, 0, "combined.safetensors"), _load(run, 1, "mask.safetensors")
+    names = [n for n, _ in build_model("conv1d", 10, (1, 40), width=8).named_parameters()]
+    drop = relative_norm_drop(previous, mask.applied(previous), names)
+    expected = AdaptivePeak(0.05, 0.2, 1, 2).peak(drop)
+    trained = calls.ingredients()[1]["settings"]
+    assert trained.schedule == "llr" and trained.lr == pytest.approx(expected)
+    info = json.loads((run / "cycle_01/ingredient_0/info.json").read_text())
+    assert info["lr"] == pytest.approx(expected)
+    assert 0.025 <= expected <= 0.05  # clipped to [E_r / E_o, 1] x train.lr
+
+
+def test_imp_reprune_prunes_the_average_back_to_the_lineage_sparsity(tmp_path):
+    run = tiny_run(tmp_path, {"recipe": "imp-reprune", "pruning": {"cycles": 2}})
+    result = [r for r in rows(run) if r["cycle"] == 2]
+    lineage = [r for r in result if r["role"] == "combined"]
+    assert len(lineage) == 3 and len({r["alive"] for r in lineage}) == 1
+    average = next(r for r in result if r["role"] == "average")
+    reprune = next(r for r in result if r["role"] == "reprune")
+    assert reprune["headline"] and not average["headline"]
+    assert reprune["alive"] == lineage[0]["alive"] < average["alive"]
+    masks = [_load(run, 2, "mask.safetensors", member=m) for m in range(3)]
+    union = sum(int(torch.stack([m[n] for m in masks]).any(0).sum()) for n in masks[0])
+    assert average["alive"] == union
+
+
+def test_sms_ensemble_headline_is_the_prediction_ensemble_of_its_ingredients(tmp_path):
+    run = tiny_run(tmp_path, {"recipe": "sms-ensemble"})
+    headline = next(r for r in rows(run) if r["cycle"] == 1 and r["headline"])
+    assert headline["role"] == "ensemble" and headline["members"] == 3
+    finals = [load_tensors(run / f"cycle_01/ingredient_{k}/final.safetensors") for k in range(3)]
+    data = load_dataset("mnist1d", val_fraction=0.1)
+    expected = evaluate_ensemble([_model(s) for s in finals], data.test)
+    assert headline["accuracy"] == expected.accuracy
+
+
+def test_averaged_recalibration_leaves_single_models_alone(tmp_path, monkeypatch):
+    calls = TrainCalls(monkeypatch)
+    run = tiny_run(tmp_path, {"recipe": "imp"})  # bn.recalibrate = "averaged"
+    trained = calls.ingredients()[-1]["result"].state
+    assert _same(load_tensors(run / "cycle_01/combined.safetensors"), trained)
