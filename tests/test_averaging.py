@@ -74,6 +74,36 @@ def test_recalibrated_bn_equals_the_statistics_computed_directly():
     assert model[0].momentum == 0.1 and model.training
 
 
+def test_recalibration_with_momentum_and_augmentation_as_the_sms_code():
+    from sparseavg.data import Split
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 2))
+    model[0].momentum = 0.5  # restored afterwards
+    x = torch.randn(192, 3) + torch.tensor([4.0, -2.0, 1.0])
+    data = Split(x, torch.zeros(192, dtype=torch.long))
+    model.eval()
+    recalibrate_bn(model, data, batch_size=64, momentum=0.1)
+    expected = torch.zeros(3)  # from the reset mean 0, each batch moves it by 10 %
+    for chunk in x.split(64):
+        expected = 0.9 * expected + 0.1 * chunk.mean(0)
+    assert torch.allclose(model[0].running_mean, expected, atol=1e-6)
+    assert model[0].momentum == 0.5 and not model.training
+    exact = nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 2))
+    recalibrate_bn(exact, data, batch_size=64)
+    assert torch.allclose(exact[0].running_mean, x.mean(0), atol=1e-5)
+    assert not torch.allclose(exact[0].running_mean, expected, atol=1e-2)
+    with pytest.raises(ValueError, match="generator"):
+        recalibrate_bn(model, data, augment=True)
+    # with a generator the batches come in a drawn order: the same seed, the same statistics
+    shuffled = [nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 2)) for _ in range(2)]
+    for m in shuffled:
+        g = torch.Generator().manual_seed(3)
+        recalibrate_bn(m, data, batch_size=64, momentum=0.1, generator=g)
+    assert torch.equal(shuffled[0][0].running_mean, shuffled[1][0].running_mean)
+    assert not torch.allclose(shuffled[0][0].running_mean, expected, atol=1e-6)
+
+
 def test_greedy_soup_adds_best_first_and_respects_the_accept_rule():
     states = [{"w": torch.tensor([v])} for v in (0.0, 4.0, 1.0, 2.0)]
     target = 1.5

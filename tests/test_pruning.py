@@ -4,6 +4,7 @@ from torch import nn
 
 from helpers import tiny_net
 from sparseavg.pruning import (
+    GradualMagnitudePruning,
     Mask,
     MaskError,
     cubic_sparsity,
@@ -11,6 +12,8 @@ from sparseavg.pruning import (
     magnitude_prune,
     prunable_parameters,
     random_prune,
+    relative_norm_drop,
+    shuffle_within_layers,
     sparsity_after,
 )
 from sparseavg.utils.files import CorruptFileError
@@ -152,3 +155,56 @@ def test_fraction_schedules():
     assert cubic_sparsity(200, start_step=10, end_step=110, final_sparsity=0.8) == 0.8
     with pytest.raises(ValueError):
         fraction_per_cycle(1.0, 3)
+
+
+def test_layer_fractions_prune_matching_layers_on_their_own():
+    w = _weights()
+    ones = Mask.ones_like(w)
+    mask = magnitude_prune(w, ones, 0.5, layer_fractions={"b.*": 0.1})
+    assert ones["b.weight"].numel() - int(mask["b.weight"].sum()) == round(0.1 * 60)
+    assert 70 - int(mask["a.weight"].sum()) == 35  # the rest: global at 0.5
+    kept = w["b.weight"].abs()[mask["b.weight"]].min()
+    assert kept >= w["b.weight"].abs()[~mask["b.weight"]].max()  # by magnitude within b
+    # the first matching pattern wins; random pruning keeps the same counts
+    first = magnitude_prune(w, ones, 0.5, layer_fractions={"b.weight": 0.2, "b.*": 0.9})
+    assert 60 - int(first["b.weight"].sum()) == 12
+    g = torch.Generator().manual_seed(0)
+    rnd = random_prune(ones, 0.5, generator=g, layer_fractions={"b.*": 0.1})
+    assert [int(rnd[n].sum()) for n in rnd] == [int(mask[n].sum()) for n in mask]
+    with pytest.raises(ValueError, match="fraction"):
+        magnitude_prune(w, ones, 0.5, layer_fractions={"b.*": 1.0})
+
+
+def test_shuffle_within_layers_keeps_each_layers_count_at_random_positions():
+    w = _weights()
+    mask = magnitude_prune(w, Mask.ones_like(w), 0.6)
+    shuffled = shuffle_within_layers(mask, generator=torch.Generator().manual_seed(1))
+    assert [int(shuffled[n].sum()) for n in shuffled] == [int(mask[n].sum()) for n in mask]
+    assert shuffled != mask
+    again = shuffle_within_layers(mask, generator=torch.Generator().manual_seed(1))
+    assert again == shuffled
+
+
+def test_exclude_patterns_must_match_a_prunable_weight():
+    with pytest.raises(ValueError, match=r"'fc2\.\*' matches no prunable weight"):
+        prunable_parameters(tiny_net(), exclude=["fc2.*"])
+
+
+def test_relative_norm_drop_of_a_known_pruning():
+    before = {"w": torch.tensor([3.0, 4.0]), "b": torch.tensor([0.0])}
+    after = {"w": torch.tensor([3.0, 0.0]), "b": torch.tensor([0.0])}
+    assert relative_norm_drop(before, after, ["w", "b"]) == pytest.approx(0.8)  # sqrt(16)/5
+    assert relative_norm_drop(before, before, ["w"]) == 0.0
+
+
+def test_gradual_magnitude_pruning_follows_the_cubic_schedule():
+    w = _weights()
+    rule = GradualMagnitudePruning(start_epoch=1, end_epoch=4, final_sparsity=0.8)
+    ones = Mask.ones_like(w)
+    assert rule.update(1, w, None, ones) is None  # not before start
+    mask = rule.update(2, w, None, ones)
+    target = cubic_sparsity(2, start_step=1, end_step=4, final_sparsity=0.8)
+    assert mask is not None and mask.num_pruned == round(target * 130)
+    final = rule.update(4, w, None, mask)
+    assert final is not None and final.num_pruned == round(0.8 * 130)
+    assert rule.update(4, w, None, final) is None and rule.update(5, w, None, final) is None

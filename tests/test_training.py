@@ -170,3 +170,32 @@ def test_bf16_and_channels_last_train_and_keep_the_mask():
     assert all(
         torch.isfinite(t).all() for t in clone_state(model).values() if t.is_floating_point()
     )
+
+
+class _RecordingSchedule:
+    """A mask schedule that records the gradients it is given and prunes nothing."""
+
+    needs_gradients = True
+
+    def __init__(self):
+        self.seen = []
+
+    def update(self, epochs_done, weights, gradients, mask):
+        self.seen.append((epochs_done, gradients))
+        return None
+
+
+def test_a_mask_schedule_sees_the_dense_gradients_of_each_epochs_last_step():
+    model, mask = _pruned_net()
+    schedule = _RecordingSchedule()
+    settings = TrainSettings(epochs=2, batch_size=8, lr=0.1)
+    result = train(model, tiny_split(n=80), settings, seed=0, mask=mask, mask_schedule=schedule)
+    assert [e for e, _ in schedule.seen] == [1, 2]
+    for _, grads in schedule.seen:
+        assert set(grads) == set(mask)
+        pruned = grads["fc.weight"][~mask["fc.weight"]]
+        assert (pruned != 0).any()  # the gradients of pruned weights, before masking
+    w = result.state["fc.weight"]
+    assert torch.equal(w[~mask["fc.weight"]], torch.zeros_like(w[~mask["fc.weight"]]))
+    with pytest.raises(ValueError, match="needs a mask"):
+        train(tiny_net(), tiny_split(n=80), settings, seed=0, mask_schedule=schedule)
