@@ -372,3 +372,29 @@ def test_progress_output_plain_and_none(tmp_path, capsys):
     args.remove("--quiet")
     assert main(args) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_refused_resume_writes_nothing(tmp_path, capsys):
+    """A damaged file in a complete cycle is refused before results.jsonl or anything else is
+    rewritten (before: results.jsonl was rewritten from the cycles before the damaged one)."""
+    assert main(tiny_args("imp", tmp_path, cycles=2)) == 0
+    run = only_run(tmp_path)
+    target = run / "cycle_01/combined.safetensors"
+    target.write_bytes(target.read_bytes()[:-8] + b"\0" * 8)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(tiny_args("imp", tmp_path, cycles=2)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sparseavg: error: ") and "cycle_01/combined.safetensors" in err
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_a_run_directory_holding_another_config_is_bad_input(tmp_path, capsys):
+    assert main(tiny_args("imp", tmp_path, cycles=0)) == 0
+    run = only_run(tmp_path)
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace("lr = 0.05", "lr = 0.06"))
+    capsys.readouterr()
+    assert main(tiny_args("imp", tmp_path, cycles=0)) == 2
+    assert "holds another config" in capsys.readouterr().err
