@@ -67,6 +67,20 @@ _SWAMP_PAPER = "SWAMP (Choi et al., ICLR 2024, arXiv 2305.14852)"
 _SMS_PAPER = "Sparse Model Soups (Zimmer et al., ICLR 2024, arXiv 2306.16788; ZIB-IOL/SMS)"
 _LTH_PAPER = "lottery tickets (Frankle & Carbin 2019; Frankle et al. 2020; open_lth)"
 
+
+def _lineage_average(name: str, summary: str, headline: str) -> Recipe:
+    """IMP-AVG and IMP-RePrune: the same lineages, another readout as the headline."""
+    return Recipe(
+        name,
+        summary,
+        defaults=_LINEAGES,
+        fixed=_LINEAGES_FIXED,
+        plan=shared_dense_plan,
+        run=lambda config: lineage_average_run(config, headline),
+        reference=_SMS_PAPER,
+    )
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -140,24 +154,16 @@ RECIPES: dict[str, Recipe] = {
             fixed=_FINETUNE_ONE,
             reference=_SMS_PAPER,
         ),
-        Recipe(
+        _lineage_average(
             "imp-avg",
             "m prune-retrain lineages from one dense model, pruned separately; result: their "
             "average (lower sparsity)",
-            defaults=_LINEAGES,
-            fixed=_LINEAGES_FIXED,
-            plan=shared_dense_plan,
-            run=lambda config: lineage_average_run(config, "average"),
-            reference=_SMS_PAPER,
+            "average",
         ),
-        Recipe(
+        _lineage_average(
             "imp-reprune",
             "as imp-avg; result: the average pruned back to the lineages' sparsity",
-            defaults=_LINEAGES,
-            fixed=_LINEAGES_FIXED,
-            plan=shared_dense_plan,
-            run=lambda config: lineage_average_run(config, "reprune"),
-            reference=_SMS_PAPER,
+            "reprune",
         ),
         Recipe(
             "ensemble",
