@@ -388,14 +388,14 @@ def _run_lineage(ctx: Context, plan: CyclePlan, lineage: int) -> LineageResult:
 
     outcomes = _train_ingredients(ctx, plan, lineage, mask, files, sources)
     finals = {k: o.state for k, o in outcomes.items() if o.state is not None}
-    if plan.during is not None:
-        mask = next(o.mask for o in outcomes.values() if o.mask is not None)
-        if files.mask() is None:
-            files.save_mask(mask)
     if not finals:
         raise RunError(
             f"cycle {plan.cycle}: every ingredient diverged; nothing to combine (see {files.dir})"
         )
+    if plan.during is not None:  # the mask the schedule ended with is the cycle's mask
+        mask = next(o.mask for o in outcomes.values() if o.mask is not None)
+        if files.mask() is None:
+            files.save_mask(mask)
     done = files.combined()
     if done is None:
         ctx.reporter.message(f"cycle {plan.cycle}: combining {len(finals)} model(s)")
