@@ -17,7 +17,7 @@ import fnmatch
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -172,7 +172,6 @@ class Context:
     pretrained: State | None
     initial_mask: Mask | None
     source: RunDir | None = None
-    _models: dict[int, nn.Module] = field(default_factory=dict)
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
