@@ -407,7 +407,7 @@ CASES = [
     case(
         "values-not-positive",
         run("--recipe", "sms", *s("ingredients.vary=lr"), *s("ingredients.values=[1.0,0,2]")),
-        "ingredients.values", "positive",
+        "ingredients.values[1]", "0.0", "(0, inf)",
     ),
     case(
         "gmp-end-before-start",
