@@ -3,16 +3,19 @@ run names that hash only what differs from the defaults."""
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from typing import get_args
 
 import pytest
 
+from sparseavg import config as config_module
 from sparseavg.averaging import ACCEPT_RULES
 from sparseavg.config import (
     Config,
     ConfigError,
     RetrainSchedule,
+    TrainConfig,
     TrainSchedule,
     build_config,
     field_help,
@@ -20,6 +23,7 @@ from sparseavg.config import (
     to_toml,
 )
 from sparseavg.pruning import SCOPES
+from sparseavg.recipes import resolve_config
 from sparseavg.training import OPTIMIZERS, PRECISIONS, RETRAIN_SCHEDULES, SCHEDULES
 
 SPECS = {s.key: s for s in field_specs()}
@@ -125,3 +129,56 @@ def test_toml_keeps_empty_tables_and_lists():
     back = tomllib.loads(to_toml(config.to_dict()))
     assert back["model"]["options"] == {} and back["pruning"]["layer_fractions"] == {}
     assert back["pruning"]["exclude"] == [] and back == config.to_dict()
+
+
+# -- run names -----------------------------------------------------------------------------------
+
+# Pinned: a change here renames every user's run directories (so their studies stop resuming).
+DEFAULT_NAME = "imp-mnist1d-conv1d-5fd0d012"
+SWAMP_NAME = "swamp-mnist1d-conv1d-57131d66"
+
+
+def test_run_names_are_pinned():
+    assert Config().run_name() == DEFAULT_NAME
+    assert resolve_config({"recipe": "swamp"}).run_name() == SWAMP_NAME
+
+
+def test_the_hash_covers_only_values_that_differ_from_their_defaults():
+    plain = resolve_config({})
+    explicit = resolve_config({"train": {"lr": 0.1, "epochs": 30}, "pruning": {"scope": "global"}})
+    assert explicit.run_name() == plain.run_name() == DEFAULT_NAME
+    assert plain.non_defaults(hashed_only=True) == {}
+    changed = resolve_config({"train": {"lr": 0.05}})
+    assert changed.non_defaults() == {"train": {"lr": 0.05}}
+    assert changed.run_name() != DEFAULT_NAME
+    # where and how it runs is not part of the name
+    elsewhere = resolve_config({"execution": {"device": "cpu", "progress": "none"}})
+    assert elsewhere.run_name() == DEFAULT_NAME
+    assert elsewhere.non_defaults() == {"execution": {"device": "cpu", "progress": "none"}}
+    assert elsewhere.non_defaults(hashed_only=True) == {}
+
+
+def test_adding_a_field_renames_no_run():
+    """A new field whose default keeps the old behaviour leaves every run's name as it was."""
+    knob = dataclasses.field(default=0.5, metadata={"help": "a new knob", "range": None})
+    NewTrain = dataclasses.make_dataclass(
+        "TrainConfig", [("new_knob", float, knob)], bases=(TrainConfig,), frozen=True
+    )
+    NewConfig = dataclasses.make_dataclass(
+        "Config",
+        [("train", NewTrain, dataclasses.field(default_factory=NewTrain))],
+        bases=(Config,),
+        frozen=True,
+    )
+    old = resolve_config({"recipe": "swamp", "train": {"epochs": 3}})
+    sections = {f.name: getattr(old, f.name) for f in dataclasses.fields(Config)}
+    new = NewConfig(**{**sections, "train": NewTrain(**dataclasses.asdict(old.train))})
+    assert new.train.new_knob == 0.5
+    assert new.run_name() == old.run_name()
+    turned = dataclasses.replace(new, train=dataclasses.replace(new.train, new_knob=0.7))
+    assert turned.run_name() != old.run_name()
+
+
+def test_the_schema_version_is_part_of_the_name(monkeypatch):
+    monkeypatch.setattr(config_module, "SCHEMA_VERSION", config_module.SCHEMA_VERSION + 1)
+    assert Config().run_name() != DEFAULT_NAME

@@ -7,9 +7,9 @@ check, the ``--help`` text and the README table read them from there (:func:`fie
 :func:`build_config` checks every value against them and refuses unknown keys, so a bad config
 fails with one line that names the field and what it accepts.
 
-The resolved config (defaults, recipe defaults, file, overrides) hashes to the run
-directory's name; the ``execution`` section (where and how it runs, not what it computes) is
-left out of the hash.
+The run directory's name hashes the values that differ from their defaults, plus
+:data:`SCHEMA_VERSION` (see :meth:`Config.digest`): adding a field renames no run. The
+``execution`` section (where and how it runs, not what it computes) is left out of the hash.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ import tomli_w
 from .averaging import AcceptRule
 from .pruning import Scope, fraction_per_cycle
 from .training.settings import Optimizer, Precision, SwaSchedule
+
+#: Part of every run's hash. Bump it when a default changes (or what a value means), since a
+#: run directory's name hashes only the values that differ from the defaults: the same name
+#: would otherwise stand for another experiment. Adding a field with a default that keeps the
+#: old behaviour needs no bump and renames nothing.
+SCHEMA_VERSION = 1
 
 
 class ConfigError(ValueError):
@@ -313,9 +319,23 @@ class Config:
             d.pop("execution")
         return d
 
+    def non_defaults(self, *, hashed_only: bool = False) -> dict[str, Any]:
+        """The values that differ from their field's default, nested like :meth:`to_dict`
+        (sections with none left out); with ``hashed_only`` without ``execution``."""
+        d = _non_defaults(self)
+        if hashed_only:
+            d.pop("execution", None)
+        return d
+
     def digest(self) -> str:
-        """SHA-256 (hex) of the resolved config minus ``execution``; names the run directory."""
-        text = json.dumps(self.to_dict(hashed_only=True), sort_keys=True, default=str)
+        """SHA-256 (hex) of :data:`SCHEMA_VERSION` and the values that differ from their
+        defaults, ``execution`` left out; names the run directory.
+
+        Leaving defaults out (as open_lth does) keeps run names stable when a field is added:
+        a config that does not set it hashes as before, so an interrupted study still resumes.
+        """
+        payload = {"schema": SCHEMA_VERSION, "values": self.non_defaults(hashed_only=True)}
+        text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def run_name(self) -> str:
@@ -335,6 +355,19 @@ def _default_of(f: dataclasses.Field[Any]) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return f.default
+
+
+def _non_defaults(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            sub = _non_defaults(value)
+            if sub:
+                out[f.name] = sub
+        elif value != _default_of(f):
+            out[f.name] = value
+    return out
 
 
 # -- the schema, read from the annotations and metadata ------------------------------------------
