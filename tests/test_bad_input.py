@@ -773,6 +773,12 @@ CASES = [
         setup=a_run(),
     ),
     case(
+        "report-out-under-a-file",
+        ["report", f"{TMP}/runs", "--out", f"{TMP}/notes.txt/report"],
+        f"{TMP}/notes.txt/report", "Not a directory",
+        setup=chain(a_run(), text("notes.txt", "hello\n")),
+    ),
+    case(
         "report-config-garbage",
         ["report", f"{TMP}/runs"],
         f"{RUN}/config.toml", "not valid TOML", "damaged",
@@ -1112,6 +1118,7 @@ def test_bad_input_is_refused_cleanly(argv, fragments, setup, absent, sandbox, c
 
     out, err = capsys.readouterr()
     assert "Traceback" not in err + out
+    assert out == "", out  # nothing is shown before the refusal
     lines = err.splitlines()
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{err}"
     line = lines[0]

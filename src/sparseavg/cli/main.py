@@ -212,6 +212,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = _folder("--out", args.out) if args.out else None
     runs = find_runs(args.runs)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the table is shown
     print(markdown_table(runs))
     if out is not None:
         md, png = write_report(runs, out)
