@@ -5,26 +5,37 @@ exit code 2, exactly one ``sparseavg: error: ...`` line on stderr that names the
 traceback, and nothing written (no run directory, no other new file). None of the cases
 trains: they all fail in validation or in ``prepare()``.
 
-Argument templates use ``@TMP@`` for the test's ``tmp_path``; a case's ``setup`` writes its
-input files there before ``main`` runs. Cases that document a known source bug are marked
-``xfail(strict=True)`` (``bug=...``) so that the fix turns them into failures to un-mark.
+Argument templates use ``@TMP@`` for the test's ``tmp_path`` and ``@RUN@`` for the one run
+directory a case's setup made under ``@TMP@/runs``; a case's ``setup`` writes its input files
+there before ``main`` runs, and "nothing written" then means no file added, removed or changed.
+A case must be refused within :data:`DEADLINE` seconds (a bad input that hangs fails). Cases
+that document a known source bug are marked ``xfail(strict=True)`` (``bug=...``) so that the
+fix turns them into failures to un-mark; :data:`ENGINE_CASES` are those the engine fixes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from fake_runs import FAKE, make_run
 from sparseavg.cli.main import main
+from sparseavg.config import to_toml
 from sparseavg.models import build_model
 from sparseavg.pruning import Mask
+from sparseavg.recipes import resolve_config
 
 TMP = "@TMP@"
+RUN = "@RUN@"
+DEADLINE = 30  # seconds; the slowest case (the first to load MNIST-1D) takes about 4
 MNIST1D_SHAPE = (1, 40)  # the default data set's input shape
 CLASSES = 10
 # appended to cases that get past validation by mistake, so that they stay fast
@@ -141,6 +152,106 @@ def subset_mask(name: str) -> Setup:
     return write
 
 
+def zero_mask(name: str) -> Setup:
+    """A mask of the default conv1d that prunes every weight."""
+
+    def write(tmp: Path) -> None:
+        Mask(
+            {n: torch.zeros_like(p, dtype=torch.bool) for n, p in _prunable(_model()).items()}
+        ).save(tmp / name)
+
+    return write
+
+
+def chain(*setups: Setup) -> Setup:
+    def run_all(tmp: Path) -> None:
+        for setup in setups:
+            setup(tmp)
+
+    return run_all
+
+
+RunEdit = Callable[[Path], None]
+
+
+def a_run(*edits: RunEdit, values: dict | None = None, **options: object) -> Setup:
+    """A run directory under ``@TMP@/runs`` (see ``fake_runs.make_run``), then ``edits`` to it."""
+
+    def make(tmp: Path) -> None:
+        run = make_run(tmp / "runs", values, **options)  # type: ignore[arg-type]
+        for edit in edits:
+            edit(run)
+
+    return make
+
+
+def put(rel: str, content: str | bytes) -> RunEdit:
+    def write(run: Path) -> None:
+        data = content.encode() if isinstance(content, str) else content
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_bytes(data)
+
+    return write
+
+
+def cut_config(run: Path) -> None:
+    """config.toml cut off inside a string: a half-written file."""
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text[: text.index('"mnist1d"') + 4])
+
+
+def edit_config(run: Path) -> None:
+    """A hand edit: the config still reads, but is no longer the one the run computed."""
+    path = run / "config.toml"
+    text = path.read_text()
+    assert "epochs = 2\n" in text
+    path.write_text(text.replace("epochs = 2\n", "epochs = 3\n"))
+
+
+def add_unknown_key(run: Path) -> None:
+    """A config written by a newer sparseavg, with a field this one does not know."""
+    path = run / "config.toml"
+    path.write_text(path.read_text().replace("[train]\n", "[train]\nnew_knob = 1\n"))
+
+
+def half_written_results(run: Path) -> None:
+    path = run / "results.jsonl"
+    first, second = path.read_text().splitlines()[:2]
+    path.write_text(f"{first}\n{second[: len(second) // 2]}")
+
+
+def flip_a_byte(rel: str) -> RunEdit:
+    def damage(run: Path) -> None:
+        data = bytearray((run / rel).read_bytes())
+        data[-1] ^= 0xFF
+        (run / rel).write_bytes(bytes(data))
+
+    return damage
+
+
+def remove(rel: str) -> RunEdit:
+    def rm(run: Path) -> None:
+        (run / rel).unlink()
+
+    return rm
+
+
+def config_file(name: str, values: dict) -> Setup:
+    return text(name, to_toml(values))
+
+
+def other_config_in_run_dir(tmp: Path) -> None:
+    """The run directory of FAKE holds the config of another run (seed 1)."""
+    run = tmp / "runs" / resolve_config(FAKE).run_name()
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text(to_toml(resolve_config({**FAKE, "seed": 1}).to_dict()))
+
+
+ENSEMBLE = {**FAKE, "recipe": "ensemble"}
+ANOTHER_RUN = "0" * 64  # the run id in the manifest of a cycle folder copied from elsewhere
+LONG = "x" * 300  # longer than a file name may be (255 bytes on Linux and macOS)
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 
@@ -149,16 +260,17 @@ def case(
     argv: tuple[str, ...] | list[str],
     *fragments: str,
     setup: Setup | None = None,
+    absent: tuple[str, ...] = (),
     bug: str | None = None,
     marks: tuple[pytest.MarkDecorator, ...] = (),
 ):
-    """One bad input: ``argv`` for ``main`` (``run`` cases get ``--runs-dir`` appended) and
-    the fragments the error line must contain. ``bug`` marks a known source bug (strict
-    xfail)."""
+    """One bad input: ``argv`` for ``main`` (``run`` cases without their own ``--runs-dir``
+    get one appended), the fragments the error line must contain and those it must not.
+    ``bug`` marks a known source bug (strict xfail)."""
     all_marks = list(marks)
     if bug:
         all_marks.append(pytest.mark.xfail(strict=True, reason=bug))
-    return pytest.param(list(argv), fragments, setup, id=id, marks=all_marks)
+    return pytest.param(list(argv), fragments, setup, absent, id=id, marks=all_marks)
 
 
 def run(*args: str) -> list[str]:
@@ -170,7 +282,7 @@ def s(item: str) -> tuple[str, str]:
 
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a CUDA device")
-
+NO_MPS = pytest.mark.skipif(torch.backends.mps.is_available(), reason="torch sees an MPS device")
 CASES = [
     # ---- config files
     case(
@@ -213,19 +325,19 @@ CASES = [
     # ---- unknown keys
     case(
         "unknown-top-level-key-in-file",
-        run(f"{TMP}/c.toml"),
+        run(f"{TMP}/c.toml", "--quiet"),
         "unknown key epochs", "recipe, seed, data, model, train",
         setup=text("c.toml", "epochs = 3\n"),
     ),
     case(
         "unknown-section-in-file",
-        run(f"{TMP}/c.toml"),
+        run(f"{TMP}/c.toml", "--quiet"),
         "unknown key bogus", "the top level accepts",
         setup=text("c.toml", "[bogus]\nx = 1\n"),
     ),
     case(
         "unknown-section-key-in-file",
-        run(f"{TMP}/c.toml"),
+        run(f"{TMP}/c.toml", "--quiet"),
         "unknown key train.epoch", "epochs, batch_size",
         setup=text("c.toml", "[train]\nepoch = 3\n"),
     ),
@@ -407,7 +519,7 @@ CASES = [
     case(
         "values-not-positive",
         run("--recipe", "sms", *s("ingredients.vary=lr"), *s("ingredients.values=[1.0,0,2]")),
-        "ingredients.values", "positive",
+        "ingredients.values[1]", "0.0", "(0, inf)",
     ),
     case(
         "gmp-end-before-start",
@@ -606,6 +718,311 @@ CASES = [
         run(*s("pruning.rewind_epochs=40"), *s("train.epochs=30")),
         "pruning.rewind_epochs (40) must be less than train.epochs (30)",
     ),
+    # ---- elements of lists and tables
+    case(
+        "milestone-past-the-end",
+        run(*s("train.milestones=[1.5]")),
+        "train.milestones[0]", "1.5", "is outside (0, 1)",
+    ),
+    case(
+        "layer-fraction-1",
+        run(*s('pruning.layer_fractions={"fc.weight" = 1.0}')),
+        "pruning.layer_fractions.fc.weight", "1.0", "is outside [0, 1)",
+    ),
+    # ---- paths: OS errors name the path
+    case(
+        "runs-dir-is-a-file",
+        run("--runs-dir", f"{TMP}/notes.txt"),
+        "--runs-dir", f"{TMP}/notes.txt", "is a file, not a folder",
+        setup=text("notes.txt", "hello\n"),
+    ),
+    case(
+        "runs-dir-name-too-long",
+        run("--runs-dir", f"{TMP}/{LONG}", *TINY),
+        f"{TMP}/{LONG}", "File name too long",
+    ),
+    case(
+        "config-path-too-long",
+        run(f"{TMP}/{LONG}.toml"),
+        f"{LONG}.toml", "File name too long",
+    ),
+    case(
+        "demo-out-is-a-file",
+        ["demo", "--out", f"{TMP}/notes.txt", "--quiet"],
+        "--out", f"{TMP}/notes.txt", "is a file, not a folder",
+        setup=text("notes.txt", "hello\n"),
+    ),
+    case(
+        "demo-unknown-recipe",
+        ["demo", "--out", f"{TMP}/demo", "--recipes", "imp,lottery", "--quiet"],
+        "demo", "'lottery'", "imp, swamp, sms, ensemble",
+    ),
+    # ---- report
+    case(
+        "report-out-is-a-file",
+        ["report", f"{TMP}/runs", "--out", f"{TMP}/report.md"],
+        "--out", f"{TMP}/report.md", "is a file, not a folder",
+        setup=chain(a_run(), text("report.md", "# mine\n")),
+    ),
+    case(
+        "report-out-name-too-long",
+        ["report", f"{TMP}/runs", "--out", f"{TMP}/{LONG}"],
+        f"{TMP}/{LONG}", "File name too long",
+        setup=a_run(),
+    ),
+    case(
+        "report-out-under-a-file",
+        ["report", f"{TMP}/runs", "--out", f"{TMP}/notes.txt/report"],
+        f"{TMP}/notes.txt/report", "Not a directory",
+        setup=chain(a_run(), text("notes.txt", "hello\n")),
+    ),
+    case(
+        "report-config-garbage",
+        ["report", f"{TMP}/runs"],
+        f"{RUN}/config.toml", "not valid TOML", "damaged",
+        setup=a_run(put("config.toml", b"\x89PNG\r\n\x1a\n\x00\xff garbage")),
+    ),
+    case(
+        "report-config-half-written",
+        ["report", f"{TMP}/runs"],
+        f"{RUN}/config.toml", "not valid TOML",
+        setup=a_run(cut_config),
+    ),
+    case(
+        "report-config-edited",
+        ["report", f"{TMP}/runs"],
+        f"{RUN}/config.toml", "edited after the run started",
+        setup=a_run(edit_config),
+    ),
+    case(
+        "report-config-from-a-newer-version",
+        ["report", f"{TMP}/runs"],
+        f"{RUN}/config.toml", "unknown key train.new_knob",
+        setup=a_run(add_unknown_key),
+    ),
+    case(
+        "report-results-garbage",
+        ["report", f"{TMP}/runs"],
+        f"{RUN}/results.jsonl, line 1", "malformed JSON",
+        f"sparseavg run {RUN}/config.toml --runs-dir {TMP}/runs", "rewrites it",
+        setup=a_run(put("results.jsonl", "this is not json\n")),
+    ),
+    case(
+        "report-results-not-utf8",
+        ["report", f"{TMP}/runs"],
+        f"{RUN}/results.jsonl", "not UTF-8", "rewrites it",
+        setup=a_run(put("results.jsonl", b"\xff\xfe\x00garbage")),
+    ),
+    case(
+        "report-results-half-written-line",
+        ["report", f"{TMP}/runs"],
+        f"{RUN}/results.jsonl, line 2", "malformed JSON", "rewrites it",
+        setup=a_run(half_written_results, complete=2),
+    ),
+    case(
+        "report-results-unknown-role",
+        ["report", f"{TMP}/runs"],
+        f"{RUN}/results.jsonl, line 1", "'role' must be one of", "'soup'",
+        setup=a_run(put("results.jsonl", '{"cycle": 0, "role": "soup"}\n')),
+    ),
+    case(
+        "report-results-headline-not-bool",
+        ["report", f"{TMP}/runs"],
+        f"{RUN}/results.jsonl, line 1", "'headline' must be true or false",
+        setup=a_run(put("results.jsonl", '{"cycle": 0, "role": "combined", "headline": 1}\n')),
+    ),
+    # ---- inspect
+    case(
+        "inspect-config-garbage",
+        ["inspect", RUN],
+        f"{RUN}/config.toml", "not valid TOML",
+        setup=a_run(put("config.toml", "[[[\n")),
+    ),
+    case(
+        "inspect-config-edited",
+        ["inspect", RUN],
+        f"{RUN}/config.toml", "edited after the run started",
+        setup=a_run(edit_config),
+    ),
+    case(
+        "inspect-results-half-written-line",
+        ["inspect", RUN],
+        f"{RUN}/results.jsonl, line 2", "malformed JSON",
+        setup=a_run(half_written_results, complete=2),
+    ),
+    case(
+        "inspect-damaged-checkpoint",
+        ["inspect", RUN],
+        "checkpoint.pt", "refused by torch.load(weights_only=True)",
+        setup=a_run(put("cycle_01/ingredient_0/checkpoint.pt", b"PK\x03\x04 half")),
+    ),
+    case(
+        "inspect-name-too-long",
+        ["inspect", f"{TMP}/{LONG}.safetensors"],
+        f"{LONG}.safetensors",
+    ),
+    # ---- export
+    case(
+        "export-out-is-a-directory",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/model.safetensors"],
+        f"{TMP}/model.safetensors", "is a directory",
+        setup=chain(a_run(), mkdir("model.safetensors")),
+    ),
+    case(
+        "export-summary-path-is-a-directory",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/model.pt"],
+        f"{TMP}/model.json", "is a directory",
+        setup=chain(a_run(), mkdir("model.json")),
+    ),
+    case(
+        "export-out-txt",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/model.txt"],
+        "model.txt", "ends in .safetensors or .pt", "'.txt'",
+        setup=a_run(),
+    ),
+    case(
+        "export-out-without-suffix",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/model"],
+        "model", "ends in .safetensors or .pt", "no suffix",
+        setup=a_run(),
+    ),
+    case(
+        "export-out-under-a-file",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/notes.txt/model.safetensors"],
+        f"{TMP}/notes.txt",
+        setup=chain(a_run(), text("notes.txt", "hello\n")),
+    ),
+    case(
+        "export-out-name-too-long",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/{LONG}.safetensors"],
+        f"{LONG}.safetensors", "File name too long",
+        setup=a_run(),
+    ),
+    case(
+        "export-ensemble-without-member",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/m.safetensors"],
+        "2 ensemble members", "--member (0 to 1)",
+        setup=a_run(values=ENSEMBLE),
+    ),
+    case(
+        "export-ensemble-member-2",
+        ["export", RUN, "--cycle", "0", "--member", "2", "--out", f"{TMP}/m.safetensors"],
+        "--member 2", "members 0 to 1",
+        setup=a_run(values=ENSEMBLE),
+    ),
+    case(
+        "export-member-of-a-single-run",
+        ["export", RUN, "--cycle", "0", "--member", "1", "--out", f"{TMP}/m.safetensors"],
+        "--member 1", "only member 0",
+        setup=a_run(),
+    ),
+    case(
+        "export-negative-member",
+        ["export", RUN, "--cycle", "0", "--member", "-1", "--out", f"{TMP}/m.safetensors"],
+        "--member -1", "only member 0",
+        setup=a_run(),
+    ),
+    case(
+        "export-incomplete-cycle",
+        ["export", RUN, "--cycle", "1", "--out", f"{TMP}/m.safetensors"],
+        "cycle 1 is not complete", "complete cycles: [0]",
+        setup=a_run(),
+    ),
+    case(
+        "export-config-garbage",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/m.safetensors"],
+        f"{RUN}/config.toml", "not valid TOML",
+        setup=a_run(put("config.toml", "recipe = \n")),
+    ),
+    case(
+        "export-config-edited",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/m.safetensors"],
+        f"{RUN}/config.toml", "hashes to", "edited after the run started",
+        setup=a_run(edit_config),
+    ),
+    case(
+        "export-cycle-copied-from-another-run",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/m.safetensors"],
+        f"{RUN}/cycle_00", "names run 00000000", "copied in from another run directory",
+        setup=a_run(run_id=ANOTHER_RUN),
+    ),
+    case(
+        "export-damaged-weights",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/m.safetensors"],
+        f"{RUN}/cycle_00/combined.safetensors", "checksum differs",
+        setup=a_run(flip_a_byte("cycle_00/combined.safetensors")),
+    ),
+]  # fmt: skip
+
+# The engine's side of item 5 of issue 8: refused in prepare() and before any write.
+ENGINE_CASES = [
+    case(
+        "engine-batch-larger-than-the-training-split",
+        run(*TINY, *s("train.batch_size=100000")),
+        "train.batch_size", "100000",
+    ),
+    case(
+        "engine-step-schedule-cannot-anneal-to-swa",
+        run("--recipe", "imp-swa", *s('train.schedule="step"'), *TINY),
+        "'step'", "swa_schedule",
+    ),
+    case(
+        "engine-device-mps-unavailable",
+        run("--device", "mps", *TINY),
+        "execution.device", "mps",
+        marks=(NO_MPS,),
+    ),
+    case(
+        "engine-model-too-large",
+        run("--model", "mlp", *s("model.options={hidden=[3000000, 3000000]}"), *TINY),
+        "model",
+    ),
+    case(
+        "engine-pretrained-is-a-folder",
+        run(*s(f"model.pretrained='{TMP}/weights'")),
+        "model.pretrained", f"{TMP}/weights",
+        absent=("does not exist",),
+        setup=mkdir("weights"),
+    ),
+    case(
+        "engine-exclude-glob-matches-nothing",
+        run(*s("pruning.exclude=['nomatch.*']"), *TINY),
+        "pruning.exclude", "nomatch.*",
+    ),
+    case(
+        "engine-initial-mask-prunes-everything",
+        run(*s(f"pruning.initial_mask='{TMP}/zeros.safetensors'"), *TINY),
+        "pruning.initial_mask", "zeros.safetensors",
+        setup=zero_mask("zeros.safetensors"),
+    ),
+    case(
+        "engine-cycles-leave-no-weight",
+        run(*TINY, *s("pruning.cycles=2"), *s("pruning.fraction=0.999")),
+        "pruning",
+    ),
+    case(
+        "engine-run-dir-holds-another-config",
+        run(f"{TMP}/c.toml", "--quiet"),
+        "config.toml",
+        setup=chain(config_file("c.toml", FAKE), other_config_in_run_dir),
+    ),
+    case(
+        "engine-cycle-copied-from-another-run",
+        run(f"{TMP}/c.toml", "--quiet"),
+        f"{RUN}/cycle_00", "names run 00000000",
+        setup=chain(config_file("c.toml", FAKE), a_run(run_id=ANOTHER_RUN)),
+    ),
+    case(
+        "engine-resume-refused-before-any-write",
+        run(f"{TMP}/c.toml", "--quiet"),
+        f"{RUN}/cycle_01/combined.safetensors", "checksum differs",
+        setup=chain(
+            config_file("c.toml", FAKE),
+            a_run(
+                flip_a_byte("cycle_01/combined.safetensors"), remove("results.jsonl"), complete=2
+            ),
+        ),
+    ),
 ]  # fmt: skip
 
 
@@ -615,14 +1032,41 @@ CASES = [
 DATA_CACHE = {"data", "data/mnist1d", "data/mnist1d/mnist1d-10000-seed42.npz"}
 
 
-def _files(root: Path) -> set[str]:
-    """Every path below ``root``, less the MNIST-1D cache that loading the data may write
-    (a data-set cache, not part of any run)."""
-    return {str(p.relative_to(root)) for p in root.rglob("*")} - DATA_CACHE
+def _files(root: Path) -> dict[str, str]:
+    """Every path below ``root`` with its content's hash (``"dir"`` for folders), less the
+    MNIST-1D cache that loading the data may write (a data-set cache, not part of any run)."""
+    out = {}
+    for p in root.rglob("*"):
+        rel = str(p.relative_to(root))
+        if rel not in DATA_CACHE:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
 
 
 def _subst(item: str, tmp: Path) -> str:
+    if RUN in item:
+        runs = sorted((tmp / "runs").iterdir())
+        assert len(runs) == 1, runs
+        item = item.replace(RUN, str(runs[0]))
     return item.replace(TMP, str(tmp))
+
+
+class Hung(BaseException):
+    """A bad input that was not refused in time (no ``except Exception`` swallows it)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    def fire(signum: int, frame: object) -> None:
+        raise Hung(f"not refused within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
@@ -641,34 +1085,41 @@ def _main(argv: list[str]) -> int:
 
 
 def test_cases_are_many_and_named_uniquely():
-    ids = [p.id for p in CASES]
-    assert len(ids) >= 35
+    ids = [p.id for p in CASES + ENGINE_CASES]
+    assert len(CASES) >= 140
     assert len(set(ids)) == len(ids)
 
 
-@pytest.mark.parametrize(("argv", "fragments", "setup"), CASES)
-def test_bad_input_is_refused_cleanly(argv, fragments, setup, sandbox, capsys):
+@pytest.mark.parametrize(("argv", "fragments", "setup", "absent"), CASES + ENGINE_CASES)
+def test_bad_input_is_refused_cleanly(argv, fragments, setup, absent, sandbox, capsys):
     runs = sandbox / "runs"
     if setup is not None:
         setup(sandbox)
     args = [_subst(a, sandbox) for a in argv]
-    if args[0] == "run":
+    if args[0] == "run" and "--runs-dir" not in args:
         args += ["--runs-dir", str(runs)]
+    had_runs = runs.exists()
     before = _files(sandbox)
 
-    rc = _main(args)
+    with deadline(DEADLINE):
+        rc = _main(args)
 
     out, err = capsys.readouterr()
     assert "Traceback" not in err + out
+    assert out == "", out  # nothing is shown before the refusal
     lines = err.splitlines()
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{err}"
     line = lines[0]
     assert line.startswith("sparseavg: error: "), line
     for fragment in fragments:
         assert _subst(fragment, sandbox) in line, f"{fragment!r} not in {line!r}"
+    for fragment in absent:
+        assert _subst(fragment, sandbox) not in line, f"{fragment!r} in {line!r}"
     assert rc == 2
-    assert not runs.exists(), sorted(_files(sandbox) - before)
-    assert _files(sandbox) == before, sorted(_files(sandbox) ^ before)
+    after = _files(sandbox)
+    assert had_runs or not runs.exists(), sorted(set(after) - set(before))
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert not changed, sorted(changed)
     assert not (sandbox / "MARKER").exists()
 
 

@@ -247,11 +247,11 @@ def test_greedy_and_pretrained_plans():
 @pytest.mark.parametrize(
     ("values", "fragment"),
     [
-        ({"train": {"milestones": [1.5]}}, "train.milestones must be fractions in (0, 1)"),
+        ({"train": {"milestones": [1.5]}}, "train.milestones[0]: 1.5 is outside (0, 1)"),
         ({"recipe": "reinit"}, "set pruning.masks_from"),
         ({"recipe": "random", "pruning": {"masks_from": "x"}}, "masks_from"),
         ({"recipe": "sms", "ingredients": {"seed_per_ingredient": True}}, "seed_per_ingredient"),
-        ({"pruning": {"layer_fractions": {"fc.weight": 1.5}}}, "layer_fractions['fc.weight']"),
+        ({"pruning": {"layer_fractions": {"fc.weight": 1.5}}}, "layer_fractions.fc.weight: 1.5"),
         ({"pruning": {"masks_from": "a", "initial_mask": "b"}}, "both give cycle 0's mask"),
     ],
 )

@@ -31,6 +31,7 @@ def _config(
     device: str = "cpu",
     model: str = "conv1d",
     dataset: str = "mnist1d",
+    cycles: int = 2,
 ) -> str:
     return f"""recipe = "{recipe}"
 seed = {seed}
@@ -46,7 +47,7 @@ epochs = 3
 lr = {lr}
 
 [pruning]
-cycles = 2
+cycles = {cycles}
 
 [ingredients]
 count = {count}
@@ -67,10 +68,11 @@ def _row(
     lineage: int = 0,
     ingredient: int | None = None,
     dropped: bool = False,
+    **extra: Any,
 ) -> dict[str, Any]:
     if sparsity is None:
         sparsity = 1.0 - 0.8**cycle
-    return {
+    return extra | {
         "run": f"{recipe}-mnist1d-conv1d-x",
         "recipe": recipe,
         "dataset": "mnist1d",
@@ -295,7 +297,69 @@ def test_write_report(tmp_path: Path) -> None:
 def test_differing_sparsity_is_marked(tmp_path: Path) -> None:
     _make_run(tmp_path, "imp", _config("imp", 0), [_row("imp", 0, 1, "combined", 0.9)])
     oneshot = [_row("one-shot", 0, 1, "combined", 0.8, sparsity=0.5)]
-    _make_run(tmp_path, "one-shot", _config("one-shot", 0), oneshot)
+    _make_run(tmp_path, "one-shot", _config("one-shot", 0, cycles=1), oneshot)
     table = markdown_table(find_runs([tmp_path]))
     assert _table_rows(table)[2] == ["35.0*", "90.00", "80.00"]
     assert "cycle 1: 20.0–50.0" in table
+
+
+def test_rows_marked_headline_are_the_headline(tmp_path: Path) -> None:
+    """Runs whose rows carry ``headline`` take exactly the marked rows, of any role; the other
+    rows of each role form that role's series, and the ingredient column stays as it was."""
+    rows = [
+        _row("swamp", 0, 0, "combined", 0.90, headline=True),
+        _row("swamp", 0, 1, "ingredient", 0.80, ingredient=0, headline=False),
+        _row("swamp", 0, 1, "ingredient", 0.84, ingredient=1, headline=False),
+        _row("swamp", 0, 1, "average", 0.70, sparsity=0.0, headline=False),
+        _row("swamp", 0, 1, "reprune", 0.88, headline=True),
+        _row("swamp", 0, 1, "combined", 0.60, lineage=0, headline=False),
+    ]
+    run = load_run(_make_run(tmp_path, "swamp", _config("swamp", 0, count=2), rows))
+    assert [(r["cycle"], r["role"], r["accuracy"]) for r in headline_rows(run)] == [
+        (0, "combined", 0.90),
+        (1, "reprune", 0.88),
+    ]
+    summary = [(s.cycle, s.role, s.headline, s.accuracy.mean) for s in summarize([run])]
+    assert summary == [
+        (0, "combined", True, 0.90),
+        (1, "reprune", True, 0.88),
+        (1, "combined", False, 0.60),
+        (1, "ingredient", False, pytest.approx(0.82)),
+        (1, "average", False, 0.70),
+    ]
+    table = _table_rows(markdown_table([run]))
+    assert table[0] == ["sparsity %", "swamp", "swamp (ingredients)"]
+    assert table[2:] == [["0.0", "90.00", "–"], ["20.0", "88.00", "82.00"]]
+
+
+def test_a_run_with_headline_keys_but_none_true_has_no_headline(tmp_path: Path) -> None:
+    rows = [_row("imp", 0, 1, "combined", 0.9, headline=False)]
+    run = load_run(_make_run(tmp_path, "imp", _config("imp", 0), rows))
+    assert headline_rows(run) == []
+    assert [(s.role, s.headline) for s in summarize([run])] == [("combined", False)]
+
+
+def test_without_headline_keys_ensemble_rows_win_over_combined(tmp_path: Path) -> None:
+    rows = [
+        _row("ensemble", 0, 1, "combined", 0.85, lineage=0),
+        _row("ensemble", 0, 1, "combined", 0.87, lineage=1),
+        _row("ensemble", 0, 1, "ensemble", 0.95),
+        _row("ensemble", 0, 2, "combined", 0.80, lineage=0),
+    ]
+    run = load_run(_make_run(tmp_path, "ens", _config("ensemble", 0, count=2), rows))
+    # cycle 2 has no ensemble row: the rule is per run, so its combined row is not headline
+    assert [(r["cycle"], r["role"]) for r in headline_rows(run)] == [(1, "ensemble")]
+
+
+def test_reports_read_the_typed_config(tmp_path: Path) -> None:
+    """A config file that leaves fields out reads with their defaults (and the recipe's)."""
+    run = load_run(_make_run(tmp_path, "swamp", 'recipe = "swamp"\nseed = 3\n', []))
+    assert (run.recipe, run.seed) == ("swamp", 3)
+    assert run.settings.ingredients.count == 4 and run.settings.train.swa
+    assert run.config == run.settings.to_dict()
+
+
+def test_a_config_that_fails_the_schema_names_the_file(tmp_path: Path) -> None:
+    d = _make_run(tmp_path, "imp", 'recipe = "imp"\n[train]\nlr = -1.0\n', [])
+    with pytest.raises(ValueError, match=r"imp.config\.toml: train\.lr: -1\.0 is outside"):
+        load_run(d)

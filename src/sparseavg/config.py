@@ -1,11 +1,15 @@
 """The experiment's one validated, typed configuration.
 
-A :class:`Config` has sections of plain typed fields. Each field carries a help string and its
-allowed values or range in its metadata; :func:`build_config` checks every value against them
-and refuses unknown keys, so a bad config fails with one line that names the field and what
-it accepts. The resolved config (defaults, recipe defaults, file, overrides) hashes to the run
-directory's name; the ``execution`` section (where and how it runs, not what it computes) is
-left out of the hash.
+A :class:`Config` has sections of plain typed fields. The schema of a field is its annotation
+and its metadata, nothing else: a ``Literal`` annotation is the one list of its allowed values,
+and ``_f(..., lo=, hi=)`` its range (for a list or a table: the range of each element). Every
+check, the ``--help`` text and the README table read them from there (:func:`field_specs`).
+:func:`build_config` checks every value against them and refuses unknown keys, so a bad config
+fails with one line that names the field and what it accepts.
+
+The run directory's name hashes the values that differ from their defaults, plus
+:data:`SCHEMA_VERSION` (see :meth:`Config.digest`): adding a field renames no run. The
+``execution`` section (where and how it runs, not what it computes) is left out of the hash.
 """
 
 from __future__ import annotations
@@ -17,49 +21,91 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from .averaging import ACCEPT_RULES
-from .pruning import SCOPES, fraction_per_cycle
-from .training import OPTIMIZERS, PRECISIONS, RETRAIN_SCHEDULES, SCHEDULES
+import tomli_w
+
+from .averaging import AcceptRule
+from .pruning import Scope, fraction_per_cycle
+from .training.settings import Optimizer, Precision, SwaSchedule
+
+#: Part of every run's hash. Bump it when a default changes (or what a value means), since a
+#: run directory's name hashes only the values that differ from the defaults: the same name
+#: would otherwise stand for another experiment. Adding a field with a default that keeps the
+#: old behaviour needs no bump and renames nothing.
+SCHEMA_VERSION = 1
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be run; the message names the field and what it accepts."""
 
 
+# -- the allowed values of each choice field: one Literal per field ------------------------------
+
+TrainSchedule = Literal["constant", "step", "cosine", "llr"]
+RetrainSchedule = Literal[
+    "", "constant", "step", "cosine", "llr", "ft", "lrw", "slr", "clr", "allr"
+]
+PruneMethod = Literal["magnitude", "random", "shuffle"]
+IngredientStart = Literal["rewind", "finetune", "reinit"]
+Combine = Literal["single", "uniform", "greedy"]
+Vary = Literal["seed", "weight_decay", "lr", "length"]
+EarlyCycles = Literal["swa", "imp"]
+Recalibrate = Literal["averaged", "always", "never"]
+OnDivergence = Literal["stop", "drop"]
+Progress = Literal["auto", "rich", "plain", "none"]
+
+STARTS: tuple[str, ...] = get_args(IngredientStart)
+COMBINES: tuple[str, ...] = get_args(Combine)
+VARIES: tuple[str, ...] = get_args(Vary)
+PRUNERS: tuple[str, ...] = get_args(PruneMethod)
+SWA_SCHEDULES: tuple[str, ...] = get_args(SwaSchedule)
+EARLY_CYCLES: tuple[str, ...] = get_args(EarlyCycles)
+RECALIBRATE: tuple[str, ...] = get_args(Recalibrate)
+DIVERGENCE: tuple[str, ...] = get_args(OnDivergence)
+PROGRESS: tuple[str, ...] = get_args(Progress)
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of numbers; ``None`` bounds are infinite. ``str()`` is ``"[0, 1)"``."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, (int, float)):
+            return False
+        lo, hi = self.lo, self.hi
+        if lo is not None and (value <= lo if self.lo_open else value < lo):
+            return False
+        return not (hi is not None and (value >= hi if self.hi_open else value > hi))
+
+    def __str__(self) -> str:
+        left = "(" if self.lo is None or self.lo_open else "["
+        right = ")" if self.hi is None or self.hi_open else "]"
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{left}{lo}, {hi}{right}"
+
+
 def _f(
     default: Any,
     help: str,
     *,
-    choices: tuple[Any, ...] | None = None,
     lo: float | None = None,
     hi: float | None = None,
     lo_open: bool = False,
     hi_open: bool = False,
 ) -> Any:
-    meta = {
-        "help": help,
-        "choices": choices,
-        "lo": lo,
-        "hi": hi,
-        "lo_open": lo_open,
-        "hi_open": hi_open,
-    }
+    """A field with its help and, for numbers, its range (of each element for a list or table)."""
+    bounded = lo is not None or hi is not None
+    meta = {"help": help, "range": Range(lo, hi, lo_open, hi_open) if bounded else None}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
-
-
-STARTS = ("rewind", "finetune", "reinit")
-COMBINES = ("single", "uniform", "greedy")
-VARIES = ("seed", "weight_decay", "lr", "length")
-PRUNERS = ("magnitude", "random", "shuffle")
-SWA_SCHEDULES = ("anneal", "switch")
-EARLY_CYCLES = ("swa", "imp")
-RECALIBRATE = ("averaged", "always", "never")
-DIVERGENCE = ("stop", "drop")
-PROGRESS = ("auto", "rich", "plain", "none")
 
 
 @dataclass(frozen=True)
@@ -86,14 +132,21 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = _f(30, "epochs per training run", lo=0)
     batch_size: int = _f(128, "samples per step", lo=1)
-    optimizer: str = _f("sgd", "optimizer", choices=OPTIMIZERS)
+    optimizer: Optimizer = _f("sgd", "optimizer")
     lr: float = _f(0.1, "peak learning rate", lo=0.0, lo_open=True)
     momentum: float = _f(0.9, "SGD momentum", lo=0.0, hi=1.0, hi_open=True)
     nesterov: bool = _f(False, "Nesterov momentum")
     weight_decay: float = _f(5e-4, "weight decay", lo=0.0)
-    schedule: str = _f("cosine", "learning-rate schedule", choices=SCHEDULES)
+    schedule: TrainSchedule = _f("cosine", "learning-rate schedule")
     warmup: float = _f(0.0, "fraction of steps with linear warm-up", lo=0.0, hi=1.0, hi_open=True)
-    milestones: list[float] = _f([0.5, 0.75], "step schedule: fractions of training where lr drops")
+    milestones: list[float] = _f(
+        [0.5, 0.75],
+        "step schedule: fractions of training where lr drops",
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+        hi_open=True,
+    )
     gamma: float = _f(0.1, "step schedule: lr factor at each milestone", lo=0.0, lo_open=True)
     swa: bool = _f(False, "stochastic weight averaging over the last part of training")
     swa_start: float = _f(
@@ -104,15 +157,14 @@ class TrainConfig:
         hi_open=True,
     )
     swa_lr: float = _f(0.05, "constant learning rate during SWA", lo=0.0, lo_open=True)
-    swa_schedule: str = _f(
+    swa_schedule: SwaSchedule = _f(
         "anneal",
         "lr before SWA: 'anneal' fits the schedule into the steps before swa_start and ends it "
         "at swa_lr; 'switch' runs the schedule as if over all steps and switches to swa_lr at "
         "swa_start",
-        choices=SWA_SCHEDULES,
     )
     augment: bool = _f(True, "use the data set's augmentation")
-    precision: str = _f("fp32", "training precision", choices=PRECISIONS)
+    precision: Precision = _f("fp32", "training precision")
     channels_last: bool = _f(False, "channels-last memory format for image models")
 
 
@@ -134,8 +186,8 @@ class PruningConfig:
         hi=1.0,
         hi_open=True,
     )
-    scope: str = _f("global", "rank weights over all layers or per layer", choices=SCOPES)
-    method: str = _f("magnitude", "how weights are chosen", choices=PRUNERS)
+    scope: Scope = _f("global", "rank weights over all layers or per layer")
+    method: PruneMethod = _f("magnitude", "how weights are chosen")
     exclude_first: bool = _f(False, "keep the first conv/linear layer dense")
     exclude_last: bool = _f(False, "keep the last (classifier) layer dense")
     exclude: list[str] = _f([], "glob patterns of parameter names to keep dense")
@@ -143,6 +195,9 @@ class PruningConfig:
         {},
         "per-layer fractions {glob = fraction}: matching layers are pruned on their own at "
         'that fraction, e.g. {"fc3.weight" = 0.1} (the lottery-ticket paper\'s output layer)',
+        lo=0.0,
+        hi=1.0,
+        hi_open=True,
     )
     masks_from: str = _f(
         "",
@@ -160,11 +215,10 @@ class PruningConfig:
     retrain_epochs: int = _f(
         0, "fine-tuning cycles: epochs of each retraining (0 = train.epochs)", lo=0
     )
-    retrain_schedule: str = _f(
+    retrain_schedule: RetrainSchedule = _f(
         "",
         "fine-tuning cycles: lr schedule, a train.schedule or one of the SMS code's retraining "
         "schedules ft, lrw, slr, clr, llr, allr (empty = train.schedule)",
-        choices=("", *SCHEDULES, *RETRAIN_SCHEDULES),
     )
     retrain_lr: float = _f(0.0, "fine-tuning cycles: peak lr (0 = train.lr)", lo=0.0)
     gmp_start: float = _f(
@@ -184,21 +238,16 @@ class IngredientsConfig:
     count: int = _f(
         1, "models trained per cycle (SWAMP particles, soup ingredients, ensemble members)", lo=1
     )
-    start: str = _f(
+    start: IngredientStart = _f(
         "rewind",
         "cycle start: rewind to the ticket, fine-tune the last model, or a new random "
         "initialisation (reinit)",
-        choices=STARTS,
     )
-    combine: str = _f("single", "how a cycle's models become one", choices=COMBINES)
-    accept: str = _f(
-        "ge",
-        "greedy soup: keep a candidate if held-out accuracy is >= (ge) or > (gt)",
-        choices=ACCEPT_RULES,
+    combine: Combine = _f("single", "how a cycle's models become one")
+    accept: AcceptRule = _f(
+        "ge", "greedy soup: keep a candidate if held-out accuracy is >= (ge) or > (gt)"
     )
-    vary: str = _f(
-        "seed", "the one hyperparameter that differs between ingredients", choices=VARIES
-    )
+    vary: Vary = _f("seed", "the one hyperparameter that differs between ingredients")
     seed_per_ingredient: bool = _f(
         False,
         "with vary = weight_decay, lr or length: also give each ingredient its own seed (batch "
@@ -208,23 +257,23 @@ class IngredientsConfig:
         [],
         "per-ingredient values of the varied hyperparameter (factors of "
         "the base value for lr, weight_decay and length)",
+        lo=0.0,
+        lo_open=True,
     )
     single_until: int = _f(0, "swamp+: one particle in cycles below this", lo=0)
-    early: str = _f(
+    early: EarlyCycles = _f(
         "swa",
         "swamp+: the single-particle cycles train with SWA (swa) or are plain IMP (imp)",
-        choices=EARLY_CYCLES,
     )
     length_factor: float = _f(1.0, "imp+: retrain this many times longer", lo=1.0)
 
 
 @dataclass(frozen=True)
 class BNConfig:
-    recalibrate: str = _f(
+    recalibrate: Recalibrate = _f(
         "averaged",
         "recompute BatchNorm statistics of averaged models (soups, SWA) only, of every model "
         "before it is evaluated or starts the next cycle (always, the SMS code), or never",
-        choices=RECALIBRATE,
     )
     batches: int = _f(
         0, "batches (of train.batch_size) per recalibration; 0 = the whole split", lo=0
@@ -244,10 +293,10 @@ class ExecutionConfig:
     device: str = _f("auto", "cpu, cuda, cuda:1, mps, or auto")
     data_dir: str = _f("", "data directory (default: $SPARSEAVG_DATA or ~/.cache/sparseavg/data)")
     download: bool = _f(True, "download missing data files")
-    on_divergence: str = _f(
-        "stop", "a NaN/inf loss stops the run, or drops that ingredient", choices=DIVERGENCE
+    on_divergence: OnDivergence = _f(
+        "stop", "a NaN/inf loss stops the run, or drops that ingredient"
     )
-    progress: str = _f("auto", "progress display", choices=PROGRESS)
+    progress: Progress = _f("auto", "progress display")
 
 
 @dataclass(frozen=True)
@@ -270,9 +319,23 @@ class Config:
             d.pop("execution")
         return d
 
+    def non_defaults(self, *, hashed_only: bool = False) -> dict[str, Any]:
+        """The values that differ from their field's default, nested like :meth:`to_dict`
+        (sections with none left out); with ``hashed_only`` without ``execution``."""
+        d = _non_defaults(self)
+        if hashed_only:
+            d.pop("execution", None)
+        return d
+
     def digest(self) -> str:
-        """SHA-256 (hex) of the resolved config minus ``execution``; names the run directory."""
-        text = json.dumps(self.to_dict(hashed_only=True), sort_keys=True, default=str)
+        """SHA-256 (hex) of :data:`SCHEMA_VERSION` and the values that differ from their
+        defaults, ``execution`` left out; names the run directory.
+
+        Leaving defaults out (as open_lth does) keeps run names stable when a field is added:
+        a config that does not set it hashes as before, so an interrupted study still resumes.
+        """
+        payload = {"schema": SCHEMA_VERSION, "values": self.non_defaults(hashed_only=True)}
+        text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def run_name(self) -> str:
@@ -288,10 +351,123 @@ class Config:
         return p.fraction
 
 
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _non_defaults(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            sub = _non_defaults(value)
+            if sub:
+                out[f.name] = sub
+        elif value != _default_of(f):
+            out[f.name] = value
+    return out
+
+
+# -- the schema, read from the annotations and metadata ------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One config field: ``key`` (``"train.lr"``), annotation, default, help, and what it
+    accepts: ``choices`` (from a ``Literal``) or ``range`` (of each element for a list or
+    table)."""
+
+    key: str
+    type: Any
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None
+    range: Range | None
+
+    @property
+    def allowed(self) -> str:
+        """What the field accepts, in words: ``sgd|adam|adamw``, ``number in (0, 1)``,
+        ``integer in [1, inf)``, ``list of numbers in (0, 1)``, ``true|false``, ``string``."""
+        if self.choices is not None:
+            return "|".join(c if c else '""' for c in self.choices)
+        origin = get_origin(self.type)
+        if origin is list:
+            text = f"list of {_PLURAL.get(get_args(self.type)[0], 'values')}"
+        elif origin is dict:
+            inner = get_args(self.type)[1]
+            text = "table" if inner is Any else f"table of {_PLURAL.get(inner, 'values')}"
+        else:
+            text = _SINGULAR.get(self.type, str(self.type))
+        return f"{text} in {self.range}" if self.range is not None else text
+
+
+_SINGULAR = {bool: "true|false", int: "integer", float: "number", str: "string"}
+_PLURAL = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _specs_of(cls: type, prefix: str) -> list[FieldSpec]:
+    hints = get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            continue
+        choices = get_args(tp) if get_origin(tp) is Literal else None
+        out.append(
+            FieldSpec(
+                key=f"{prefix}{f.name}",
+                type=tp,
+                default=_default_of(f),
+                help=f.metadata["help"],
+                choices=choices,
+                range=f.metadata.get("range"),
+            )
+        )
+    return out
+
+
+def field_specs() -> list[FieldSpec]:
+    """Every field of :class:`Config` in order (top-level fields, then each section's)."""
+    specs = _specs_of(Config, "")
+    hints = get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            specs += _specs_of(tp, f"{f.name}.")  # type: ignore[arg-type]
+    return specs
+
+
+def field_help() -> list[tuple[str, str, str]]:
+    """``(key, repr(default), help)`` for every field, for the README table."""
+    return [(s.key, repr(s.default), s.help) for s in field_specs()]
+
+
+def toml_value(value: Any) -> str:
+    """``value`` written as a TOML value on one line (for help texts and messages)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, get_args(tp)))
     if origin is list:
-        return f"a list of {_type_name(get_args(tp)[0])}"
+        return f"a list of {_PLURAL.get(get_args(tp)[0], 'values')}"
     if origin is dict:
         return "a table"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
@@ -303,6 +479,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
     origin = get_origin(tp)
     bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if not isinstance(value, str) or value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise bad
@@ -311,7 +492,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise bad
-        return dict(value)
+        inner = get_args(tp)[1]
+        if inner is Any:
+            return dict(value)
+        return {k: _coerce(f"{key}.{k}", v, inner) for k, v in value.items()}
+    if tp is Any:
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -333,22 +519,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise bad
 
 
-def _check_range(key: str, value: Any, meta: dict[str, Any]) -> None:
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if (lo is None and hi is None) or isinstance(value, (list, dict, str)):
+def _check_range(key: str, value: Any, bounds: Range | None) -> None:
+    """``value`` (each element of a list or table) must lie in ``bounds``."""
+    if bounds is None:
         return
-    below = lo is not None and (value <= lo if meta["lo_open"] else value < lo)
-    above = hi is not None and (value >= hi if meta["hi_open"] else value > hi)
-    if below or above:
-        left = "(" if meta["lo_open"] else "["
-        right = ")" if meta["hi_open"] else "]"
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        left, right = ("(" if lo is None else left), (")" if hi is None else right)
-        raise ConfigError(f"{key}: {value!r} is outside {left}{lo_s}, {hi_s}{right}")
+    if isinstance(value, list):
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    elif isinstance(value, dict):
+        items = [(f"{key}.{k}", v) for k, v in value.items()]
+    else:
+        items = [(key, value)]
+    for name, v in items:
+        if v not in bounds:
+            raise ConfigError(f"{name}: {v!r} is outside {bounds}")
 
 
 def _build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -370,7 +553,7 @@ def _build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
             kwargs[name] = _build_section(tp, value, f"{key}.")  # type: ignore[arg-type]
             continue
         value = _coerce(key, value, tp)
-        _check_range(key, value, dict(fields[name].metadata))
+        _check_range(key, value, fields[name].metadata.get("range"))
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -424,50 +607,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(values: dict[str, Any]) -> Config:
-    """Validate a nested dict into a :class:`Config` (unknown keys and bad values refused)."""
-    cfg = _build_section(Config, values, "")
+    """Validate a nested dict into a :class:`Config` (unknown keys and bad values refused);
+    fields it lacks keep their defaults."""
+    cfg: Config = _build_section(Config, values, "")
     return cfg
 
 
-def _default_of(f: dataclasses.Field[Any]) -> Any:
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return f.default
-
-
-def field_help() -> list[tuple[str, str, str]]:
-    """``(key, default, help)`` for every field, for ``--help`` and the README."""
-    rows = []
-    for section in dataclasses.fields(Config):
-        tp = get_type_hints(Config)[section.name]
-        if dataclasses.is_dataclass(tp):
-            for f in dataclasses.fields(tp):
-                default = _default_of(f)
-                rows.append((f"{section.name}.{f.name}", repr(default), f.metadata["help"]))
-        else:
-            rows.append((section.name, repr(section.default), section.metadata["help"]))
-    return rows
-
-
 def to_toml(d: dict[str, Any]) -> str:
-    """Write a nested dict of scalars, lists and tables as TOML (enough for :class:`Config`)."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + "}"
-        raise TypeError(f"cannot write {type(v).__name__} as TOML")
-
-    lines = [f"{k} = {scalar(v)}" for k, v in d.items() if not isinstance(v, dict)]
-    for k, v in d.items():
-        if isinstance(v, dict):
-            lines.append(f"\n[{k}]")
-            lines.extend(f"{kk} = {scalar(vv)}" for kk, vv in v.items())
-    return "\n".join(lines) + "\n"
+    """Write a nested dict of scalars, lists and tables as TOML, with ``tomli_w``: any string
+    (characters outside the BMP included) and empty or nested tables read back equal."""
+    return tomli_w.dumps(d)

@@ -1,22 +1,30 @@
 """``sparseavg``: run, demo, report, inspect, export.
 
-Bad input (config, data, files) ends with one ``sparseavg: error: ...`` line and exit code 2,
-having written nothing; a run that stops (divergence, disk) exits 1 and keeps its files.
+Bad input (config, data, files, paths) ends with one ``sparseavg: error: ...`` line and exit
+code 2, having written nothing; a run that stops (divergence, disk) exits 1 and keeps its files.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import os
 import sys
+import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..config import ConfigError, field_help, merge, parse_override, read_toml
+from ..config import ConfigError, field_specs, merge, parse_override, read_toml, toml_value
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot be used as given (e.g. a file where a folder is
+    expected)."""
 
 
 def _recipes_help() -> str:
@@ -26,7 +34,18 @@ def _recipes_help() -> str:
 
 
 def _fields_help() -> str:
-    return "\n".join(f"  {key:<28} {default:<14} {text}" for key, default, text in field_help())
+    """Per field: ``key = default`` and what it accepts, then its help, indented."""
+    from ..recipes import RECIPES
+
+    lines = []
+    for spec in field_specs():
+        head = f"  {spec.key} = {toml_value(spec.default)}"
+        allowed = "|".join(RECIPES) if spec.key == "recipe" else spec.allowed
+        lines.append(f"{head:<44} {allowed}")
+        lines += textwrap.wrap(
+            spec.help, width=96, initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
+    return "\n".join(lines)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run an experiment from a TOML config and/or options. Running the same "
         "command again resumes an interrupted run.",
-        epilog=f"recipes:\n{_recipes_help()}\n\nconfig fields (--set KEY=VALUE):\n{_fields_help()}",
+        epilog=f"recipes:\n{_recipes_help()}\n\nconfig fields (--set KEY=VALUE, values in TOML; "
+        f"key = default, then what it accepts):\n{_fields_help()}",
     )
     run.add_argument("config", nargs="?", help="a TOML config file (see configs/)")
     run.add_argument("--recipe", help="the method (imp, swamp, sms, ...)")
@@ -100,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a cycle's model as a plain state_dict")
     export.add_argument("run_dir")
     export.add_argument("--cycle", type=int, required=True)
-    export.add_argument("--member", type=int, default=0, help="ensemble member (default 0)")
+    export.add_argument(
+        "--member", type=int, help="ensemble member (required when the run has several)"
+    )
     export.add_argument("--out", required=True, help="FILE.safetensors or FILE.pt")
     return parser
 
@@ -148,6 +170,14 @@ def _config_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _folder(flag: str, value: str) -> Path:
+    """``value`` as a folder to write into: refused when it exists and is not a folder."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, not a folder")
+    return path
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ..config import to_toml
     from ..experiment import run
@@ -155,6 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..recipes import resolve_config
 
     config = resolve_config(_config_values(args))
+    _folder("--runs-dir", args.runs_dir)
     if args.print_config:
         print(f"# run directory: {Path(args.runs_dir) / config.run_name()}")
         print(to_toml(config.to_dict()), end="")
@@ -169,8 +200,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..experiment.demo import run_demo
 
+    out = _folder("--out", args.out)
     with _reporter(args) as reporter:
-        text = run_demo(Path(args.out), [r.strip() for r in args.recipes.split(",")], reporter)
+        text = run_demo(out, [r.strip() for r in args.recipes.split(",")], reporter)
     print(text)
     return EXIT_OK
 
@@ -178,10 +210,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ..experiment.report import find_runs, markdown_table, write_report
 
+    out = _folder("--out", args.out) if args.out else None
     runs = find_runs(args.runs)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the table is shown
     print(markdown_table(runs))
-    if args.out:
-        md, png = write_report(runs, Path(args.out))
+    if out is not None:
+        md, png = write_report(runs, out)
         print(f"\nwrote {md} and {png}")
     return EXIT_OK
 
@@ -203,7 +238,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         target = Path(args.target)
         print(describe_run(target) if target.is_dir() else describe_file(target))
     else:
-        raise ConfigError("inspect needs a run directory or file, or --recipes/--models/--datasets")
+        raise UsageError("inspect needs a run directory or file, or --recipes/--models/--datasets")
     return EXIT_OK
 
 
@@ -225,10 +260,25 @@ COMMANDS = {
 }
 
 
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _os_error(err: OSError) -> str:
+    """``<path>: <what the system said>`` (both paths of a rename)."""
+    if err.filename is None:
+        return str(err)
+    where = os.fsdecode(err.filename)
+    if err.filename2 is not None:
+        where += f" -> {os.fsdecode(err.filename2)}"
+    return f"{where}: {err.strerror or err}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparseavg`` command; returns the exit code."""
     from ..data import DataUnavailableError
     from ..experiment import InsufficientDiskError, RunError, RunLockedError
+    from ..experiment.export import ExportError
+    from ..experiment.runinfo import RunDirError
     from ..pruning import MaskError
     from ..utils.files import CorruptFileError
 
@@ -246,13 +296,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         MaskError,
         CorruptFileError,
         RunLockedError,
-        FileNotFoundError,
+        RunDirError,
+        ExportError,
+        UsageError,
     ) as err:
         print(f"sparseavg: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except (RunError, InsufficientDiskError) as err:
         print(f"sparseavg: stopped: {err}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as err:  # a path too long, a file where a folder is expected, permissions
+        if err.errno in _DISK_FULL:
+            print(
+                f"sparseavg: stopped: {_os_error(err)}; free some space and run the same "
+                "command again to resume",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        print(f"sparseavg: error: {_os_error(err)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("sparseavg: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -204,8 +204,9 @@ def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = No
         weights = prunable_parameters(
             model, exclude_first=p.exclude_first, exclude_last=p.exclude_last, exclude=p.exclude
         )
-    except ValueError as err:
-        raise ConfigError(f"pruning: {err}") from None
+    except ValueError as err:  # "exclude pattern ... matches no prunable weight", or no layer
+        where = "pruning." if str(err).startswith("exclude") else "pruning: "
+        raise ConfigError(f"{where}{err}") from None
     names = list(weights)
     if not names:
         raise ConfigError("pruning: the exclusions leave no layer to prune")
@@ -223,7 +224,9 @@ def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = No
         config=config,
         recipe=recipe,
         plan=run_plan,
-        store=RunStore(RunDir(Path(runs_dir) / config.run_name()), run_plan.lineages),
+        store=RunStore(
+            RunDir(Path(runs_dir) / config.run_name(), run_id=config.digest()), run_plan.lineages
+        ),
         data=data,
         model=model,
         device=device,

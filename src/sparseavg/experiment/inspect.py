@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import torch
@@ -12,23 +11,21 @@ from ..pruning import Mask
 from ..recipes import resolve_config
 from ..utils.files import load_tensors
 from .report import find_runs, markdown_table
-from .rundir import RunDir
+from .runinfo import read_run
 
 
 def describe_run(run_dir: str | Path) -> str:
     """Config summary, progress (complete cycles, training ingredients) and the latest mask."""
-    rd = RunDir(run_dir)
-    if not rd.config_path.is_file():
-        raise FileNotFoundError(f"{rd.path}: not a run directory (no config.toml)")
-    config = tomllib.loads(rd.config_path.read_text())
-    cycles = int(config["pruning"]["cycles"]) + 1
-    complete = [c for c in range(cycles) if rd.is_complete(c)]
+    info = read_run(run_dir)
+    config, rd = info.config, info.rundir
+    t = config.train
+    cycles = config.pruning.cycles + 1
+    complete = info.complete_cycles()
     lines = [
         f"run       {rd.path}",
-        f"recipe    {config['recipe']}  seed {config['seed']}",
-        f"data      {config['data']['dataset']}  model {config['model']['name']}",
-        f"training  {config['train']['epochs']} epochs, batch {config['train']['batch_size']}, "
-        f"lr {config['train']['lr']} ({config['train']['schedule']}), swa {config['train']['swa']}",
+        f"recipe    {config.recipe}  seed {config.seed}",
+        f"data      {config.data.dataset}  model {config.model.name}",
+        f"training  {t.epochs} epochs, batch {t.batch_size}, lr {t.lr} ({t.schedule}), swa {t.swa}",
         f"cycles    {len(complete)}/{cycles} complete",
     ]
     lock = rd.path / "run.lock"
@@ -36,7 +33,8 @@ def describe_run(run_dir: str | Path) -> str:
         lines.append(f"lock      held by process {lock.read_text().strip()}")
     for ckpt in sorted(rd.path.rglob("checkpoint.pt")):
         payload = rd.load_checkpoint(ckpt)
-        lines.append(f"training  {ckpt.parent.relative_to(rd.path)} at step {payload['step']}")
+        step = payload.get("step", "?")
+        lines.append(f"training  {ckpt.parent.relative_to(rd.path)} at step {step}")
     masks = sorted(rd.path.glob("cycle_*/mask.safetensors")) or sorted(
         rd.path.glob("cycle_*/member_0/mask.safetensors")
     )

@@ -1,11 +1,15 @@
 """Read finished (or unfinished) run directories and turn them into a table, a plot and a report.
 
 A run directory holds ``config.toml`` and ``results.jsonl`` (one JSON object per evaluated
-model). Runs whose configs differ only in ``seed`` and in the ``[execution]`` table form one
-*group*; a group's numbers are the mean and sample standard deviation over its seeds.
+model), read through :mod:`.runinfo`: a damaged file or a config edited after the run started
+is refused with one message naming the file. Runs whose configs differ only in ``seed`` and in
+the ``[execution]`` table form one *group*; a group's numbers are the mean and sample standard
+deviation over its seeds.
 
-The *headline* of a run is the method's result per cycle: its ``"ensemble"`` rows if it has
-any (only the ``ensemble`` recipe writes them), otherwise its ``"combined"`` rows of lineage 0.
+The *headline* of a run is the method's result per cycle: the rows marked ``"headline": true``
+when the run's rows carry that key, otherwise (runs written before it) its ``"ensemble"`` rows
+if it has any (only the ``ensemble`` recipe writes them), otherwise its ``"combined"`` rows of
+lineage 0.
 
 This module only reads run directories and writes ``report.md`` and
 ``accuracy_vs_sparsity.png``; it needs neither torch nor a GPU. Every file it writes is written
@@ -20,34 +24,32 @@ import json
 import math
 import os
 import statistics
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import Config
 from ..utils.files import atomic_open, atomic_write_text
+from .runinfo import CONFIG_NAME, ROLES, read_results, read_run
 
 PathLike = str | os.PathLike[str]
 
-CONFIG_NAME = "config.toml"
-RESULTS_NAME = "results.jsonl"
 REPORT_NAME = "report.md"
 PLOT_NAME = "accuracy_vs_sparsity.png"
 
-ROLES = ("ensemble", "average", "reprune", "combined", "ingredient")
 MISSING = "–"
 
 # Keys left out of a group's identity: the seed and where/how it ran.
 _UNGROUPED_KEYS = ("seed", "execution")
-
 
 # -- loading ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RunResults:
-    """One run directory: its resolved config and its result rows (in file order)."""
+    """One run directory: its validated config (``settings``; ``config`` is the same as a
+    nested dict) and its result rows (in file order)."""
 
     path: Path
     name: str
@@ -55,6 +57,7 @@ class RunResults:
     seed: int
     config: dict[str, Any]
     rows: list[dict[str, Any]]
+    settings: Config
 
     @property
     def group_key(self) -> str:
@@ -74,64 +77,28 @@ def config_group_key(config: dict[str, Any]) -> str:
 
 
 def load_run(path: PathLike) -> RunResults:
-    """Read one run directory.
+    """Read one run directory through :func:`~sparseavg.experiment.runinfo.read_run`.
 
     A missing ``results.jsonl`` (or an empty one) gives a run with no rows: the run has not
     finished a cycle yet. Blank lines are skipped.
 
     Raises:
         FileNotFoundError: ``path`` has no ``config.toml``.
-        ValueError: ``config.toml`` is not valid TOML or lacks ``recipe``/``seed``, or a line of
-            ``results.jsonl`` is not a JSON object with ``cycle`` and ``role`` (the message
-            names the file and the line number).
+        ValueError: ``config.toml`` is damaged, fails the schema or was edited after the run
+            started, or a line of ``results.jsonl`` is not a result row (the message names the
+            file and the line number).
     """
-    run_dir = Path(path)
-    config_path = run_dir / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: no such file (not a run directory?)")
-    try:
-        config = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_path}: not valid TOML ({err})") from None
-    recipe = config.get("recipe")
-    if not isinstance(recipe, str) or not recipe:
-        raise ValueError(f"{config_path}: missing or non-string top-level key 'recipe'")
-    seed = config.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"{config_path}: missing or non-integer top-level key 'seed'")
-    rows = _read_rows(run_dir / RESULTS_NAME)
+    info = read_run(path)
+    config = info.config
     return RunResults(
-        path=run_dir, name=run_dir.name, recipe=recipe, seed=seed, config=config, rows=rows
+        path=info.path,
+        name=info.name,
+        recipe=config.recipe,
+        seed=config.seed,
+        config=config.to_dict(),
+        rows=read_results(info.path),
+        settings=config,
     )
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``results.jsonl``; ``[]`` if it does not exist."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err})") from None
-    rows: list[dict[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {number}: malformed JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}, line {number}: expected a JSON object")
-        cycle = row.get("cycle")
-        if not isinstance(cycle, int) or isinstance(cycle, bool):
-            raise ValueError(f"{path}, line {number}: missing or non-integer 'cycle'")
-        if row.get("role") not in ROLES:
-            raise ValueError(
-                f"{path}, line {number}: 'role' must be one of {ROLES}, not {row.get('role')!r}"
-            )
-        rows.append(row)
-    return rows
 
 
 def find_runs(paths: Sequence[PathLike]) -> list[RunResults]:
@@ -190,22 +157,18 @@ def _latest(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def headline_rows(run: RunResults) -> list[dict[str, Any]]:
     """The method's result per cycle, sorted by cycle.
 
-    The run's ``"ensemble"`` rows if it has any, otherwise its ``"combined"`` rows of lineage 0.
+    The rows marked ``"headline": true`` if any row of the run has a ``headline`` key;
+    otherwise (runs written before rows carried it) the run's ``"ensemble"`` rows if it has
+    any, else its ``"combined"`` rows of lineage 0.
     """
     rows = _latest(run.rows)
-    if any("headline" in r for r in rows):
-        return sorted((r for r in rows if r.get("headline")), key=lambda r: r["cycle"])
-    ensemble = [r for r in rows if r["role"] == "ensemble"]
-    if ensemble:
-        chosen = ensemble
+    if any("headline" in r for r in run.rows):
+        chosen = [r for r in rows if r.get("headline") is True]
+    elif any(r["role"] == "ensemble" for r in rows):
+        chosen = [r for r in rows if r["role"] == "ensemble"]
     else:
         chosen = [r for r in rows if r["role"] == "combined" and (r.get("lineage") or 0) == 0]
     return sorted(chosen, key=lambda r: r["cycle"])
-
-
-def _ingredient_rows(run: RunResults) -> list[dict[str, Any]]:
-    """The run's ingredient rows that took part in the combine (``dropped`` ones left out)."""
-    return [r for r in _latest(run.rows) if r["role"] == "ingredient" and not r.get("dropped")]
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -233,13 +196,15 @@ class Cell:
 
 @dataclass(frozen=True)
 class SummaryRow:
-    """One group x cycle x role.
+    """One group x cycle x series: the headline, or one role's other rows.
 
-    For ``"ensemble"`` and ``"combined"`` each seed contributes one value per cycle (the mean
-    over its lineages, which is lineage 0 alone except in the ``ensemble`` recipe), so ``n`` is
-    the number of seeds. For ``"ingredient"`` every non-dropped ingredient row of every seed
-    is one value, so ``n`` counts ingredient models. ``headline`` marks the group's method
-    result (its ``"ensemble"`` role if any run has one, else ``"combined"``).
+    Every row counts once: in the headline series (``headline`` true) if
+    :func:`headline_rows` picks it, else in the series of its role. A headline row's ``role``
+    is the role of the rows it summarises (joined by ``/`` should they differ). For every
+    series but ``"ingredient"`` each seed contributes one value per cycle (the mean over its
+    lineages, e.g. the members of the ``ensemble`` recipe), so ``n`` is the number of seeds.
+    For ``"ingredient"`` every non-dropped ingredient row of every seed is one value, so ``n``
+    counts ingredient models.
     """
 
     group: str
@@ -264,30 +229,16 @@ class _Group:
         return self.runs[0].recipe
 
     @property
-    def config(self) -> dict[str, Any]:
-        return self.runs[0].config
+    def settings(self) -> Config:
+        return self.runs[0].settings
 
     @property
     def seeds(self) -> list[int]:
         return sorted({r.seed for r in self.runs})
 
     @property
-    def headline_role(self) -> str:
-        marked = [r["role"] for run in self.runs for r in run.rows if r.get("headline")]
-        if marked:
-            return marked[0]
-        has_ensemble = any(r["role"] == "ensemble" for run in self.runs for r in run.rows)
-        return "ensemble" if has_ensemble else "combined"
-
-    @property
     def ingredient_count(self) -> int:
-        count = _get(self.config, "ingredients", "count")
-        return count if isinstance(count, int) else 1
-
-
-def _get(config: dict[str, Any], table: str, key: str) -> Any:
-    section = config.get(table)
-    return section.get(key) if isinstance(section, dict) else None
+        return self.settings.ingredients.count
 
 
 def _groups(runs: Sequence[RunResults]) -> list[_Group]:
@@ -310,9 +261,8 @@ def _groups(runs: Sequence[RunResults]) -> list[_Group]:
             continue
         detailed = {}
         for key in recipe_keys:
-            cfg = members[key][0].config
-            model = _get(cfg, "model", "name")
-            dataset = _get(cfg, "data", "dataset")
+            cfg = members[key][0].settings
+            model, dataset = cfg.model.name, cfg.data.dataset
             detailed[key] = f"{recipe} ({model}, {dataset})"
         counts = list(detailed.values())
         for key in recipe_keys:
@@ -329,49 +279,72 @@ def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+_Entry = tuple[float, float, int]  # accuracy, sparsity, seed
+
+
+def _seed_entries(rows: list[dict[str, Any]], seed: int) -> dict[int, _Entry]:
+    """One entry per cycle: the mean over the cycle's rows (its lineages)."""
+    per_cycle: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        per_cycle.setdefault(r["cycle"], []).append(r)
+    return {
+        cycle: (
+            _mean([_num(r.get("accuracy")) for r in rs]),
+            _mean([_num(r.get("sparsity")) for r in rs]),
+            seed,
+        )
+        for cycle, rs in per_cycle.items()
+    }
+
+
 def _group_summary(group: _Group) -> list[SummaryRow]:
-    headline = group.headline_role
-    out: list[SummaryRow] = []
-    for role in ROLES:
-        # cycle -> list of (accuracy, sparsity, seed)
-        values: dict[int, list[tuple[float, float, int]]] = {}
-        for run in group.runs:
-            if role == "ingredient":
-                for r in _ingredient_rows(run):
-                    entry = (_num(r.get("accuracy")), _num(r.get("sparsity")), run.seed)
-                    values.setdefault(r["cycle"], []).append(entry)
+    head: dict[int, list[_Entry]] = {}
+    head_roles: dict[int, set[str]] = {}
+    by_role: dict[str, dict[int, list[_Entry]]] = {role: {} for role in ROLES}
+    for run in group.runs:
+        chosen = headline_rows(run)
+        for cycle, entry in _seed_entries(chosen, run.seed).items():
+            head.setdefault(cycle, []).append(entry)
+        for r in chosen:
+            head_roles.setdefault(r["cycle"], set()).add(r["role"])
+        picked = {id(r) for r in chosen}
+        rest = [r for r in _latest(run.rows) if id(r) not in picked]
+        for role in ROLES:
+            of_role = [r for r in rest if r["role"] == role]
+            if role == "ingredient":  # every model that took part in the combine counts
+                for r in of_role:
+                    if not r.get("dropped"):
+                        entry = (_num(r.get("accuracy")), _num(r.get("sparsity")), run.seed)
+                        by_role[role].setdefault(r["cycle"], []).append(entry)
                 continue
-            per_cycle: dict[int, list[dict[str, Any]]] = {}
-            for r in _latest(run.rows):
-                if r["role"] == role:
-                    per_cycle.setdefault(r["cycle"], []).append(r)
-            for cycle, rows in per_cycle.items():
-                acc = _mean([_num(r.get("accuracy")) for r in rows])
-                spars = _mean([_num(r.get("sparsity")) for r in rows])
-                values.setdefault(cycle, []).append((acc, spars, run.seed))
-        for cycle in sorted(values):
-            entries = values[cycle]
-            out.append(
-                SummaryRow(
-                    group=group.label,
-                    key=group.key,
-                    recipe=group.recipe,
-                    cycle=cycle,
-                    role=role,
-                    headline=role == headline,
-                    accuracy=Cell.of([e[0] for e in entries]),
-                    sparsity=Cell.of([e[1] for e in entries]),
-                    seeds=tuple(sorted({e[2] for e in entries})),
-                )
-            )
+            for cycle, entry in _seed_entries(of_role, run.seed).items():
+                by_role[role].setdefault(cycle, []).append(entry)
+
+    def row(cycle: int, role: str, headline: bool, entries: list[_Entry]) -> SummaryRow:
+        return SummaryRow(
+            group=group.label,
+            key=group.key,
+            recipe=group.recipe,
+            cycle=cycle,
+            role=role,
+            headline=headline,
+            accuracy=Cell.of([e[0] for e in entries]),
+            sparsity=Cell.of([e[1] for e in entries]),
+            seeds=tuple(sorted({e[2] for e in entries})),
+        )
+
+    out = [row(c, "/".join(sorted(head_roles[c])), True, head[c]) for c in sorted(head)]
+    for role in ROLES:
+        out += [row(c, role, False, by_role[role][c]) for c in sorted(by_role[role])]
     return out
 
 
 def summarize(runs: Sequence[RunResults]) -> list[SummaryRow]:
     """Mean/std of accuracy and sparsity per group x cycle x role.
 
-    Rows come grouped (groups in order of first appearance), then by role (``ensemble``,
-    ``combined``, ``ingredient``), then by cycle. Runs without rows contribute nothing.
+    Rows come grouped (groups in order of first appearance), then the headline series, then
+    each role's other rows (in the order of :data:`ROLES`), each by cycle. Runs without rows
+    contribute nothing.
     """
     out: list[SummaryRow] = []
     for group in _groups(runs):
@@ -581,11 +554,10 @@ def plot_accuracy_vs_sparsity(runs: Sequence[RunResults], path: PathLike) -> Non
 
 def _context(runs: Sequence[RunResults]) -> str:
     """``" (model, dataset)"`` when all runs share them, else ``""``."""
-    pairs = {(_get(r.config, "model", "name"), _get(r.config, "data", "dataset")) for r in runs}
+    pairs = {(r.settings.model.name, r.settings.data.dataset) for r in runs}
     if len(pairs) == 1:
         model, dataset = next(iter(pairs))
-        if model is not None and dataset is not None:
-            return f" ({model}, {dataset})"
+        return f" ({model}, {dataset})"
     return ""
 
 
@@ -595,14 +567,10 @@ def _context(runs: Sequence[RunResults]) -> str:
 def budget_lines(runs: Sequence[RunResults]) -> list[str]:
     """One line per group: ``label: epochs=…, ingredients=…, cycles=…, seeds=[…]``."""
 
-    def show(value: Any) -> str:
-        return "?" if value is None else str(value)
-
     lines = []
     for g in _groups(runs):
-        epochs = show(_get(g.config, "train", "epochs"))
-        count = show(_get(g.config, "ingredients", "count"))
-        cycles = show(_get(g.config, "pruning", "cycles"))
+        c = g.settings
+        epochs, count, cycles = c.train.epochs, c.ingredients.count, c.pruning.cycles
         lines.append(
             f"{g.label}: epochs={epochs}, ingredients={count}, cycles={cycles}, seeds={g.seeds}"
         )

@@ -74,10 +74,16 @@ def sha256_file(path: Path) -> str:
 
 
 class RunDir:
-    """Paths and atomic I/O of one run directory."""
+    """Paths and atomic I/O of one run directory.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    ``run_id`` (the config's :meth:`~sparseavg.config.Config.digest`) is written into every
+    manifest, and a manifest that names another run is refused: a cycle folder copied in from
+    another run directory is never taken for this run's.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], run_id: str | None = None) -> None:
         self.path = Path(path)
+        self.run_id = run_id
 
     # -- paths --------------------------------------------------------------------------------
     @property
@@ -157,7 +163,7 @@ class RunDir:
     def read_json(path: Path) -> Any:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CorruptFileError(f"{path}: not valid JSON ({err})") from None
 
     @staticmethod
@@ -176,7 +182,8 @@ class RunDir:
 
     # -- manifests ----------------------------------------------------------------------------
     def write_manifest(self, directory: Path) -> None:
-        """Checksum every file below ``directory`` (checkpoints excluded) into its manifest."""
+        """Checksum every file below ``directory`` (checkpoints excluded) into its manifest,
+        with this run's ``run_id`` when it has one."""
         entries = {}
         for p in sorted(directory.rglob("*")):
             if (
@@ -186,11 +193,26 @@ class RunDir:
                 and (p.suffix != ".pt")
             ):
                 entries[str(p.relative_to(directory))] = sha256_file(p)
-        self.write_json(directory / MANIFEST, {"files": entries})
+        manifest: dict[str, Any] = {"files": entries}
+        if self.run_id:
+            manifest["run_id"] = self.run_id
+        self.write_json(directory / MANIFEST, manifest)
 
     def verify_manifest(self, directory: Path) -> None:
-        """Refuse a complete cycle whose files are missing or changed since it finished."""
-        manifest = self.read_json(directory / MANIFEST)
+        """Refuse a complete cycle whose files are missing or changed since it finished, or
+        whose manifest names another run than ``run_id`` (manifests without one, written
+        before run ids were recorded, are accepted)."""
+        path = directory / MANIFEST
+        manifest = self.read_json(path)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+            raise CorruptFileError(f"{path}: not a sparseavg manifest")
+        theirs = manifest.get("run_id")
+        if theirs and self.run_id and theirs != self.run_id:
+            raise CorruptFileError(
+                f"{directory}: its manifest names run {str(theirs)[:8]}, not this run "
+                f"({self.run_id[:8]}): the folder was copied in from another run directory; "
+                "remove it, and the same command recomputes it"
+            )
         for rel, digest in manifest.get("files", {}).items():
             p = directory / rel
             if not p.is_file():

@@ -9,7 +9,6 @@ when its output exists: that is how a run resumes.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from typing import Any
 from ..config import Config, ConfigError, to_toml
 from ..pruning import Mask
 from ..training import TrainState
-from ..utils.files import CorruptFileError, atomic_write_text
+from ..utils.files import atomic_write_text
 from ..utils.state import State
 from .rundir import RunDir
+from .runinfo import read_run_config
 
 
 @dataclass(frozen=True)
@@ -146,17 +146,11 @@ class RunStore:
         Returns whether the run resumes."""
         rd = self.rundir
         resuming = rd.config_path.exists()
-        if resuming:
-            try:
-                on_disk = tomllib.loads(rd.config_path.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-                raise CorruptFileError(f"{rd.config_path}: not valid TOML ({err})") from None
-            on_disk.pop("execution", None)
-            if on_disk != config.to_dict(hashed_only=True):
-                raise ConfigError(
-                    f"{rd.config_path} holds another config than this run's; not resuming "
-                    "(use another --runs-dir, or remove that directory)"
-                )
+        if resuming and read_run_config(rd.path).digest() != config.digest():
+            raise ConfigError(
+                f"{rd.config_path} holds another config than this run's; not resuming "
+                "(use another --runs-dir, or remove that directory)"
+            )
         for cycle in range(cycles):
             if self.is_complete(cycle):
                 rd.verify_manifest(rd.cycle_dir(cycle))

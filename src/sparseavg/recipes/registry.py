@@ -278,8 +278,6 @@ def check_config(config: Config) -> None:
         raise ConfigError(
             f"ingredients.values has {len(ing.values)} entries; ingredients.count is {ing.count}"
         )
-    if any(v <= 0 for v in ing.values):
-        raise ConfigError(f"ingredients.values must be positive factors, got {ing.values}")
     if config.recipe in ("gmp", "one-shot") and p.target_sparsity <= 0:
         raise ConfigError(f"recipe {config.recipe} needs pruning.target_sparsity in (0, 1)")
     if config.recipe == "gmp" and p.gmp_end <= p.gmp_start:
@@ -291,12 +289,6 @@ def check_config(config: Config) -> None:
             "ingredients.seed_per_ingredient only matters when ingredients.vary is "
             "weight_decay, lr or length (vary = 'seed' gives every ingredient its own seed)"
         )
-    for pattern, value in p.layer_fractions.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ConfigError(
-                f"pruning.layer_fractions[{pattern!r}]: expected a fraction in [0, 1), "
-                f"got {value!r}"
-            )
     if p.masks_from and p.method == "random":
         raise ConfigError(
             "pruning.masks_from takes its masks from another run; pruning.method = 'random' "

@@ -52,20 +52,20 @@ def base_settings(config: Config) -> TrainSettings:
     return TrainSettings(
         epochs=t.epochs,
         batch_size=t.batch_size,
-        optimizer=t.optimizer,  # type: ignore[arg-type]
+        optimizer=t.optimizer,
         lr=t.lr,
         momentum=t.momentum,
         nesterov=t.nesterov,
         weight_decay=t.weight_decay,
-        schedule=t.schedule,  # type: ignore[arg-type]
+        schedule=t.schedule,
         warmup=t.warmup,
         milestones=tuple(t.milestones),
         gamma=t.gamma,
         swa_start=t.swa_start if t.swa else None,
         swa_lr=t.swa_lr,
-        swa_schedule=t.swa_schedule,  # type: ignore[arg-type]
+        swa_schedule=t.swa_schedule,
         augment=t.augment,
-        precision=t.precision,  # type: ignore[arg-type]
+        precision=t.precision,
         channels_last=t.channels_last,
     )
 
@@ -86,7 +86,7 @@ def retrain_settings(config: Config) -> TrainSettings:
     return replace(
         base,
         epochs=max(1, round((p.retrain_epochs or base.epochs) * config.ingredients.length_factor)),
-        schedule=kind,  # type: ignore[arg-type]
+        schedule=kind,
         lr=p.retrain_lr or base.lr,
         warmup=0.0,
         original=base if kind in ("ft", "lrw", "slr", "clr") else None,

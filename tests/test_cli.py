@@ -1,0 +1,57 @@
+"""The command line's help and its error paths that the bad-input table cannot reach."""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import re
+
+from fake_runs import make_run
+from sparseavg.config import field_specs
+from sparseavg.recipes import RECIPES
+
+cli = importlib.import_module(
+    "sparseavg.cli.main"
+)  # the module (sparseavg.cli.main is the function)
+
+
+def test_run_help_lists_every_field_with_its_default_and_what_it_accepts(capsys):
+    assert cli.main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    for spec in field_specs():
+        assert re.search(
+            rf"^  {re.escape(spec.key)} = .* {re.escape(spec.allowed)}$", out, re.M
+        ) or (spec.key == "recipe"), spec.key
+    lines = out.splitlines()
+    assert '  train.optimizer = "sgd"                    sgd|adam|adamw' in lines
+    assert "  pruning.fraction = 0.2                     number in (0, 1)" in lines
+    assert "  ingredients.count = 1                      integer in [1, inf)" in lines
+    assert "  train.milestones = [0.5, 0.75]             list of numbers in (0, 1)" in lines
+    assert '  recipe = "imp"                             ' + "|".join(RECIPES) in lines
+    i = lines.index("  pruning.fraction = 0.2                     number in (0, 1)")
+    assert lines[i + 1] == "      share of the surviving weights removed per cycle (0.2 keeps 80 %)"
+
+
+def test_a_full_disk_stops_with_exit_1_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    from sparseavg.experiment import report
+
+    def no_space(runs, out):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "report.md"))
+
+    monkeypatch.setattr(report, "write_report", no_space)
+    make_run(tmp_path / "runs")
+    assert cli.main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"sparseavg: stopped: {tmp_path}/rep/report.md: No space left on device; free some "
+        "space and run the same command again to resume\n"
+    )
+
+
+def test_other_os_errors_name_both_paths(tmp_path, capsys, monkeypatch):
+    def denied(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "/a/x.tmp", None, "/a/x")
+
+    monkeypatch.setitem(cli.COMMANDS, "report", denied)
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "sparseavg: error: /a/x.tmp -> /a/x: Permission denied\n"
