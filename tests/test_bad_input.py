@@ -1163,3 +1163,21 @@ def test_print_config_is_a_positive_control(sandbox, capsys):
     assert 'recipe = "imp"' in out
     assert not runs.exists()
     assert _files(sandbox) == before
+
+
+def test_a_closed_stdout_stops_quietly(tmp_path):
+    """`sparseavg ... | head -1`: no error line and no traceback when the reader goes away."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparseavg", "inspect", "--recipes"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from ..config import ConfigError, field_specs, merge, parse_override, read_toml, toml_value
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool cut off by `| head`
 
 
 class UsageError(ValueError):
@@ -305,6 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RunError, InsufficientDiskError) as err:
         print(f"sparseavg: stopped: {err}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as Unix tools do
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as err:  # a path too long, a file where a folder is expected, permissions
         if err.errno in _DISK_FULL:
             print(
