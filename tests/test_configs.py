@@ -60,3 +60,19 @@ def test_demo_config_matches_demo(recipe: str) -> None:
     assert config.digest() == demo.digest()
     assert config.run_name() == demo.run_name()
     assert config == demo  # the execution table too
+
+
+def test_masks_from_names_the_run_of_another_config() -> None:
+    """The lottery-ticket controls read the masks of a run another config writes: its name
+    (which hashes the config) must stay in step with that config."""
+    names = {f"runs/{resolve_config(read_toml(p)).run_name()}": p.name for p in CONFIG_FILES}
+    sources = {}
+    for path in CONFIG_FILES:
+        masks_from = resolve_config(read_toml(path)).pruning.masks_from
+        if masks_from:
+            assert masks_from in names, f"{path.name}: {masks_from} is no config's run"
+            sources[path.name] = names[masks_from]
+    assert sources == {
+        "reinit-mnist-lenet.toml": "imp-mnist-lenet.toml",
+        "shuffle-mnist-lenet.toml": "imp-mnist-lenet.toml",
+    }
