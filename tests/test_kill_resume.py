@@ -90,15 +90,17 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
         )
         name = "checkpoint.pt" if attempt % 2 else None
         deadline = time.monotonic() + 120
-        while proc.poll() is None and not _new(before, runs, name):
-            assert time.monotonic() < deadline, "no progress in 120 s"
-            time.sleep(0.01)
-        if name is None:
-            time.sleep(rng.uniform(0.0, 1.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        try:
+            while proc.poll() is None and not _new(before, runs, name):
+                assert time.monotonic() < deadline, "no progress in 120 s"
+                time.sleep(0.01)
+            if name is None:
+                time.sleep(rng.uniform(0.0, 1.0))
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
         if runs.exists() and any(runs.iterdir()):
             run = only_run(runs)
             _check_every_file_is_whole(run)
