@@ -3,7 +3,14 @@ import torch
 from torch import nn
 
 from helpers import tiny_net, tiny_split
-from sparseavg.averaging import evaluate_ensemble, greedy_soup, recalibrate_bn, uniform_average
+from sparseavg.averaging import (
+    ensemble_probabilities,
+    evaluate_ensemble,
+    greedy_soup,
+    recalibrate_bn,
+    uniform_average,
+)
+from sparseavg.data import Augmentation
 from sparseavg.pruning import Mask, magnitude_prune, prunable_parameters
 from sparseavg.training import TrainSettings, evaluate, train
 
@@ -28,6 +35,12 @@ def test_average_of_masked_states_keeps_exact_zeros():
     avg = uniform_average(states, mask=mask)
     for name in mask:
         assert torch.equal(avg[name][~mask[name]], torch.zeros_like(avg[name][~mask[name]]))
+    # states that break the mask: their average is multiplied by it, pruned entries exactly 0
+    dense = [tiny_net(seed).state_dict() for seed in range(4)]
+    forced, plain = uniform_average(dense, mask=mask), uniform_average(dense)
+    for name in mask:
+        assert torch.equal(forced[name], plain[name] * mask[name])
+        assert int((forced[name] == 0).sum()) == int((~mask[name]).sum())
     expected = torch.stack([s["fc.weight"] for s in states]).mean(0)
     assert torch.allclose(avg["fc.weight"], expected, atol=1e-7)
     weighted = uniform_average(states[:2], weights=[3.0, 1.0])
@@ -53,7 +66,6 @@ def test_recalibrated_bn_equals_the_statistics_computed_directly():
     torch.manual_seed(0)
     model = nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 2))
     model[0].running_mean.fill_(5.0)
-    data = tiny_split(n=256)
     from sparseavg.data import Split
 
     x = torch.randn(256, 3) * torch.tensor([1.0, 2.0, 3.0]) + torch.tensor([1.0, -1.0, 0.5])
@@ -80,6 +92,7 @@ def test_recalibration_with_momentum_and_augmentation_as_the_sms_code():
     torch.manual_seed(0)
     model = nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 2))
     model[0].momentum = 0.5  # restored afterwards
+    model[0].running_mean.fill_(-7.0)  # reset before the first batch
     x = torch.randn(192, 3) + torch.tensor([4.0, -2.0, 1.0])
     data = Split(x, torch.zeros(192, dtype=torch.long))
     model.eval()
@@ -102,6 +115,22 @@ def test_recalibration_with_momentum_and_augmentation_as_the_sms_code():
         recalibrate_bn(m, data, batch_size=64, momentum=0.1, generator=g)
     assert torch.equal(shuffled[0][0].running_mean, shuffled[1][0].running_mean)
     assert not torch.allclose(shuffled[0][0].running_mean, expected, atol=1e-6)
+    # augment=True: each batch is augmented as in training, from the same generator
+    seq = Split(
+        torch.randn(128, 3, 6) + 2.0,
+        torch.zeros(128, dtype=torch.long),
+        Augmentation(crop_padding=2),
+    )
+    augmented, plain = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    for bn, augment in ((augmented, True), (plain, False)):
+        g = torch.Generator().manual_seed(4)
+        recalibrate_bn(bn, seq, batch_size=64, momentum=0.1, augment=augment, generator=g)
+    g = torch.Generator().manual_seed(4)
+    expected = torch.zeros(3)
+    for xb, _ in seq.batches(64, generator=g, augment=True):
+        expected = 0.9 * expected + 0.1 * xb.mean(dim=(0, 2))
+    assert torch.allclose(augmented.running_mean, expected, atol=1e-6)
+    assert not torch.allclose(plain.running_mean, expected, atol=1e-3)
 
 
 def test_greedy_soup_adds_best_first_and_respects_the_accept_rule():
@@ -129,3 +158,14 @@ def test_ensemble_of_identical_models_equals_the_model():
     ens = evaluate_ensemble([model, model], data, batch_size=16)
     assert ens.accuracy == single.accuracy
     assert ens.loss == pytest.approx(single.loss, rel=1e-5)
+    # of different members: the mean of their probabilities, not of their logits
+    other = tiny_net(seed=1)
+    other.eval()
+    model.eval()
+    with torch.no_grad():
+        p, q = model(data.x).softmax(1), other(data.x).softmax(1)
+    mixed = ensemble_probabilities([model, other], data, batch_size=16)
+    assert torch.allclose(mixed, (p + q) / 2, atol=1e-6)
+    with torch.no_grad():
+        logit_mean = ((model(data.x) + other(data.x)) / 2).softmax(1)
+    assert not torch.allclose(mixed, logit_mean, atol=1e-4)

@@ -68,6 +68,11 @@ def test_augment_uses_the_generator_and_only_when_asked() -> None:
     plain = xs(0, False)
     assert torch.equal(plain, s.x[torch.randperm(16, generator=torch.Generator().manual_seed(0))])
     assert torch.equal(xs(0, True), xs(0, True))
+    # the same generator draws the order, then each batch's augmentation
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(16, generator=g)
+    replay = torch.cat([s.augmentation(s.x[idx], g) for idx in order.split(4)])
+    assert torch.equal(xs(0, True), replay)
     assert not torch.equal(xs(0, True), plain)
     # without a generator there is no randomness: augment is ignored
     assert torch.equal(torch.cat([x for x, _ in s.batches(4, augment=True)]), s.x)
@@ -93,6 +98,8 @@ def test_carve_validation_deterministic_disjoint_exact() -> None:
     assert not torch.equal(val.y, carve_validation(s, 0.2, seed=4)[1].y)
     perm = torch.randperm(101, generator=torch.Generator().manual_seed(3))
     assert v == set(perm[:20].tolist())
+    # each part keeps the samples' original order
+    assert val.y.tolist() == sorted(v) and train.y.tolist() == sorted(t)
     assert train.augmentation == Augmentation(crop_padding=1)
     assert not val.augmentation.enabled
     with pytest.raises(ValueError):
@@ -112,6 +119,14 @@ def test_loader_split() -> None:
     assert order(None) == list(range(n))
     assert order(5) == order(5) != list(range(n))
     assert sorted(order(5)) == list(range(n))
+    assert order(5) != order(6)  # the order comes from the generator, not a fixed seed
     assert [len(y) for _, y in src.batches(4, drop_last=True)] == [4, 4]
     x, y = next(src.batches(4))
     assert y.dtype == torch.int64 and x.shape == (4, 1)
+    # the augmented dataset serves batches only when augment=True comes with a generator
+    shifted = TensorDataset(torch.arange(n, dtype=torch.float32).view(n, 1) + 100, torch.arange(n))
+    both = LoaderSplit(ds, augmented=shifted)
+    for augment, seed, offset in ((True, 5, 100), (False, 5, 0), (True, None, 0)):
+        g = None if seed is None else torch.Generator().manual_seed(seed)
+        for x, y in both.batches(4, generator=g, augment=augment):
+            assert torch.equal(x[:, 0], y.float() + offset)

@@ -72,6 +72,15 @@ def test_layerwise_prunes_each_layer_by_the_fraction():
     new = magnitude_prune(w, Mask.ones_like(w), 0.3, scope="layerwise")
     assert int(new["a.weight"].sum()) == 70 - 21
     assert int(new["b.weight"].sum()) == 60 - 18
+    # on these weights global pruning happens to give the same counts; with b 10 times larger
+    # it takes 36 from a and 3 from b, layerwise still 21 and 18, the smallest of each layer
+    scaled = dict(w, **{"b.weight": w["b.weight"] * 10})
+    ones = Mask.ones_like(w)
+    assert [int(m.sum()) for m in magnitude_prune(scaled, ones, 0.3).values()] == [34, 57]
+    new = magnitude_prune(scaled, ones, 0.3, scope="layerwise")
+    assert [int(m.sum()) for m in new.values()] == [70 - 21, 60 - 18]
+    for n, t in scaled.items():
+        assert t.abs()[~new[n]].max() < t.abs()[new[n]].min()
 
 
 def test_ties_are_broken_by_position():
@@ -113,8 +122,18 @@ def test_mask_counts_report_and_roundtrip(tmp_path):
     rows = {r.name: r for r in mask.report()}
     assert rows["a.weight"].alive + rows["b.weight"].alive == 104
     assert "total" in mask.format_report()
+    lines = [line.split() for line in mask.format_report().splitlines()]
+    assert lines[1:] == [
+        ["a.weight", "10x7", "58", "70", "17.14%"],
+        ["b.weight", "3x4x5", "46", "60", "23.33%"],
+        ["total", "104", "130", "20.00%"],
+    ]
     mask.save(tmp_path / "m.safetensors")
     assert Mask.load(tmp_path / "m.safetensors") == mask
+    # Mask equality ignores order; the file keeps the model order, not safetensors' sorted one
+    unsorted = Mask({n: mask[n] for n in reversed(list(mask))})
+    unsorted.save(tmp_path / "u.safetensors")
+    assert list(Mask.load(tmp_path / "u.safetensors")) == ["b.weight", "a.weight"]
 
 
 def test_bad_masks_are_refused_with_their_name(tmp_path):
@@ -142,6 +161,7 @@ def test_apply_zeroes_pruned_weights():
     mask.apply_(model)
     for n, p in params.items():
         assert int((p == 0).sum()) == int((~mask[n]).sum())
+        assert torch.equal(p == 0, ~mask[n])  # exactly the pruned positions
 
 
 def test_fraction_schedules():
@@ -183,6 +203,7 @@ def test_shuffle_within_layers_keeps_each_layers_count_at_random_positions():
     assert shuffled != mask
     again = shuffle_within_layers(mask, generator=torch.Generator().manual_seed(1))
     assert again == shuffled
+    assert shuffle_within_layers(mask, generator=torch.Generator().manual_seed(2)) != shuffled
 
 
 def test_exclude_patterns_must_match_a_prunable_weight():

@@ -30,3 +30,9 @@ def test_readme_lists_every_config_field():
     text = README.read_text()
     for key, default, _ in field_help():
         assert f"| `{key}` | `{default}` |" in text, key
+    # and nothing else: the table under "Config fields" is exactly the fields, in order (an
+    # empty field_help would pass the loop above)
+    table = text.split("### Config fields\n\n", 1)[1].split("\n\n")[0]
+    rows = re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", table, flags=re.M)
+    assert len(rows) == len(table.splitlines()) - 2  # every row but the two header lines
+    assert rows == [(key, default) for key, default, _ in field_help()]

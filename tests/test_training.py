@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from helpers import tiny_net, tiny_split
 from sparseavg.pruning import Mask, magnitude_prune, prunable_parameters
@@ -12,6 +13,7 @@ from sparseavg.training import (
     learning_rate,
     train,
 )
+from sparseavg.utils.seeding import make_generator
 from sparseavg.utils.state import clone_state
 
 
@@ -95,7 +97,9 @@ def test_swa_is_the_mean_of_one_snapshot_per_epoch_from_swa_start():
 
 
 def test_rewind_state_is_the_weights_after_rewind_step_steps():
-    settings = TrainSettings(epochs=2, batch_size=16, lr=0.05)
+    # no momentum: it restarts at 0 at start_step, so only without it can the continued run
+    # below end exactly where the uninterrupted one does
+    settings = TrainSettings(epochs=2, batch_size=16, lr=0.05, momentum=0.0)
     a = tiny_net()
     full = train(a, tiny_split(), settings, seed=2, rewind_step=4)
     b = tiny_net()
@@ -108,6 +112,8 @@ def test_rewind_state_is_the_weights_after_rewind_step_steps():
     c.load_state_dict(short.state)
     cont = train(c, tiny_split(), settings, seed=2, start_step=4)
     assert cont.steps == 12
+    for k in full.state:  # steps 4..11 with the batches and learning rates of those steps
+        assert torch.equal(cont.state[k], full.state[k]), k
 
 
 def test_divergence_is_detected_with_its_step():
@@ -161,15 +167,42 @@ def test_evaluate_counts_exactly():
     assert math.isclose(result.loss, expected, rel_tol=1e-5)
 
 
+def _two_conv_net() -> tuple[nn.Module, Mask]:
+    """tiny_net's conv has one input channel, where channels-last is the default layout; a
+    second conv (4 -> 4 channels) has a weight whose layout channels-last really changes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 3),
+    )
+    params = prunable_parameters(model)
+    mask = magnitude_prune(params, Mask.ones_like(params), 0.5)
+    mask.apply_(model)
+    return model, mask
+
+
 def test_bf16_and_channels_last_train_and_keep_the_mask():
-    model, mask = _pruned_net()
+    model, mask = _two_conv_net()
     settings = TrainSettings(epochs=1, batch_size=16, precision="bf16", channels_last=True)
     result = train(model, tiny_split(), settings, seed=0, mask=mask)
-    w = result.state["conv.weight"]
-    assert torch.equal(w[~mask["conv.weight"]], torch.zeros_like(w[~mask["conv.weight"]]))
+    for name in mask:
+        w = result.state[name]
+        assert torch.equal(w[~mask[name]], torch.zeros_like(w[~mask[name]])), name
     assert all(
         torch.isfinite(t).all() for t in clone_state(model).values() if t.is_floating_point()
     )
+    # both settings took effect: the weights are channels-last, and the run differs from the
+    # same channels-last run in fp32
+    conv = model[3].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    fp32_model, _ = _two_conv_net()
+    fp32_settings = TrainSettings(epochs=1, batch_size=16, channels_last=True)
+    fp32 = train(fp32_model, tiny_split(), fp32_settings, seed=0, mask=mask)
+    assert not torch.equal(fp32.state["5.weight"], result.state["5.weight"])
 
 
 class _RecordingSchedule:
@@ -195,6 +228,15 @@ def test_a_mask_schedule_sees_the_dense_gradients_of_each_epochs_last_step():
         assert set(grads) == set(mask)
         pruned = grads["fc.weight"][~mask["fc.weight"]]
         assert (pruned != 0).any()  # the gradients of pruned weights, before masking
+    # epoch 1's are those of its 10th batch at the weights after 9 steps
+    probe, _ = _pruned_net()
+    train(probe, tiny_split(n=80), settings, seed=0, mask=mask, stop_step=9)
+    probe.zero_grad(set_to_none=True)
+    g = make_generator(0, "epoch", 0)
+    x, y = list(tiny_split(n=80).batches(8, generator=g, augment=True, drop_last=True))[9]
+    torch.nn.functional.cross_entropy(probe(x), y).backward()
+    for name, grad in schedule.seen[0][1].items():
+        assert torch.equal(grad, probe.get_parameter(name).grad), name
     w = result.state["fc.weight"]
     assert torch.equal(w[~mask["fc.weight"]], torch.zeros_like(w[~mask["fc.weight"]]))
     with pytest.raises(ValueError, match="needs a mask"):
