@@ -4,7 +4,7 @@ The library layers (import them into an existing training loop; none touches dis
 ``Mask.save``/``Mask.load``):
 
 - pruning: :class:`Mask`, :func:`prunable_parameters`, :func:`magnitude_prune`,
-  :func:`random_prune`
+  :func:`random_prune`, :func:`shuffle_within_layers`, :class:`GradualMagnitudePruning`
 - training: :func:`train` (masked SGD/Adam with SWA, rewind capture, resume),
   :class:`TrainSettings`, :func:`evaluate`
 - averaging: :func:`uniform_average`, :func:`greedy_soup`, :func:`recalibrate_bn`,
@@ -28,13 +28,16 @@ from .data import Dataset, Split, available_datasets, load_dataset
 from .experiment import run
 from .models import available_models, build_model, count_parameters
 from .pruning import (
+    GradualMagnitudePruning,
     Mask,
     MaskError,
+    MaskSchedule,
     fraction_per_cycle,
     magnitude_prune,
     magnitude_prune_to,
     prunable_parameters,
     random_prune,
+    shuffle_within_layers,
 )
 from .recipes import RECIPES, resolve_config
 from .training import (
@@ -57,9 +60,11 @@ __all__ = [
     "Dataset",
     "DivergenceError",
     "Evaluation",
+    "GradualMagnitudePruning",
     "Mask",
     "MaskEnforcer",
     "MaskError",
+    "MaskSchedule",
     "SoupResult",
     "Split",
     "TrainResult",
@@ -83,6 +88,7 @@ __all__ = [
     "recalibrate_bn",
     "resolve_config",
     "run",
+    "shuffle_within_layers",
     "train",
     "uniform_average",
 ]
