@@ -180,3 +180,18 @@ def test_averaged_recalibration_leaves_single_models_alone(tmp_path, monkeypatch
     run = tiny_run(tmp_path, {"recipe": "imp"})  # bn.recalibrate = "averaged"
     trained = calls.ingredients()[-1]["result"].state
     assert _same(load_tensors(run / "cycle_01/combined.safetensors"), trained)
+
+
+def test_recalibrate_never_keeps_the_averaged_statistics(tmp_path):
+    run = tiny_run(
+        tmp_path, {"recipe": "swamp", "ingredients": {"count": 2}, "bn": {"recalibrate": "never"}}
+    )
+    finals = [load_tensors(run / f"cycle_01/ingredient_{k}/final.safetensors") for k in (0, 1)]
+    combined = load_tensors(run / "cycle_01/combined.safetensors")
+    key = "features.7.running_var"  # after two nonlinear layers
+    assert torch.allclose(combined[key], (finals[0][key] + finals[1][key]) / 2, atol=1e-7)
+    # and the default recalibrates the average: its statistics are not the averaged ones
+    run = tiny_run(tmp_path / "default", {"recipe": "swamp", "ingredients": {"count": 2}})
+    finals = [load_tensors(run / f"cycle_01/ingredient_{k}/final.safetensors") for k in (0, 1)]
+    combined = load_tensors(run / "cycle_01/combined.safetensors")
+    assert not torch.allclose(combined[key], (finals[0][key] + finals[1][key]) / 2, rtol=1e-2)
