@@ -725,6 +725,11 @@ CASES = [
         "train.milestones[0]", "1.5", "is outside (0, 1)",
     ),
     case(
+        "layer-fractions-pattern-matches-nothing",
+        run(*s('pruning.layer_fractions={"fc9.*" = 0.1}'), *TINY),
+        "pruning.layer_fractions pattern 'fc9.*' matches no prunable weight", "fc.weight",
+    ),
+    case(
         "layer-fraction-1",
         run(*s('pruning.layer_fractions={"fc.weight" = 1.0}')),
         "pruning.layer_fractions.fc.weight", "1.0", "is outside [0, 1)",

@@ -193,6 +193,8 @@ def test_layer_fractions_prune_matching_layers_on_their_own():
     assert [int(rnd[n].sum()) for n in rnd] == [int(mask[n].sum()) for n in mask]
     with pytest.raises(ValueError, match="fraction"):
         magnitude_prune(w, ones, 0.5, layer_fractions={"b.*": 1.0})
+    with pytest.raises(ValueError, match=r"'c\.\*' matches no prunable weight"):
+        magnitude_prune(w, ones, 0.5, layer_fractions={"c.*": 0.1})
 
 
 def test_shuffle_within_layers_keeps_each_layers_count_at_random_positions():

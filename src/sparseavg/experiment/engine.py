@@ -13,7 +13,6 @@ it and ends with the same results.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import time
 from collections.abc import Sequence
@@ -57,6 +56,7 @@ from ..utils.seeding import derive_seed, make_generator
 from ..utils.state import State, clone_state
 from .progress import NullReporter, Reporter
 from .rundir import RunDir
+from .runinfo import RunDirError, RunInfo, read_run
 from .store import IngredientFiles, LineageFiles, Outcome, RunStore
 
 
@@ -171,7 +171,7 @@ class Context:
     prunable: list[str]
     pretrained: State | None
     initial_mask: Mask | None
-    source: RunDir | None = None
+    source: RunInfo | None = None
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
@@ -210,7 +210,6 @@ def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = No
     names = list(weights)
     if not names:
         raise ConfigError("pruning: the exclusions leave no layer to prune")
-    _check_layer_fractions(config, names)
     pretrained = (
         load_pretrained(config.model.pretrained, model) if config.model.pretrained else None
     )
@@ -240,20 +239,16 @@ def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = No
     )
 
 
-def _check_layer_fractions(config: Config, names: list[str]) -> None:
-    for pattern in config.pruning.layer_fractions:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise ConfigError(
-                f"pruning.layer_fractions: {pattern!r} matches no prunable weight "
-                f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
-            )
-
-
 def _check_weights_survive(config: Config, sizes: dict[str, int], initial: Mask | None) -> None:
-    """Refuse a pruning schedule that leaves a ranked group of layers with no weight alive."""
+    """Refuse a pruning schedule that leaves a ranked group of layers with no weight alive, or
+    whose ``layer_fractions`` name no prunable weight."""
     p = config.pruning
     alive = {n: int(initial[n].sum()) if initial is not None else size for n, size in sizes.items()}
     names = list(sizes)
+    try:
+        groups = pruning_groups(names, config.prune_fraction, p.scope, p.layer_fractions)
+    except ValueError as err:  # a layer_fractions pattern that matches no prunable weight
+        raise ConfigError(f"pruning.{err}") from None
     if p.cycles == 0:  # gradual pruning reaches target_sparsity within one run
         for group, _ in pruning_groups(names, 0.0, p.scope):
             total = sum(sizes[n] for n in group)
@@ -263,7 +258,7 @@ def _check_weights_survive(config: Config, sizes: dict[str, int], initial: Mask 
                     f"{_group_name(group)}"
                 )
         return
-    for group, fraction in pruning_groups(names, config.prune_fraction, p.scope, p.layer_fractions):
+    for group, fraction in groups:
         left = sum(alive[n] for n in group)
         for cycle in range(1, p.cycles + 1):
             left -= round(fraction * left)
@@ -303,28 +298,29 @@ def _load_initial_mask(path: str, names: list[str], model: nn.Module) -> Mask | 
     return Mask({n: mask[n] for n in names})
 
 
-def _source_mask_path(source: RunDir, cycle: int) -> Path:
-    cdir = source.cycle_dir(cycle)
-    direct = cdir / "mask.safetensors"
-    return direct if direct.is_file() else cdir / "member_0" / "mask.safetensors"
+def _source_mask_path(source: RunInfo, cycle: int) -> Path:
+    """The mask of ``cycle`` in the source run (its lineage 0 when it has several)."""
+    return source.rundir.member_dir(cycle, 0, source.members) / "mask.safetensors"
 
 
-def _source_run(config: Config, names: list[str], model: nn.Module) -> RunDir | None:
+def _source_run(config: Config, names: list[str], model: nn.Module) -> RunInfo | None:
     """``pruning.masks_from``: a run directory with a complete cycle for each of ours whose
     masks fit this model's prunable weights."""
     if not config.pruning.masks_from:
         return None
-    source = RunDir(Path(config.pruning.masks_from).expanduser())
-    where = f"pruning.masks_from: {source.path}"
-    if not source.config_path.is_file():
-        raise ConfigError(f"{where} is not a run directory (no config.toml)")
+    path = Path(config.pruning.masks_from).expanduser()
+    where = f"pruning.masks_from: {path}"
+    try:
+        source = read_run(path)
+    except (FileNotFoundError, RunDirError, CorruptFileError) as err:
+        raise ConfigError(f"pruning.masks_from: {err}") from None
     for cycle in range(config.pruning.cycles + 1):
-        if not source.is_complete(cycle):
+        if not source.rundir.is_complete(cycle):
             raise ConfigError(
                 f"{where} has no complete cycle {cycle}; this run needs cycles 0 to "
                 f"{config.pruning.cycles} (finish that run first)"
             )
-        source.verify_manifest(source.cycle_dir(cycle))
+        source.rundir.verify_manifest(source.rundir.cycle_dir(cycle))
     mask = Mask.load(_source_mask_path(source, config.pruning.cycles))
     try:
         mask.validate(model)

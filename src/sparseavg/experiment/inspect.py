@@ -35,9 +35,11 @@ def describe_run(run_dir: str | Path) -> str:
         payload = rd.load_checkpoint(ckpt)
         step = payload.get("step", "?")
         lines.append(f"training  {ckpt.parent.relative_to(rd.path)} at step {step}")
-    masks = sorted(rd.path.glob("cycle_*/mask.safetensors")) or sorted(
-        rd.path.glob("cycle_*/member_0/mask.safetensors")
-    )
+    masks = [
+        p
+        for c in range(cycles)
+        if (p := rd.member_dir(c, 0, info.members) / "mask.safetensors").is_file()
+    ]
     if masks:
         lines += [
             "",

@@ -55,9 +55,13 @@ class RunResults:
     name: str
     recipe: str
     seed: int
-    config: dict[str, Any]
     rows: list[dict[str, Any]]
     settings: Config
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """:attr:`settings` as a nested dict."""
+        return self.settings.to_dict()
 
     @property
     def group_key(self) -> str:
@@ -95,7 +99,6 @@ def load_run(path: PathLike) -> RunResults:
         name=info.name,
         recipe=config.recipe,
         seed=config.seed,
-        config=config.to_dict(),
         rows=read_results(info.path),
         settings=config,
     )

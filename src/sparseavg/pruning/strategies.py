@@ -40,7 +40,9 @@ def pruning_groups(
     """How ``names`` are ranked: ``(layers ranked together, fraction they lose)`` pairs.
 
     Layers matching a ``layer_fractions`` pattern form a group of their own with that
-    fraction; the rest form one group (``"global"``) or one group each (``"layerwise"``).
+    fraction (the first matching pattern decides); the rest form one group (``"global"``) or
+    one group each (``"layerwise"``). A pattern that matches no name is refused (ValueError):
+    a typo would otherwise prune at the wrong rate without a word.
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -48,9 +50,14 @@ def pruning_groups(
     special: dict[str, float] = {}
     for pattern, value in (layer_fractions or {}).items():
         _check_fraction(value)
-        for n in names:
-            if n not in special and fnmatch.fnmatchcase(n, pattern):
-                special[n] = value
+        matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise ValueError(
+                f"layer_fractions pattern {pattern!r} matches no prunable weight ({shown})"
+            )
+        for n in matched:
+            special.setdefault(n, value)
     rest = [n for n in names if n not in special]
     groups = [([n], special[n]) for n in names if n in special]
     if rest:

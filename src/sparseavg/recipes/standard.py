@@ -16,6 +16,7 @@ from ..averaging import AcceptRule
 from ..config import Config
 from ..pruning import GradualMagnitudePruning, Scope
 from ..training import TrainSettings
+from ..training.settings import DERIVED_SCHEDULES
 from ..utils.seeding import derive_seed
 from .plan import Combiner, CyclePlan, IngredientPlan, MaskRule, RunPlan, SettingsRule, StartRule
 from .readouts import (
@@ -89,7 +90,7 @@ def retrain_settings(config: Config) -> TrainSettings:
         schedule=kind,
         lr=p.retrain_lr or base.lr,
         warmup=0.0,
-        original=base if kind in ("ft", "lrw", "slr", "clr") else None,
+        original=base if kind in DERIVED_SCHEDULES else None,
     )
 
 

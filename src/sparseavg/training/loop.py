@@ -190,7 +190,7 @@ def train(
     total_steps = settings.epochs * spe
     stop = total_steps if stop_step is None else min(stop_step, total_steps)
     swa_start_epoch = settings.swa_start_epoch
-    swa_start_step = None if swa_start_epoch is None else swa_start_epoch * spe
+    swa_start_step = settings.swa_start_step(spe)
 
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

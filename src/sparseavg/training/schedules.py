@@ -108,16 +108,19 @@ def _original(settings: TrainSettings) -> TrainSettings:
     return settings.original
 
 
+def _original_swa_step(original: TrainSettings, total: int) -> int | None:
+    return original.swa_start_step(total // max(original.epochs, 1))
+
+
 def _original_horizon(original: TrainSettings, total: int) -> int:
-    start = original.swa_start_epoch
-    if start is None or original.swa_schedule != "anneal":
+    swa_step = _original_swa_step(original, total)
+    if swa_step is None or original.swa_schedule != "anneal":
         return total
-    return start * (total // max(original.epochs, 1))
+    return swa_step
 
 
 def _original_rate(original: TrainSettings, step: int, total: int) -> float:
-    start = original.swa_start_epoch
-    swa_step = None if start is None else start * (total // max(original.epochs, 1))
+    swa_step = _original_swa_step(original, total)
     return learning_rate(original, min(max(step, 0), max(total - 1, 0)), total, swa_step)
 
 

@@ -142,3 +142,8 @@ class TrainSettings:
         if self.swa_start is None:
             return None
         return int(self.swa_start * self.epochs)
+
+    def swa_start_step(self, steps_per_epoch: int) -> int | None:
+        """The global step at which SWA begins, or ``None`` without SWA."""
+        epoch = self.swa_start_epoch
+        return None if epoch is None else epoch * steps_per_epoch
