@@ -427,7 +427,7 @@ CASES = [
     # ---- bad choices
     case("optimizer", run(*s("train.optimizer=adamx")), "train.optimizer", "'adamx'", "sgd, adam"),
     case("schedule", run(*s("train.schedule=linear")), "train.schedule", "'linear'", "cosine"),
-    case("precision", run(*s("train.precision=fp8")), "train.precision", "'fp8'", "fp32, bf16"),
+    case("precision", run(*s("train.precision=fp8")), "train.precision", "fp8", "auto, fp32"),
     case(
         "pruning-scope",
         run(*s("pruning.scope=local")),

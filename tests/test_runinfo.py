@@ -39,7 +39,7 @@ def test_a_config_written_before_a_field_existed_still_reads(tmp_path):
     """Fields a config.toml lacks take their defaults, and the name still matches."""
     run = make_run(tmp_path, FAKE)
     text = (run / "config.toml").read_text()
-    for line in ("augment = false\n", "channels_last = false\n", 'early = "swa"\n'):
+    for line in ("augment = false\n", 'channels_last = "auto"\n', 'early = "swa"\n'):
         assert line in text
         text = text.replace(line, "", 1)
     (run / "config.toml").write_text(text)

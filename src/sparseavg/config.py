@@ -33,7 +33,7 @@ from .training.settings import Optimizer, Precision, SwaSchedule
 #: run directory's name hashes only the values that differ from the defaults: the same name
 #: would otherwise stand for another experiment. Adding a field with a default that keeps the
 #: old behaviour needs no bump and renames nothing.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class ConfigError(ValueError):
@@ -54,6 +54,7 @@ EarlyCycles = Literal["swa", "imp"]
 Recalibrate = Literal["averaged", "always", "never"]
 OnDivergence = Literal["stop", "drop"]
 Progress = Literal["auto", "rich", "plain", "none"]
+MemoryFormat = Literal["auto", "on", "off"]
 
 STARTS: tuple[str, ...] = get_args(IngredientStart)
 COMBINES: tuple[str, ...] = get_args(Combine)
@@ -164,8 +165,12 @@ class TrainConfig:
         "swa_start",
     )
     augment: bool = _f(True, "use the data set's augmentation")
-    precision: Precision = _f("fp32", "training precision")
-    channels_last: bool = _f(False, "channels-last memory format for image models")
+    precision: Precision = _f(
+        "auto", "training precision: bf16 autocast or fp32; auto = bf16 on CUDA, fp32 elsewhere"
+    )
+    channels_last: MemoryFormat = _f(
+        "auto", "channels-last memory format for image models: on, off, or auto (on CUDA only)"
+    )
 
 
 @dataclass(frozen=True)

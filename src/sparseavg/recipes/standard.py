@@ -67,7 +67,7 @@ def base_settings(config: Config) -> TrainSettings:
         swa_schedule=t.swa_schedule,
         augment=t.augment,
         precision=t.precision,
-        channels_last=t.channels_last,
+        channels_last=None if t.channels_last == "auto" else t.channels_last == "on",
     )
 
 

@@ -192,7 +192,8 @@ def train(
     swa_start_epoch = settings.swa_start_epoch
     swa_start_step = settings.swa_start_step(spe)
 
-    if settings.channels_last:
+    use_bf16, channels_last = settings.resolved(device)
+    if channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = build_optimizer(model, settings)
     enforcer = MaskEnforcer(model, mask)
@@ -217,7 +218,6 @@ def train(
         rewind_state = clone_state(model, device="cpu")
 
     model.train()
-    use_bf16 = settings.precision == "bf16"
     schedule_gradients = mask_schedule is not None and mask_schedule.needs_gradients
     dense_gradients: dict[str, Tensor] | None = None
     while step < stop:
@@ -239,7 +239,7 @@ def train(
                 group["lr"] = lr
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            if settings.channels_last and x.dim() == 4:
+            if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss = F.cross_entropy(model(x), y)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+import torch
+
 Optimizer = Literal["sgd", "adam", "adamw"]
 ScheduleKind = Literal["constant", "step", "cosine", "llr", "ft", "lrw", "slr", "clr"]
 SwaSchedule = Literal["anneal", "switch"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 #: schedules of a training run from scratch (``train.schedule``)
@@ -58,8 +60,10 @@ class TrainSettings:
         original: the settings of the run being retrained (the dense training), needed by the
             derived schedules ft, lrw, slr and clr.
         augment: apply the data set's augmentation to training batches.
-        precision: ``"bf16"`` trains under ``torch.autocast`` with bfloat16.
-        channels_last: use the channels-last memory format for 4-D inputs and the model.
+        precision: ``"bf16"`` trains under ``torch.autocast`` with bfloat16, ``"fp32"`` does
+            not, ``"auto"`` (the default) is bf16 on CUDA and fp32 elsewhere.
+        channels_last: use the channels-last memory format for 4-D inputs and the model;
+            ``None`` (the default) uses it on CUDA only. See :meth:`resolved`.
     """
 
     epochs: int = 30
@@ -78,8 +82,8 @@ class TrainSettings:
     swa_schedule: SwaSchedule = "anneal"
     original: TrainSettings | None = None
     augment: bool = True
-    precision: Precision = "fp32"
-    channels_last: bool = False
+    precision: Precision = "auto"
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -135,6 +139,15 @@ class TrainSettings:
             problems.append(f"swa_lr must be > 0, got {self.swa_lr}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def resolved(self, device: torch.device | str) -> tuple[bool, bool]:
+        """``(bf16, channels_last)`` as they apply on ``device``: the ``auto`` values turn on
+        on CUDA only (where bf16 autocast and channels-last convolutions are fast) and off
+        elsewhere (on CPUs both were measured slower or no faster for small models)."""
+        cuda = torch.device(device).type == "cuda"
+        bf16 = self.precision == "bf16" or (self.precision == "auto" and cuda)
+        channels_last = cuda if self.channels_last is None else self.channels_last
+        return bf16, channels_last
 
     @property
     def swa_start_epoch(self) -> int | None:
