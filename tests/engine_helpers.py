@@ -60,11 +60,13 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 class TrainCalls:
-    """Records every call of the engine's ``train``: the model's weights when it starts, the
-    settings, seed, start and stop step, and the labels of the first batch it draws."""
+    """Records every call of ``train`` by the engine (the common run) and the sequential
+    executor (the ingredients): the model's weights when it starts, the settings, seed, start
+    and stop step, and the labels of the first batch it draws."""
 
     def __init__(self, monkeypatch) -> None:
         import sparseavg.experiment.engine as engine
+        import sparseavg.parallel.sequential as sequential
         from sparseavg.utils.state import clone_state
 
         self.calls: list[dict[str, Any]] = []
@@ -85,6 +87,7 @@ class TrainCalls:
             return result
 
         monkeypatch.setattr(engine, "train", spy)
+        monkeypatch.setattr(sequential, "train", spy)
 
     def ingredients(self) -> list[dict[str, Any]]:
         """The calls that trained an ingredient (not the common run to the ticket)."""

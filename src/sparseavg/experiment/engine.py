@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from ..averaging import evaluate_ensemble, has_batchnorm, recalibrate_bn
 from ..config import Config, ConfigError
 from ..data import Dataset, available_datasets, load_dataset
 from ..models import build_model
+from ..parallel import Executor, Job, Outcome, Sequential, Work
 from ..pruning import (
     Mask,
     MaskError,
@@ -35,7 +36,6 @@ from ..pruning import (
 )
 from ..recipes import (
     CyclePlan,
-    IngredientPlan,
     LineageResult,
     Recipe,
     RunPlan,
@@ -45,7 +45,7 @@ from ..recipes import (
 from ..training import (
     DivergenceError,
     Evaluation,
-    TrainSettings,
+    TrainResult,
     TrainState,
     evaluate,
     steps_per_epoch,
@@ -57,7 +57,7 @@ from ..utils.state import State, clone_state
 from .progress import NullReporter, Reporter
 from .rundir import RunDir
 from .runinfo import RunDirError, RunInfo, read_run
-from .store import IngredientFiles, LineageFiles, Outcome, RunStore
+from .store import LineageFiles, RunStore
 
 
 class RunError(RuntimeError):
@@ -172,6 +172,7 @@ class Context:
     pretrained: State | None
     initial_mask: Mask | None
     source: RunInfo | None = None
+    executor: Executor = field(default_factory=Sequential)
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
@@ -512,7 +513,8 @@ def _train_ingredients(
     files: LineageFiles,
     sources: _Sources,
 ) -> dict[int, Outcome]:
-    """Every ingredient of the cycle, trained from the plan's start or read back."""
+    """Every ingredient of the cycle: read back, or trained from the plan's start by the
+    run's executor."""
     outcomes: dict[int, Outcome] = {}
     pending = []
     for ing in plan.ingredients:
@@ -528,99 +530,115 @@ def _train_ingredients(
             previous, _ = sources.previous()
             names = [n for n, _ in ctx.model.named_parameters()]
             facts = StartFacts(relative_norm_drop(previous, start, names))
-        for ing in pending:
-            settings = ing.settings if plan.adapt is None else plan.adapt(ing.settings, facts)
-            files_k = files.ingredient(ing.index)
-            outcomes[ing.index] = _train_one(
-                ctx, plan, lineage, ing, settings, start, start_step, mask, files_k
+        jobs = [
+            Job(
+                ing.index,
+                ing.seed,
+                ing.settings if plan.adapt is None else plan.adapt(ing.settings, facts),
             )
+            for ing in pending
+        ]
+        work = Work(plan.cycle, lineage, start, start_step, mask, plan.during)
+        hooks = _IngredientHooks(ctx, work, files, len(plan.ingredients))
+        outcomes.update(ctx.executor.run(ctx.model, ctx.data.train, work, jobs, hooks))
     return outcomes
 
 
-def _train_one(
-    ctx: Context,
-    plan: CyclePlan,
-    lineage: int,
-    ing: IngredientPlan,
-    settings: TrainSettings,
-    start: State,
-    start_step: int,
-    mask: Mask,
-    files: IngredientFiles,
+def finish_ingredient(
+    ctx: Context, work: Work, job: Job, result: TrainResult, seconds: float
 ) -> Outcome:
-    """Train one ingredient (resuming its checkpoint), recalibrate, save its outcome."""
-    rep, config = ctx.reporter, ctx.config
-    resume: TrainState | None = None
-    elapsed_before = 0.0
-    checkpoint = files.checkpoint()
-    if checkpoint is not None:
-        resume, elapsed_before = checkpoint
-        rep.message(f"cycle {plan.cycle} ingredient {ing.index}: resuming at step {resume.step}")
-    ctx.model.load_state_dict(start)
-    label = f"cycle {plan.cycle}" + (f" member {lineage}" if ctx.plan.lineages > 1 else "")
-    label += f" ingredient {ing.index + 1}/{len(plan.ingredients)}"
-    spe = steps_per_epoch(ctx.data.train, settings.batch_size)
-    task = rep.task(label, settings.epochs * spe)
-    t0 = time.perf_counter()
-    last_loss: list[float] = []
+    """A trained ingredient's outcome: its final state (SWA average or last iterate),
+    recalibrated per ``bn.recalibrate``, and its info."""
+    final = result.final_state
+    averaged = result.swa_state is not None
+    if ctx.config.bn.recalibrate == "always" or (
+        averaged and ctx.config.bn.recalibrate == "averaged"
+    ):
+        tag = ("cycle", work.cycle, work.lineage, "ingredient", job.index)
+        final = _recalibrated(ctx, final, tag)
+    info = {
+        "dropped": False,
+        "seconds": seconds,
+        "steps": result.steps,
+        "swa_count": result.swa_count,
+        "seed": job.seed,
+        "lr": job.settings.lr,
+        "final_loss": result.losses[-1] if result.losses else None,
+    }
+    final_mask = result.mask.to("cpu") if work.during is not None and result.mask else None
+    return Outcome(final, info, final_mask)
 
-    def save(state: TrainState) -> None:
-        files.save_checkpoint(state, elapsed_before + time.perf_counter() - t0)
 
-    def progress(step: int, total: int, loss: float | None) -> None:
-        if loss is not None:
-            last_loss[:] = [loss]
-        info = f"epoch {min(step // spe + 1, settings.epochs)}/{settings.epochs}"
-        rep.update(task, step, info + (f"  loss {last_loss[0]:.3f}" if last_loss else ""))
+class _IngredientHooks:
+    """The engine's side of every job (:class:`~sparseavg.parallel.Hooks`) of one lineage's
+    cycle: checkpoints and outcomes in its ``ingredient_<k>/`` directories, progress bars,
+    the divergence policy."""
 
-    try:
-        result = train(
-            ctx.model,
-            ctx.data.train,
-            settings,
-            seed=ing.seed,
-            mask=mask.to(ctx.device),
-            start_step=start_step,
-            resume=resume,
-            on_epoch_end=save,
-            progress=progress,
-            mask_schedule=plan.during,
+    def __init__(self, ctx: Context, work: Work, files: LineageFiles, count: int) -> None:
+        self.ctx, self.work, self.files, self.count = ctx, work, files, count
+
+    def resume(self, job: Job) -> tuple[TrainState, float] | None:
+        return self.files.ingredient(job.index).checkpoint()
+
+    def checkpoint(self, job: Job, state: TrainState, seconds: float) -> None:
+        self.files.ingredient(job.index).save_checkpoint(state, seconds)
+
+    def track(self, jobs: Sequence[Job]) -> _Tracker:
+        label = f"cycle {self.work.cycle}"
+        if self.ctx.plan.lineages > 1:
+            label += f" member {self.work.lineage}"
+        indices = [j.index + 1 for j in jobs]
+        which = str(indices[0]) if len(indices) == 1 else f"{indices[0]}-{indices[-1]}"
+        label += f" ingredient{'s' if len(indices) > 1 else ''} {which}/{self.count}"
+        settings = jobs[0].settings
+        spe = steps_per_epoch(self.ctx.data.train, settings.batch_size)
+        return _Tracker(self.ctx.reporter, label, spe, settings.epochs)
+
+    def finish(self, job: Job, result: TrainResult, seconds: float) -> Outcome:
+        return finish_ingredient(self.ctx, self.work, job, result, seconds)
+
+    def diverged(self, job: Job, error: DivergenceError) -> Outcome:
+        where = (
+            f"cycle {self.work.cycle}, ingredient {job.index}, step {error.step} "
+            f"(epoch {error.epoch})"
         )
-    except DivergenceError as err:
-        rep.finish(task)
-        where = f"cycle {plan.cycle}, ingredient {ing.index}, step {err.step} (epoch {err.epoch})"
-        if ctx.plan.lineages > 1:
-            where = f"member {lineage}, " + where
-        if config.execution.on_divergence == "stop":
+        if self.ctx.plan.lineages > 1:
+            where = f"member {self.work.lineage}, " + where
+        if self.ctx.config.execution.on_divergence == "stop":
             raise RunError(
                 f"training diverged (NaN/inf loss) at {where}; finished artifacts are kept. "
                 "Lower train.lr, or set execution.on_divergence = 'drop' to leave such "
                 "ingredients out of the combine"
-            ) from None
-        rep.message(f"ingredient diverged at {where}; dropped from the combine")
-        outcome = Outcome(
-            None, {"dropped": True, "step": err.step, "epoch": err.epoch, "seed": ing.seed}
-        )
-        files.save(outcome)
-        return outcome
-    rep.finish(task)
-    final = result.final_state
-    averaged = result.swa_state is not None
-    if config.bn.recalibrate == "always" or (averaged and config.bn.recalibrate == "averaged"):
-        final = _recalibrated(ctx, final, ("cycle", plan.cycle, lineage, "ingredient", ing.index))
-    info = {
-        "dropped": False,
-        "seconds": elapsed_before + time.perf_counter() - t0,
-        "steps": result.steps,
-        "swa_count": result.swa_count,
-        "seed": ing.seed,
-        "lr": settings.lr,
-        "final_loss": result.losses[-1] if result.losses else None,
-    }
-    final_mask = result.mask.to("cpu") if plan.during is not None and result.mask else None
-    outcome = Outcome(final, info, final_mask)
-    files.save(outcome)
-    return outcome
+            )
+        self.ctx.reporter.message(f"ingredient diverged at {where}; dropped from the combine")
+        info = {"dropped": True, "step": error.step, "epoch": error.epoch, "seed": job.seed}
+        return Outcome(None, info)
+
+    def save(self, job: Job, outcome: Outcome) -> None:
+        self.files.ingredient(job.index).save(outcome)
+
+    def message(self, text: str) -> None:
+        self.ctx.reporter.message(text)
+
+
+class _Tracker:
+    """A progress bar for jobs trained together: ``epoch e/E  loss x``."""
+
+    def __init__(self, reporter: Reporter, label: str, spe: int, epochs: int) -> None:
+        self.reporter, self.spe, self.epochs = reporter, spe, epochs
+        self.task = reporter.task(label, epochs * spe)
+        self.loss: float | None = None
+
+    def __call__(self, step: int, total: int, loss: float | None) -> None:
+        if loss is not None:
+            self.loss = loss
+        info = f"epoch {min(step // self.spe + 1, self.epochs)}/{self.epochs}"
+        if self.loss is not None:
+            info += f"  loss {self.loss:.3f}"
+        self.reporter.update(self.task, step, info)
+
+    def close(self) -> None:
+        self.reporter.finish(self.task)
 
 
 # -- BatchNorm, combining, reading out -----------------------------------------------------------

@@ -9,28 +9,17 @@ when its output exists: that is how a run resumes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError, to_toml
+from ..parallel import Outcome
 from ..pruning import Mask
 from ..training import TrainState
 from ..utils.files import atomic_write_text
 from ..utils.state import State
 from .rundir import RunDir
 from .runinfo import read_run_config
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One trained ingredient: its final state (``None`` if it diverged and was dropped), its
-    info (``dropped``, ``seconds``, ``steps``, ``seed``, ``lr``, ...) and, when a mask
-    schedule changed the mask during training, the final mask."""
-
-    state: State | None
-    info: dict[str, Any]
-    mask: Mask | None = None
 
 
 class IngredientFiles:

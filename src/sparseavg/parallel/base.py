@@ -1,0 +1,134 @@
+"""The parallel layer's one interface: train some ingredients of one cycle, return outcomes.
+
+The engine hands an :class:`Executor` the ingredients of a cycle that still need training
+(:class:`Job` s), what they share (:class:`Work`: the start state, the first step, the mask)
+and its :class:`Hooks` (checkpoints, progress, what to do with a finished or diverged model,
+where to save it). Executors differ only in *where* and *how at once* the jobs train; each
+calls the same hooks for every job, so resume, the divergence policy, progress and the run
+directory behave alike under all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from torch import nn
+
+from ..data import BatchSource
+from ..pruning import Mask, MaskSchedule
+from ..training import DivergenceError, TrainResult, TrainSettings, TrainState
+from ..utils.state import State
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One trained ingredient: its final state (``None`` if it diverged and was dropped), its
+    info (``dropped``, ``seconds``, ``steps``, ``seed``, ``lr``, ...) and, when a mask
+    schedule changed the mask during training, the final mask. All tensors on the CPU."""
+
+    state: State | None
+    info: dict[str, Any]
+    mask: Mask | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ingredient to train.
+
+    Attributes:
+        index: its index among the cycle's ingredients (0-based).
+        seed: the seed of its batch order and augmentation (see :func:`~sparseavg.train`).
+        settings: its hyperparameters.
+    """
+
+    index: int
+    seed: int
+    settings: TrainSettings
+
+
+@dataclass(frozen=True)
+class Work:
+    """What the jobs of one call share.
+
+    Attributes:
+        cycle: the cycle (IMP level) they belong to.
+        lineage: the lineage they belong to (0 unless the recipe runs several).
+        start: the state every job starts from, on the CPU.
+        start_step: the global step the schedule starts at (the rewind step, or 0).
+        mask: the mask every job trains under, on the CPU.
+        during: a schedule that changes the mask while training (gradual pruning), or ``None``.
+    """
+
+    cycle: int
+    lineage: int
+    start: State
+    start_step: int
+    mask: Mask
+    during: MaskSchedule | None = None
+
+
+class Tracker(Protocol):
+    """A progress display for the jobs trained together: ``(step, total, loss or None)``
+    after every step (``loss`` at epoch ends), then :meth:`close`."""
+
+    def __call__(self, step: int, total: int, loss: float | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Hooks(Protocol):
+    """What the engine does around each job. ``finish`` runs where the job trained; under the
+    distributed executor the others run in the process that owns the run directory."""
+
+    def resume(self, job: Job) -> tuple[TrainState, float] | None:
+        """The job's last epoch checkpoint and the training seconds spent up to it."""
+        ...
+
+    def checkpoint(self, job: Job, state: TrainState, seconds: float) -> None:
+        """Keep an epoch checkpoint (``seconds``: training time so far, resumes included)."""
+        ...
+
+    def track(self, jobs: Sequence[Job]) -> Tracker:
+        """A progress display for ``jobs``, trained together."""
+        ...
+
+    def finish(self, job: Job, result: TrainResult, seconds: float) -> Outcome:
+        """The outcome of a job that trained to the end (BatchNorm recalibrated as the run
+        asks, its info filled in)."""
+        ...
+
+    def diverged(self, job: Job, error: DivergenceError) -> Outcome:
+        """The outcome of a job whose loss became NaN/inf: a dropped one, or raise to stop."""
+        ...
+
+    def save(self, job: Job, outcome: Outcome) -> None:
+        """Keep a job's outcome (which marks it finished)."""
+        ...
+
+    def message(self, text: str) -> None:
+        """Tell the user something (e.g. why an executor fell back to another)."""
+        ...
+
+
+class Executor(Protocol):
+    """Trains a cycle's pending ingredients; see the module docstring."""
+
+    name: str
+
+    def run(
+        self, model: nn.Module, data: BatchSource, work: Work, jobs: Sequence[Job], hooks: Hooks
+    ) -> dict[int, Outcome]:
+        """Train ``jobs`` from ``work.start`` under ``work.mask``; save each outcome through
+        ``hooks.save`` as it is known and return them by job index.
+
+        Args:
+            model: a model of the run's architecture on the training device; its weights are
+                overwritten (it is scratch space).
+            data: the training split.
+            work: what the jobs share.
+            jobs: the ingredients to train, in index order.
+            hooks: the engine's side of every job.
+        """
+        ...
