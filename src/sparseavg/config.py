@@ -55,6 +55,7 @@ Recalibrate = Literal["averaged", "always", "never"]
 OnDivergence = Literal["stop", "drop"]
 Progress = Literal["auto", "rich", "plain", "none"]
 MemoryFormat = Literal["auto", "on", "off"]
+Mode = Literal["auto", "sequential", "stacked", "distributed"]
 
 STARTS: tuple[str, ...] = get_args(IngredientStart)
 COMBINES: tuple[str, ...] = get_args(Combine)
@@ -302,6 +303,18 @@ class ExecutionConfig:
         "stop", "a NaN/inf loss stops the run, or drops that ingredient"
     )
     progress: Progress = _f("auto", "progress display")
+    mode: Mode = _f(
+        "auto",
+        "how a cycle's ingredients train: one after another (sequential), as one batched model "
+        "on one device (stacked), over torchrun's processes (distributed); auto = stacked on "
+        "a GPU when the copies fit, else sequential",
+    )
+    timeout: float = _f(
+        1800.0,
+        "distributed: seconds a rank waits for the others before it stops with an error",
+        lo=0.0,
+        lo_open=True,
+    )
 
 
 @dataclass(frozen=True)

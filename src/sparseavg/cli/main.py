@@ -191,8 +191,55 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"# run directory: {Path(args.runs_dir) / config.run_name()}")
         print(to_toml(config.to_dict()), end="")
         return EXIT_OK
+    if config.execution.mode == "distributed":
+        return _run_distributed(args, config)
     with _reporter(args, config.execution.progress) as reporter:
         path = run(config, args.runs_dir, reporter)
+    print(markdown_table(find_runs([path])))
+    print(f"\nrun directory: {path}")
+    return EXIT_OK
+
+
+def _run_distributed(args: argparse.Namespace, config: Any) -> int:
+    """One process of a torchrun job: rank 0 runs the engine and writes the run directory,
+    the others train what it deals out. Every rank runs this same command."""
+    import dataclasses
+
+    from ..experiment import resolve_device, run, serve
+    from ..experiment.report import find_runs, markdown_table
+    from ..parallel.distributed import (
+        Distributed,
+        DistributedError,
+        connect,
+        disconnect,
+        launched_by_torchrun,
+    )
+
+    if not launched_by_torchrun():
+        raise ConfigError(
+            "execution.mode = 'distributed' runs under torchrun, one process per GPU (or group "
+            "of CPU cores), e.g. `torchrun --nproc-per-node 2 -m sparseavg run CONFIG --set "
+            "execution.mode=distributed`"
+        )
+    cuda = resolve_device(config.execution.device).type == "cuda"
+    team = connect(config.execution.timeout, cuda)
+    if cuda:  # one GPU per process, by its rank on the node
+        execution = dataclasses.replace(config.execution, device=f"cuda:{team.local_rank}")
+        config = dataclasses.replace(config, execution=execution)
+    try:
+        if not team.leader:
+            serve(config, args.runs_dir, team)
+            return EXIT_OK
+        executor = Distributed(team)
+        try:
+            with _reporter(args, config.execution.progress) as reporter:
+                reporter.message(f"distributed over {team.size} processes")
+                path = run(config, args.runs_dir, reporter, executor=executor)
+        finally:
+            with contextlib.suppress(DistributedError):
+                executor.close()
+    finally:
+        disconnect()
     print(markdown_table(find_runs([path])))
     print(f"\nrun directory: {path}")
     return EXIT_OK
@@ -280,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..experiment import InsufficientDiskError, RunError, RunLockedError
     from ..experiment.export import ExportError
     from ..experiment.runinfo import RunDirError
+    from ..parallel import DistributedError
     from ..pruning import MaskError
     from ..utils.files import CorruptFileError
 
@@ -303,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as err:
         print(f"sparseavg: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (RunError, InsufficientDiskError) as err:
+    except (RunError, InsufficientDiskError, DistributedError) as err:
         print(f"sparseavg: stopped: {err}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as Unix tools do

@@ -1,6 +1,15 @@
 """Runs: the cycle engine, the run directory, resume, results and reports."""
 
-from .engine import RunError, load_pretrained, make_model, prepare, resolve_device, run
+from .engine import (
+    RunError,
+    choose_executor,
+    load_pretrained,
+    make_model,
+    prepare,
+    resolve_device,
+    run,
+    serve,
+)
 from .progress import NullReporter, PlainReporter, Reporter
 from .rundir import InsufficientDiskError, RunDir, RunLockedError
 
@@ -12,9 +21,11 @@ __all__ = [
     "RunDir",
     "RunError",
     "RunLockedError",
+    "choose_executor",
     "load_pretrained",
     "make_model",
     "prepare",
     "resolve_device",
     "run",
+    "serve",
 ]

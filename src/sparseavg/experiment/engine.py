@@ -26,7 +26,9 @@ from ..averaging import evaluate_ensemble, has_batchnorm, recalibrate_bn
 from ..config import Config, ConfigError
 from ..data import Dataset, available_datasets, load_dataset
 from ..models import build_model
-from ..parallel import Executor, Job, Outcome, Sequential, Work
+from ..parallel import Auto, Executor, Job, Outcome, Sequential, Stacked, Work
+from ..parallel.distributed import Team
+from ..parallel.distributed import serve as serve_jobs
 from ..pruning import (
     Mask,
     MaskError,
@@ -178,11 +180,34 @@ class Context:
         return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
 
 
-def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = None) -> Context:
+def choose_executor(config: Config, device: torch.device) -> Executor:
+    """The executor ``execution.mode`` names (``distributed`` is made by the launcher, which
+    passes it to :func:`run`)."""
+    mode = config.execution.mode
+    if mode == "distributed":
+        raise ConfigError(
+            "execution.mode = 'distributed' runs under torchrun, one process per GPU (or group "
+            "of CPU cores), e.g. `torchrun --nproc-per-node 2 -m sparseavg run CONFIG --set "
+            "execution.mode=distributed`"
+        )
+    if mode == "stacked":
+        return Stacked()
+    if mode == "auto" and device.type == "cuda":
+        return Auto()
+    return Sequential()
+
+
+def prepare(
+    config: Config,
+    runs_dir: str | Path,
+    reporter: Reporter | None = None,
+    executor: Executor | None = None,
+) -> Context:
     """Check everything that can be checked before anything is written: device, data, model,
     pretrained checkpoint, masks, and that every cycle has steps and weights to train.
     Raises ConfigError / MaskError / DataUnavailableError; writes nothing."""
     device = resolve_device(config.execution.device)
+    executor = executor or choose_executor(config, device)
     known = available_datasets()
     if config.data.dataset not in known:
         raise ConfigError(f"data.dataset: {config.data.dataset!r} is not one of {', '.join(known)}")
@@ -237,6 +262,7 @@ def prepare(config: Config, runs_dir: str | Path, reporter: Reporter | None = No
         pretrained=pretrained,
         initial_mask=initial_mask,
         source=source,
+        executor=executor,
     )
 
 
@@ -335,9 +361,18 @@ def _source_run(config: Config, names: list[str], model: nn.Module) -> RunInfo |
 # -- the run -------------------------------------------------------------------------------------
 
 
-def run(config: Config, runs_dir: str | Path, reporter: Reporter | None = None) -> Path:
-    """Run (or resume) the experiment ``config`` under ``runs_dir``; returns its directory."""
-    ctx = prepare(config, runs_dir, reporter)
+def run(
+    config: Config,
+    runs_dir: str | Path,
+    reporter: Reporter | None = None,
+    *,
+    executor: Executor | None = None,
+) -> Path:
+    """Run (or resume) the experiment ``config`` under ``runs_dir``; returns its directory.
+
+    ``executor`` trains each cycle's ingredients (default: the one ``execution.mode`` names;
+    the distributed launcher passes rank 0's :class:`~sparseavg.parallel.Distributed`)."""
+    ctx = prepare(config, runs_dir, reporter, executor)
     store, rep = ctx.store, ctx.reporter
     cycles = config.pruning.cycles + 1
     with store.rundir.lock():
@@ -353,6 +388,17 @@ def run(config: Config, runs_dir: str | Path, reporter: Reporter | None = None) 
             store.write_results(cycle + 1)
         rep.finish(task)
     return store.path
+
+
+def serve(config: Config, runs_dir: str | Path, team: Team) -> None:
+    """A worker rank of a distributed run: train the ingredients rank 0 deals out, until it
+    says stop. Reads the same data and files as rank 0 and writes nothing."""
+    ctx = prepare(config, runs_dir, NullReporter(), Sequential())
+
+    def finish(work: Work, job: Job, result: TrainResult, seconds: float) -> Outcome:
+        return finish_ingredient(ctx, work, job, result, seconds)
+
+    serve_jobs(team, ctx.model, ctx.data.train, finish)
 
 
 def _run_cycle(ctx: Context, cycle: int) -> None:
@@ -729,4 +775,13 @@ class _Readouts:
         }
 
 
-__all__ = ["RunError", "load_pretrained", "make_model", "prepare", "resolve_device", "run"]
+__all__ = [
+    "RunError",
+    "choose_executor",
+    "load_pretrained",
+    "make_model",
+    "prepare",
+    "resolve_device",
+    "run",
+    "serve",
+]

@@ -1,0 +1,368 @@
+"""The distributed executor: a cycle's ingredients spread over processes, GPUs and nodes.
+
+Launched with ``torchrun`` (one process per GPU, or per group of CPU cores). Rank 0 (the
+*leader*) runs the engine and alone reads and writes the run directory; the other ranks
+(*workers*) run :func:`serve`, which waits for work from the leader. When the engine hands
+the leader a cycle's pending ingredients, they are dealt out in rounds: in round ``r``, rank
+``p`` trains job ``r * P + p`` (so rank ``p`` trains jobs ``p, p + P, ...``). Every rank
+finishes its own job where it trained (BatchNorm recalibration included) and the leader
+gathers the outcomes, saves them and hands them to the engine, which combines them: a uniform
+soup averages the gathered models in index order, exactly as the sequential executor does, so
+the result is bitwise the same on CPUs (an all-reduce would sum in another order); a greedy
+soup is scored on rank 0.
+
+Checkpoints: at each epoch end every rank sends its job's :class:`~sparseavg.training.TrainState`
+to the leader, which writes it, so an interrupted run resumes under any executor. Ranks whose
+job ended (or that had none in the round) send nothing the same number of times, so the
+collectives stay matched.
+
+Failure: every collective has the process group's timeout (``execution.timeout``); a rank
+that dies closes its connections and the others stop at their next collective with
+:class:`DistributedError`, naming the rank they lost; torchrun also stops the remaining
+processes of a job whose process failed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data import BatchSource
+from ..training import DivergenceError, TrainResult, TrainState, steps_per_epoch, train
+from ..training.evaluate import model_device
+from .base import Hooks, Job, Outcome, Tracker, Work
+
+#: environment variables torchrun sets for every process
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DistributedError(RuntimeError):
+    """Another rank stopped answering (it died, or exceeded ``execution.timeout``)."""
+
+
+@dataclass(frozen=True)
+class Team:
+    """This process's place in a torchrun job.
+
+    Attributes:
+        rank: 0 for the leader, which owns the run directory.
+        size: the number of processes ``P``.
+        local_rank: the rank on this node (picks the GPU).
+        group: a gloo process group for the leader's messages (CPU tensors and objects, also
+            when the default group uses NCCL for GPUs).
+    """
+
+    rank: int
+    size: int
+    local_rank: int
+    group: Any
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process runs under torchrun (its environment variables are set)."""
+    return all(name in os.environ for name in TORCHRUN_ENV)
+
+
+def connect(timeout_s: float, cuda: bool) -> Team:
+    """Join the torchrun job this process belongs to: NCCL for GPU tensors when ``cuda``, gloo
+    for everything the ranks exchange. Each collective waits at most ``timeout_s`` seconds."""
+    if not launched_by_torchrun():
+        missing = [n for n in TORCHRUN_ENV if n not in os.environ]
+        raise RuntimeError(f"not launched by torchrun ({', '.join(missing)} unset)")
+    timeout = timedelta(seconds=timeout_s)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
+    group = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
+    return Team(dist.get_rank(), dist.get_world_size(), local_rank, group)
+
+
+def disconnect() -> None:
+    """Leave the process group (every rank calls this once at the end)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# -- messages ------------------------------------------------------------------------------------
+
+
+def _broadcast(team: Team, obj: Any) -> Any:
+    """The leader's ``obj`` on every rank."""
+    box = [obj if team.leader else None]
+    try:
+        dist.broadcast_object_list(box, src=0, group=team.group)
+    except (RuntimeError, ValueError) as err:
+        raise DistributedError(_lost(team, err)) from None
+    return box[0]
+
+
+def _gather(team: Team, obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` on the leader, in rank order (``None`` on the other ranks)."""
+    out: list[Any] | None = [None] * team.size if team.leader else None
+    try:
+        dist.gather_object(obj, out, dst=0, group=team.group)
+    except (RuntimeError, ValueError) as err:
+        raise DistributedError(_lost(team, err)) from None
+    return out
+
+
+def _lost(team: Team, err: BaseException) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    # gloo: "[.../pair.cc:553] Connection closed by peer [127.0.0.1]:1234. This is ..."
+    first = re.sub(r"^\[[^\]]*\.cc:\d+\]\s*", "", first).split(". ")[0]
+    who = "the leader (rank 0)" if not team.leader else "a worker rank"
+    return (
+        f"rank {team.rank} of {team.size}: lost contact with {who} ({first}); it died, or "
+        "exceeded execution.timeout. Finished artifacts are kept: the same command resumes."
+    )
+
+
+# -- one round: every rank trains at most one job -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Diverged:
+    step: int
+    epoch: int
+
+
+def _epoch_ends(job: Job, start_step: int, spe: int) -> int:
+    """How many times :func:`train` calls ``on_epoch_end`` for ``job`` starting at
+    ``start_step`` (at every full epoch boundary it crosses)."""
+    epochs = job.settings.epochs
+    if start_step >= epochs * spe:
+        return 0
+    return epochs - start_step // spe
+
+
+def _train_round(
+    team: Team,
+    model: nn.Module,
+    data: BatchSource,
+    work: Work,
+    mine: Job | None,
+    resume: tuple[TrainState, float] | None,
+    boundaries: int,
+    finish: Callable[[Job, TrainResult, float], Outcome],
+    on_checkpoint: Callable[[list[Any]], None],
+    tracker: Tracker | None,
+) -> Outcome | _Diverged | None:
+    """Train this rank's job of a round (if any), sending a checkpoint to the leader at each
+    epoch end; then pad to ``boundaries`` checkpoint messages. Never raises DivergenceError."""
+    sent = 0
+
+    def send(payload: Any) -> None:
+        nonlocal sent
+        sent += 1
+        gathered = _gather(team, payload)
+        if gathered is not None:
+            on_checkpoint(gathered)
+
+    result: Outcome | _Diverged | None = None
+    if mine is not None:
+        state, before = resume if resume is not None else (None, 0.0)
+        model.load_state_dict(work.start)
+        t0 = time.perf_counter()
+        try:
+            trained = train(
+                model,
+                data,
+                mine.settings,
+                seed=mine.seed,
+                mask=work.mask.to(model_device(model)),
+                start_step=work.start_step,
+                resume=state,
+                on_epoch_end=lambda s: send((mine.index, s, before + time.perf_counter() - t0)),
+                progress=tracker,
+                mask_schedule=work.during,
+            )
+            result = finish(mine, trained, before + time.perf_counter() - t0)
+        except DivergenceError as err:
+            result = _Diverged(err.step, err.epoch)
+    while sent < boundaries:
+        send(None)
+    return result
+
+
+def _deal(jobs: Sequence[Job], size: int) -> list[list[Job]]:
+    """Rounds of at most ``size`` jobs: round ``r`` holds jobs ``r * size ... r * size + size - 1``
+    and rank ``p`` trains the ``p``-th of each round."""
+    return [list(jobs[i : i + size]) for i in range(0, len(jobs), size)]
+
+
+def _round_boundaries(
+    jobs: Sequence[Job],
+    work: Work,
+    resumes: dict[int, tuple[TrainState, float] | None],
+    data: BatchSource,
+) -> int:
+    counts = []
+    for job in jobs:
+        spe = steps_per_epoch(data, job.settings.batch_size)
+        r = resumes.get(job.index)
+        counts.append(_epoch_ends(job, r[0].step if r is not None else work.start_step, spe))
+    return max(counts, default=0)
+
+
+def _play(
+    team: Team,
+    model: nn.Module,
+    data: BatchSource,
+    work: Work,
+    jobs: Sequence[Job],
+    resumes: dict[int, tuple[TrainState, float] | None],
+    finish: Callable[[Job, TrainResult, float], Outcome],
+    on_checkpoint: Callable[[list[Any]], None],
+    on_round: Callable[[list[Job], list[Any]], bool],
+    track: Callable[[list[Job]], Tracker] | None,
+) -> None:
+    """The rounds, as every rank plays them. After each round the leader's ``on_round`` gets
+    the round's results (one per rank) and says whether to go on, which the others learn."""
+    for round_jobs in _deal(jobs, team.size):
+        mine = round_jobs[team.rank] if team.rank < len(round_jobs) else None
+        boundaries = _round_boundaries(round_jobs, work, resumes, data)
+        tracker = track(round_jobs) if track is not None else None
+        try:
+            result = _train_round(
+                team,
+                model,
+                data,
+                work,
+                mine,
+                resumes.get(mine.index) if mine is not None else None,
+                boundaries,
+                finish,
+                on_checkpoint,
+                tracker,
+            )
+        finally:
+            if tracker is not None:
+                tracker.close()
+        gathered = _gather(team, result)
+        go = on_round(round_jobs, gathered) if gathered is not None else True
+        if not _broadcast(team, go):
+            return
+
+
+# -- the two sides -------------------------------------------------------------------------------
+
+
+class Distributed:
+    """The leader's side (rank 0): an :class:`~sparseavg.parallel.Executor` whose jobs train
+    on all ranks of ``team``. Call :meth:`close` when the run ends, so the workers return."""
+
+    name = "distributed"
+
+    def __init__(self, team: Team) -> None:
+        if not team.leader:
+            raise ValueError("Distributed is the leader's executor; other ranks call serve()")
+        self.team = team
+        self.closed = False
+
+    def run(
+        self, model: nn.Module, data: BatchSource, work: Work, jobs: Sequence[Job], hooks: Hooks
+    ) -> dict[int, Outcome]:
+        by_index = {job.index: job for job in jobs}
+        resumes = {job.index: hooks.resume(job) for job in jobs}
+        for index, r in resumes.items():
+            if r is not None:
+                hooks.message(
+                    f"cycle {work.cycle} ingredient {index}: resuming at step {r[0].step}"
+                )
+        _broadcast(self.team, ("train", work, list(jobs), resumes))
+        outcomes: dict[int, Outcome] = {}
+
+        def on_checkpoint(gathered: list[Any]) -> None:
+            for item in gathered:
+                if item is not None:
+                    index, state, seconds = item
+                    hooks.checkpoint(by_index[index], state, seconds)
+
+        def on_round(round_jobs: list[Job], results: list[Any]) -> bool:
+            try:
+                for job, result in zip(round_jobs, results, strict=False):
+                    if isinstance(result, _Diverged):
+                        outcome = hooks.diverged(job, DivergenceError(result.step, result.epoch))
+                    else:
+                        outcome = result
+                    hooks.save(job, outcome)
+                    outcomes[job.index] = outcome
+            except BaseException:
+                _broadcast(self.team, False)  # the workers stop this call and wait for the next
+                raise
+            return True
+
+        _play(
+            self.team,
+            model,
+            data,
+            work,
+            jobs,
+            resumes,
+            hooks.finish,
+            on_checkpoint,
+            on_round,
+            hooks.track,
+        )
+        return outcomes
+
+    def close(self) -> None:
+        """Tell the workers the run is over (idempotent)."""
+        if not self.closed:
+            self.closed = True
+            _broadcast(self.team, ("stop",))
+
+
+def serve(
+    team: Team,
+    model: nn.Module,
+    data: BatchSource,
+    finish: Callable[[Work, Job, TrainResult, float], Outcome],
+) -> None:
+    """A worker's side (rank > 0): train the jobs the leader deals out until it says stop.
+
+    Args:
+        team: this process's place; not the leader.
+        model: scratch model of the run's architecture on this rank's device.
+        data: the training split (each rank loads its own copy).
+        finish: turns a trained job into its outcome, as the leader's ``hooks.finish`` does
+            (recalibration included), with the :class:`Work` it belongs to.
+    """
+    if team.leader:
+        raise ValueError("serve() is for the worker ranks; rank 0 runs the engine")
+    while True:
+        message = _broadcast(team, None)
+        if message[0] == "stop":
+            return
+        _, work, jobs, resumes = message
+
+        def done(job: Job, result: TrainResult, seconds: float, work: Work = work) -> Outcome:
+            return finish(work, job, result, seconds)
+
+        _play(
+            team,
+            model,
+            data,
+            work,
+            jobs,
+            resumes,
+            done,
+            lambda gathered: None,
+            lambda round_jobs, results: True,
+            None,
+        )

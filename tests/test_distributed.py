@@ -1,0 +1,203 @@
+"""The distributed executor: 2 gloo processes on the CPU under torchrun reproduce the
+sequential run bit for bit; a rank that dies stops the other one with a clear error in bounded
+time, and the run resumes from what rank 0 kept."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine_helpers import only_run, rows, tiny_args
+from sparseavg.data import Split
+from sparseavg.parallel import Job
+from sparseavg.parallel.distributed import _deal, _epoch_ends
+from sparseavg.training import TrainSettings, steps_per_epoch, train
+from sparseavg.utils.files import load_tensors
+
+pytestmark = pytest.mark.skipif(
+    os.name != "posix" or not torch.distributed.is_gloo_available(),
+    reason="needs POSIX signals and torch.distributed with gloo",
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"  # the same in every process, so results can match bitwise
+    env.pop("RANK", None)
+    env.update(extra)
+    return env
+
+
+def _args(recipe: str, runs: Path, *extra: str) -> list[str]:
+    return tiny_args(recipe, runs, *extra, cycles=1)
+
+
+def _torchrun(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    launcher = (
+        [str(TORCHRUN)] if TORCHRUN.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    )
+    cmd = [*launcher, "--nproc-per-node", "2", "-m", "sparseavg", *args]
+    cmd += ["--set", "execution.mode=distributed"]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _sequential(args: list[str]) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "sparseavg", *args]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+
+
+def _tensor_files(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {str(f.relative_to(run)): load_tensors(f) for f in sorted(run.rglob("*.safetensors"))}
+
+
+def _assert_bitwise_equal(a: Path, b: Path) -> None:
+    assert rows(a) == rows(b)
+    fa, fb = _tensor_files(a), _tensor_files(b)
+    assert fa.keys() == fb.keys() and len(fa) > 5
+    for name in fa:
+        assert fa[name].keys() == fb[name].keys(), name
+        for key in fa[name]:
+            assert torch.equal(fa[name][key], fb[name][key]), (name, key)
+
+
+@pytest.mark.parametrize(
+    "recipe, extra",
+    [
+        # 3 SWA particles over 2 ranks: rank 1 sits out the second round
+        ("swamp", ("--set", "ingredients.count=3")),
+        # ingredients of different lengths (the ranks' epoch counts differ) and a greedy soup
+        (
+            "sms",
+            (
+                "--set",
+                "ingredients.count=3",
+                "--set",
+                "ingredients.vary=length",
+                "--set",
+                "ingredients.combine=greedy",
+                "--set",
+                "bn.recalibrate=always",
+            ),
+        ),
+    ],
+)
+def test_torchrun_with_two_processes_reproduces_the_sequential_run_bitwise(
+    tmp_path: Path, recipe: str, extra: tuple[str, ...]
+) -> None:
+    seq = _sequential(_args(recipe, tmp_path / "seq", *extra))
+    assert seq.returncode == 0, seq.stderr
+    dist = _torchrun(_args(recipe, tmp_path / "dist", *extra))
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    _assert_bitwise_equal(only_run(tmp_path / "seq"), only_run(tmp_path / "dist"))
+
+
+def test_distributed_without_torchrun_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    done = _sequential(_args("swamp", runs, "--set", "execution.mode=distributed"))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "torchrun --nproc-per-node" in lines[0], done.stderr
+    assert not runs.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_rank_that_dies_stops_the_other_with_a_clear_error_and_the_run_resumes(
+    tmp_path: Path, victim: int
+) -> None:
+    """Two ranks started by hand (torchrun's variables, no torchrun agent to clean up), so the
+    survivor's own error handling is what is tested."""
+    runs = tmp_path / "runs"
+    extra = ("--set", "ingredients.count=2", "--set", "train.epochs=6")
+    args = _args("swamp", runs, *extra, "--set", "execution.mode=distributed")
+    port = str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = _env(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
+        cmd = [sys.executable, "-m", "sparseavg", *args]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    try:
+        deadline = time.monotonic() + 120
+        # kill once rank 0 has written a checkpoint of cycle 1 (training there is under way)
+        while not list(runs.glob("*/cycle_01/ingredient_*/checkpoint.pt")):
+            assert time.monotonic() < deadline, "no checkpoint of cycle 1 appeared"
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.05)
+        procs[victim].send_signal(signal.SIGKILL)
+        survivor = procs[1 - victim]
+        started = time.monotonic()
+        _, err = survivor.communicate(timeout=60)
+        waited = time.monotonic() - started
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert survivor.returncode == 1, err
+    assert "lost contact" in err and f"rank {1 - victim} of 2" in err, err
+    assert waited < 60
+    # what rank 0 kept resumes under the sequential executor and ends as a run never killed
+    run = only_run(runs)
+    if victim == 0:
+        (run / "run.lock").unlink(missing_ok=True)
+    resumed = _sequential(_args("swamp", runs, *extra))
+    assert resumed.returncode == 0, resumed.stderr
+    fresh = _sequential(_args("swamp", tmp_path / "fresh", *extra))
+    assert fresh.returncode == 0, fresh.stderr
+    _assert_bitwise_equal(only_run(tmp_path / "fresh"), run)
+
+
+# -- the bookkeeping that keeps the ranks' collectives matched ------------------------------------
+
+
+@pytest.mark.parametrize("start_step", [0, 3, 8, 10, 11, 24, 40])
+def test_epoch_end_count_matches_the_checkpoints_train_makes(start_step: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    data = Split(torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g))
+    settings = TrainSettings(epochs=5, batch_size=4, lr=0.01, schedule="constant")
+    model = torch.nn.Linear(5, 3)
+    calls: list[int] = []
+    train(
+        model,
+        data,
+        settings,
+        seed=1,
+        start_step=start_step,
+        on_epoch_end=lambda s: calls.append(s.step),
+    )
+    job = Job(0, 1, settings)
+    assert _epoch_ends(job, start_step, steps_per_epoch(data, 4)) == len(calls)
+
+
+def test_jobs_are_dealt_in_rounds_rank_p_takes_every_p_th() -> None:
+    jobs = [Job(i, i, TrainSettings()) for i in range(5)]
+    assert [[j.index for j in r] for r in _deal(jobs, 2)] == [[0, 1], [2, 3], [4]]
+    assert [[j.index for j in r] for r in _deal(jobs, 8)] == [[0, 1, 2, 3, 4]]
