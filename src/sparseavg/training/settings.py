@@ -142,8 +142,9 @@ class TrainSettings:
 
     def resolved(self, device: torch.device | str) -> tuple[bool, bool]:
         """``(bf16, channels_last)`` as they apply on ``device``: the ``auto`` values turn on
-        on CUDA only (where bf16 autocast and channels-last convolutions are fast) and off
-        elsewhere (on CPUs both were measured slower or no faster for small models)."""
+        on CUDA only, where bf16 autocast and channels-last convolutions are the fast path.
+        Elsewhere they stay off: bf16 changes the numbers, and on a CPU it is fast only with
+        bf16 instructions; set them explicitly there."""
         cuda = torch.device(device).type == "cuda"
         bf16 = self.precision == "bf16" or (self.precision == "auto" and cuda)
         channels_last = cuda if self.channels_last is None else self.channels_last
