@@ -208,6 +208,7 @@ def _run_distributed(args: argparse.Namespace, config: Any) -> int:
     from ..experiment import resolve_device, run, serve
     from ..experiment.report import find_runs, markdown_table
     from ..parallel.distributed import (
+        NEEDS_TORCHRUN,
         Distributed,
         DistributedError,
         connect,
@@ -216,11 +217,7 @@ def _run_distributed(args: argparse.Namespace, config: Any) -> int:
     )
 
     if not launched_by_torchrun():
-        raise ConfigError(
-            "execution.mode = 'distributed' runs under torchrun, one process per GPU (or group "
-            "of CPU cores), e.g. `torchrun --nproc-per-node 2 -m sparseavg run CONFIG --set "
-            "execution.mode=distributed`"
-        )
+        raise ConfigError(NEEDS_TORCHRUN)
     cuda = resolve_device(config.execution.device).type == "cuda"
     team = connect(config.execution.timeout, cuda)
     if cuda:  # one GPU per process, by its rank on the node

@@ -27,7 +27,7 @@ from ..config import Config, ConfigError
 from ..data import Dataset, available_datasets, load_dataset
 from ..models import build_model
 from ..parallel import Auto, Executor, Job, Outcome, Sequential, Stacked, Work
-from ..parallel.distributed import Team
+from ..parallel.distributed import NEEDS_TORCHRUN, Team
 from ..parallel.distributed import serve as serve_jobs
 from ..pruning import (
     Mask,
@@ -185,11 +185,7 @@ def choose_executor(config: Config, device: torch.device) -> Executor:
     passes it to :func:`run`)."""
     mode = config.execution.mode
     if mode == "distributed":
-        raise ConfigError(
-            "execution.mode = 'distributed' runs under torchrun, one process per GPU (or group "
-            "of CPU cores), e.g. `torchrun --nproc-per-node 2 -m sparseavg run CONFIG --set "
-            "execution.mode=distributed`"
-        )
+        raise ConfigError(NEEDS_TORCHRUN)
     if mode == "stacked":
         return Stacked()
     if mode == "auto" and device.type == "cuda":

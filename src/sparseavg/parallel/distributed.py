@@ -37,12 +37,18 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data import BatchSource
-from ..training import DivergenceError, TrainResult, TrainState, steps_per_epoch, train
-from ..training.evaluate import model_device
+from ..training import DivergenceError, TrainResult, TrainState, steps_per_epoch
 from .base import Hooks, Job, Outcome, Tracker, Work
+from .sequential import train_from
 
 #: environment variables torchrun sets for every process
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: what to tell a user who asks for the distributed mode outside torchrun
+NEEDS_TORCHRUN = (
+    "execution.mode = 'distributed' runs under torchrun, one process per GPU (or group of CPU "
+    "cores), e.g. `torchrun --nproc-per-node 2 -m sparseavg run CONFIG --set "
+    "execution.mode=distributed`"
+)
 
 
 class DistributedError(RuntimeError):
@@ -176,20 +182,16 @@ def _train_round(
     result: Outcome | _Diverged | None = None
     if mine is not None:
         state, before = resume if resume is not None else (None, 0.0)
-        model.load_state_dict(work.start)
         t0 = time.perf_counter()
         try:
-            trained = train(
+            trained = train_from(
                 model,
                 data,
-                mine.settings,
-                seed=mine.seed,
-                mask=work.mask.to(model_device(model)),
-                start_step=work.start_step,
-                resume=state,
-                on_epoch_end=lambda s: send((mine.index, s, before + time.perf_counter() - t0)),
-                progress=tracker,
-                mask_schedule=work.during,
+                work,
+                mine,
+                state,
+                lambda s: send((mine.index, s, before + time.perf_counter() - t0)),
+                tracker,
             )
             result = finish(mine, trained, before + time.perf_counter() - t0)
         except DivergenceError as err:
