@@ -469,6 +469,21 @@ CASES = [
         "execution.progress", "'fancy'", "auto, rich, plain, none",
     ),
     case(
+        "mode",
+        run(*s("execution.mode=parallel")),
+        "execution.mode", "'parallel'", "sequential, stacked, distributed",
+    ),
+    case(
+        "timeout-zero",
+        run(*s("execution.timeout=0")),
+        "execution.timeout", "0", "(0, inf)",
+    ),
+    case(
+        "distributed-without-torchrun",
+        run(*s("execution.mode=distributed")),
+        "execution.mode = 'distributed' runs under torchrun", "--nproc-per-node",
+    ),
+    case(
         "unknown-recipe",
         run("--recipe", "lottery"),
         "recipe", "'lottery'", "imp, imp-swa, swamp", "gmp",
