@@ -91,6 +91,20 @@ def _assert_bitwise_equal(a: Path, b: Path) -> None:
                 "bn.recalibrate=always",
             ),
         ),
+        # the second of three ingredients diverges and is dropped from the soup
+        (
+            "sms",
+            (
+                "--set",
+                "ingredients.count=3",
+                "--set",
+                "ingredients.vary=lr",
+                "--set",
+                "ingredients.values=[1.0, 100000.0, 1.0]",
+                "--set",
+                "execution.on_divergence=drop",
+            ),
+        ),
     ],
 )
 def test_torchrun_with_two_processes_reproduces_the_sequential_run_bitwise(
@@ -101,6 +115,23 @@ def test_torchrun_with_two_processes_reproduces_the_sequential_run_bitwise(
     dist = _torchrun(_args(recipe, tmp_path / "dist", *extra))
     assert dist.returncode == 0, dist.stderr[-3000:]
     _assert_bitwise_equal(only_run(tmp_path / "seq"), only_run(tmp_path / "dist"))
+
+
+def test_divergence_stops_a_distributed_run_as_it_stops_a_sequential_one(tmp_path: Path) -> None:
+    extra = (
+        "--set", "ingredients.count=3", "--set", "ingredients.vary=lr",
+        "--set", "ingredients.values=[1.0, 100000.0, 1.0]",
+    )  # fmt: skip
+    seq = _sequential(_args("sms", tmp_path / "seq", *extra))
+    dist = _torchrun(_args("sms", tmp_path / "dist", *extra))
+    assert seq.returncode == 1 and dist.returncode != 0
+    message = seq.stderr.strip().splitlines()[-1]
+    assert message.startswith("sparseavg: stopped: training diverged") and "ingredient 1" in message
+    assert message in dist.stderr
+    a, b = only_run(tmp_path / "seq"), only_run(tmp_path / "dist")
+    kept = sorted(str(f.relative_to(a)) for f in a.rglob("*") if f.is_file())
+    assert kept == sorted(str(f.relative_to(b)) for f in b.rglob("*") if f.is_file())
+    assert "cycle_01/ingredient_0/final.safetensors" in kept
 
 
 def test_distributed_without_torchrun_is_refused_and_writes_nothing(tmp_path: Path) -> None:
