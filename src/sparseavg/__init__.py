@@ -12,7 +12,7 @@ The library layers (import them into an existing training loop; none touches dis
 - data / models: :func:`load_dataset`, :func:`build_model`
 
 and the experiment layer on top: :func:`resolve_config` and :func:`run` (the cycle loop with
-run directories that resume).
+run directories that resume; :func:`run_distributed` is its torchrun form).
 """
 
 from .averaging import (
@@ -25,7 +25,7 @@ from .averaging import (
 )
 from .config import Config, ConfigError
 from .data import Dataset, Split, available_datasets, load_dataset
-from .experiment import run
+from .experiment import run, run_distributed
 from .models import available_models, build_model, count_parameters
 from .pruning import (
     GradualMagnitudePruning,
@@ -88,6 +88,7 @@ __all__ = [
     "recalibrate_bn",
     "resolve_config",
     "run",
+    "run_distributed",
     "shuffle_within_layers",
     "train",
     "uniform_average",

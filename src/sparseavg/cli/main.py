@@ -201,44 +201,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_distributed(args: argparse.Namespace, config: Any) -> int:
-    """One process of a torchrun job: rank 0 runs the engine and writes the run directory,
-    the others train what it deals out. Every rank runs this same command."""
-    import dataclasses
-
-    from ..experiment import resolve_device, run, serve
+    """One process of a torchrun job (every rank runs the same command); rank 0 shows the
+    progress and the table."""
+    from ..experiment.launch import run_distributed
     from ..experiment.report import find_runs, markdown_table
-    from ..parallel.distributed import (
-        NEEDS_TORCHRUN,
-        Distributed,
-        DistributedError,
-        connect,
-        disconnect,
-        launched_by_torchrun,
-    )
 
-    if not launched_by_torchrun():
-        raise ConfigError(NEEDS_TORCHRUN)
-    cuda = resolve_device(config.execution.device).type == "cuda"
-    team = connect(config.execution.timeout, cuda)
-    if cuda:  # one GPU per process, by its rank on the node
-        execution = dataclasses.replace(config.execution, device=f"cuda:{team.local_rank}")
-        config = dataclasses.replace(config, execution=execution)
-    try:
-        if not team.leader:
-            serve(config, args.runs_dir, team)
-            return EXIT_OK
-        executor = Distributed(team)
-        try:
-            with _reporter(args, config.execution.progress) as reporter:
-                reporter.message(f"distributed over {team.size} processes")
-                path = run(config, args.runs_dir, reporter, executor=executor)
-        finally:
-            with contextlib.suppress(DistributedError):
-                executor.close()
-    finally:
-        disconnect()
-    print(markdown_table(find_runs([path])))
-    print(f"\nrun directory: {path}")
+    leader = os.environ.get("RANK", "0") == "0"
+    with _reporter(args, config.execution.progress if leader else "none") as reporter:
+        path = run_distributed(config, args.runs_dir, reporter)
+    if path is not None:
+        print(markdown_table(find_runs([path])))
+        print(f"\nrun directory: {path}")
     return EXIT_OK
 
 

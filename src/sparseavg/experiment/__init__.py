@@ -10,6 +10,7 @@ from .engine import (
     run,
     serve,
 )
+from .launch import run_distributed
 from .progress import NullReporter, PlainReporter, Reporter
 from .rundir import InsufficientDiskError, RunDir, RunLockedError
 
@@ -27,5 +28,6 @@ __all__ = [
     "prepare",
     "resolve_device",
     "run",
+    "run_distributed",
     "serve",
 ]
