@@ -139,7 +139,7 @@ def problem(
 
 
 BASE = TrainSettings(
-    epochs=3,
+    epochs=4,
     batch_size=16,
     lr=0.05,
     momentum=0.9,
@@ -147,7 +147,7 @@ BASE = TrainSettings(
     weight_decay=5e-4,
     schedule="cosine",
     warmup=0.1,
-    swa_start=0.3,
+    swa_start=0.5,
     swa_lr=0.02,
     augment=True,
 )
@@ -164,8 +164,12 @@ THREE = jobs_of(
 )
 
 
-def work_of(model: nn.Module, mask: Mask, start_step: int = 0) -> Work:
-    start = mask.applied(clone_state(model, device="cpu"))
+def work_of(model: nn.Module, mask: Mask, start_step: int = 0, masked: bool = True) -> Work:
+    """The model's weights as the jobs' start, pruned by ``mask`` or (``masked=False``) not:
+    ``train`` prunes them before the first step, but SWA's first copy keeps them."""
+    start = clone_state(model, device="cpu")
+    if masked:
+        start = mask.applied(start)
     return Work(cycle=1, lineage=0, start=start, start_step=start_step, mask=mask)
 
 
@@ -221,25 +225,25 @@ def assert_checkpoints_close(a: TrainState, b: TrainState, tol: dict) -> None:
 @pytest.mark.parametrize("net", ["conv", "mlp"])
 def test_float64_stacked_equals_sequential(net):
     model, split, mask = problem(net)
-    work = work_of(model, mask)
+    work = work_of(model, mask, masked=False)
     seq = run(Sequential(), model, split, work, THREE)
     stk = run(Stacked(), model, split, work, THREE)
     assert stk.messages == []  # no fallback
     assert stk.tracked == [[0, 1, 2]] and stk.closed == 1
     assert_results_close(stk, seq, F64)
-    # the ingredients really differ (seed, lr, weight decay), SWA averaged 3 - 0 = 3 epochs
+    # the ingredients really differ (seed, lr, weight decay); SWA averaged epochs 2 and 3
     a, b = stk.results[0].state, stk.results[1].state
     assert not torch.allclose(
         a["fc.weight" if net == "conv" else "out.weight"],
         b["fc.weight" if net == "conv" else "out.weight"],
     )
-    assert stk.results[0].swa_count == 3
+    assert stk.results[0].swa_count == 2
     for result in stk.results.values():
         for name, alive in mask.items():
             assert torch.all(result.state[name][~alive] == 0), name
             assert torch.all(result.swa_state[name][~alive] == 0), name
     # every epoch checkpoint is train()'s, in format and (to tolerance) in value
-    assert [i for i, _ in stk.all_checkpoints] == [0, 1, 2] * 3
+    assert [i for i, _ in stk.all_checkpoints] == [0, 1, 2] * 4
     seq_checkpoints = sorted(seq.all_checkpoints, key=lambda c: (c[1].step, c[0]))
     stk_checkpoints = sorted(stk.all_checkpoints, key=lambda c: (c[1].step, c[0]))
     for (i, s), (j, t) in zip(stk_checkpoints, seq_checkpoints, strict=True):
@@ -248,8 +252,8 @@ def test_float64_stacked_equals_sequential(net):
         assert_checkpoints_close(s, t, F64)
     # progress: every step, the loss at each epoch end
     steps = [p[0] for p in stk.progress if p[2] is None]
-    assert steps == list(range(1, 3 * 5 + 1))
-    assert sum(p[2] is not None for p in stk.progress) == 3
+    assert steps == list(range(1, 4 * 5 + 1))
+    assert sum(p[2] is not None for p in stk.progress) == 4
 
 
 def test_float64_bn_buffers_are_per_ingredient():
@@ -264,7 +268,7 @@ def test_float64_bn_buffers_are_per_ingredient():
             torch.testing.assert_close(
                 stk.results[i].swa_state[key], seq.results[i].state[key], **F64
             )
-        assert int(stk.results[i].state["bn.num_batches_tracked"]) == 15
+        assert int(stk.results[i].state["bn.num_batches_tracked"]) == 20
     assert not torch.allclose(
         stk.results[0].state["bn.running_mean"], stk.results[1].state["bn.running_mean"]
     )
@@ -289,7 +293,7 @@ def test_mid_epoch_start_momentum_free_and_no_swa():
     stk = run(Stacked(), model, split, work, jobs)
     assert stk.messages == []
     assert_results_close(stk, seq, F64)
-    assert stk.results[0].steps == 15 and stk.results[0].swa_state is None
+    assert stk.results[0].steps == 20 and stk.results[0].swa_state is None
     assert stk.all_checkpoints[0][1].optimizer["state"] == {}
 
 
@@ -426,13 +430,10 @@ def test_a_diverging_ingredient_is_dropped_like_sequential_drops_it():
     assert_results_close(stk, seq, F64)  # the others are untouched by it
     # it wrote its epoch-0 checkpoint only; the others all three
     assert [(i, s.step) for i, s in stk.all_checkpoints] == [
-        (0, 5),
-        (1, 5),
-        (2, 5),
-        (0, 10),
-        (2, 10),
-        (0, 15),
-        (2, 15),
+        *[(0, 5), (1, 5), (2, 5)],
+        *[(0, 10), (2, 10)],
+        *[(0, 15), (2, 15)],
+        *[(0, 20), (2, 20)],
     ]
 
 
