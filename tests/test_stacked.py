@@ -310,6 +310,32 @@ def test_channels_last():
     assert_results_close(stk, seq, F64)
 
 
+def test_bf16_autocast_is_applied_and_close_to_sequential():
+    """bf16 rounds differently in a grouped convolution, so only bf16's own precision holds
+    (losses within 1 %); that autocast is on shows in losses unlike the fp32 run's."""
+    model, split, mask = problem("conv", torch.float32)
+    work = work_of(model, mask)
+    bf16 = [
+        dataclasses.replace(j, settings=dataclasses.replace(j.settings, precision="bf16"))
+        for j in THREE
+    ]
+    seq = run(Sequential(), model, split, work, bf16)
+    stk = run(Stacked(), model, split, work, bf16)
+    fp32 = run(Stacked(), model, split, work, THREE)
+    assert stk.messages == []
+    for i in range(3):
+        torch.testing.assert_close(stk.results[i].losses, seq.results[i].losses, rtol=1e-2, atol=0)
+        assert (
+            max(
+                abs(a - b)
+                for a, b in zip(stk.results[i].losses, fp32.results[i].losses, strict=True)
+            )
+            > 1e-5
+        )
+        for name, alive in mask.items():
+            assert torch.all(stk.results[i].state[name][~alive] == 0), name
+
+
 # -- checkpoints: either executor resumes the other's ---------------------------------------------
 
 

@@ -23,7 +23,7 @@ Differences from :class:`~.sequential.Sequential`, none of which change what is 
 - an ingredient whose loss became NaN/inf in an epoch is reported through ``hooks.diverged`` at
   that epoch's end and dropped from the stack; the others go on;
 - every ingredient's ``seconds`` is the wall time of the stack (all of them trained during all
-  of it), plus the time of its checkpoint;
+  of it), plus the seconds of the checkpoint it resumed;
 - under dropout, vmap draws independent masks per ingredient from the global generator
   (``randomness="different"``), as separate runs would, but not the same draws.
 """
