@@ -1,12 +1,735 @@
-"""Placeholder until the stacked executor lands (being written on branch ``stacked``)."""
+"""The stacked executor: a cycle's ingredients trained as one batched model on one device.
+
+K jobs that differ only in seed, learning rate (and its schedule) and weight decay train as
+one model whose trainable parameters are one ``(K, P)`` tensor. ``torch.func.functional_call``
+under ``torch.vmap`` runs the K forward passes at once (K convolutions become one grouped
+convolution, K matrix products one batched product), one backward gives the ``(K, P)``
+gradient, and one SGD update over ``(K, P)`` with ``(K,)`` learning rates and weight decays
+steps all K. BatchNorm running statistics are stacked ``(K, ...)`` per ingredient and updated
+in place under vmap (which batches the in-place update of a batched buffer).
+
+Ingredient k sees exactly what :func:`~sparseavg.train` would show it: the batches and the
+augmentation of its own generator ``make_generator(seed, "epoch", epoch)``, its own learning
+rate at every step, the shared mask on its gradients before and its weights after every step,
+its own SWA average (``torch.optim.swa_utils.AveragedModel``, applied to the stack). Its
+checkpoints, divergence handling and result are :func:`~sparseavg.train` 's, so a run started
+by one executor can be resumed by the other. What is not stacked falls back to
+:class:`~.sequential.Sequential`, saying why (see :func:`unstackable`).
+
+Differences from :class:`~.sequential.Sequential`, none of which change what is computed:
+
+- floating-point rounding: a grouped convolution or a batched matrix product sums in another
+  order than K separate ones (float64: ~1e-15 relative per step);
+- an ingredient whose loss became NaN/inf in an epoch is reported through ``hooks.diverged`` at
+  that epoch's end and dropped from the stack; the others go on;
+- every ingredient's ``seconds`` is the wall time of the stack (all of them trained during all
+  of it), plus the seconds of the checkpoint it resumed;
+- under dropout, vmap draws independent masks per ingredient from the global generator
+  (``randomness="different"``), as separate runs would, but not the same draws.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.optim.swa_utils import AveragedModel
+
+from ..data import BatchSource
+from ..pruning import Mask
+from ..training import (
+    DivergenceError,
+    TrainResult,
+    TrainSettings,
+    TrainState,
+    build_optimizer,
+    learning_rate,
+    steps_per_epoch,
+)
+from ..training.evaluate import model_device
+from ..training.loop import _optimizer_state_to_cpu
+from ..utils.seeding import make_generator
+from ..utils.state import State
+from .base import Hooks, Job, Outcome, Tracker, Work
+from .sequential import Sequential
+
+#: settings every stacked job must share; the others (lr, weight decay, the schedule and its
+#: parameters, swa_lr) only change the learning rate and weight decay of each step.
+SHARED_SETTINGS: tuple[str, ...] = (
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "momentum",
+    "nesterov",
+    "swa_start",
+    "augment",
+    "precision",
+    "channels_last",
+)
+
+Checkpoint = tuple[TrainState, float]
+
+
+# -- where a model's state lives in a stack ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a model's state lives in a stack of K copies.
+
+    The trainable parameters of copy k are row k of one ``(K, P)`` tensor, concatenated in
+    ``named_parameters`` order (the optimizer's order); each buffer is one ``(K, *shape)``
+    tensor.
+
+    Attributes:
+        params: the parameter names, in ``named_parameters`` order.
+        shapes: their shapes.
+        buffers: the buffer names, in ``named_buffers`` order (non-persistent ones included).
+        keys: the ``state_dict`` keys, in order.
+    """
+
+    params: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    buffers: tuple[str, ...]
+    keys: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Layout:
+        """The layout of ``model``."""
+        named = list(model.named_parameters())
+        return cls(
+            params=tuple(n for n, _ in named),
+            shapes=tuple(p.shape for _, p in named),
+            buffers=tuple(n for n, _ in model.named_buffers()),
+            keys=tuple(model.state_dict().keys()),
+        )
+
+    @property
+    def sizes(self) -> list[int]:
+        """Elements of each parameter; they sum to P."""
+        return [math.prod(s) for s in self.shapes]
+
+    def views(self, flat: Tensor) -> dict[str, Tensor]:
+        """Parameter name -> view ``(*lead, *shape)`` of a ``(*lead, P)`` tensor (one
+        ``split``, so autograd gathers the gradients of all views with one ``cat``)."""
+        lead = flat.shape[:-1]
+        pieces = torch.split(flat, self.sizes, dim=-1)
+        return {
+            n: t.view(*lead, *s) for n, t, s in zip(self.params, pieces, self.shapes, strict=True)
+        }
+
+    def flatten(self, tensors: Mapping[str, Tensor]) -> Tensor:
+        """The ``(P,)`` row of the parameters in ``tensors`` (name -> tensor)."""
+        return torch.cat([tensors[n].detach().reshape(-1) for n in self.params])
+
+    def state(self, copy: Copy) -> State:
+        """The CPU ``state_dict`` of one copy (keys in order, fresh tensors)."""
+        found = {
+            **self.views(copy.row.detach()),
+            **dict(zip(self.buffers, copy.buffers, strict=True)),
+        }
+        return {k: found[k].detach().to("cpu").clone() for k in self.keys}
+
+
+def read_state(model: nn.Module, layout: Layout, state: Mapping[str, Tensor]) -> Copy:
+    """``state`` as ``model`` holds it once loaded (its dtypes, its device): loads it into
+    ``model`` (scratch space) and reads the parameter row and the buffers back."""
+    model.load_state_dict(state)
+    with torch.no_grad():
+        named = dict(model.named_buffers())
+        return Copy(
+            layout.flatten(dict(model.named_parameters())).clone(),
+            [named[n].detach().clone() for n in layout.buffers],
+        )
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One copy of the model in stack form: ``row`` ``(P,)`` and its buffers."""
+
+    row: Tensor
+    buffers: list[Tensor]
+
+
+class StackedModel(nn.Module):
+    """K copies of a model's state: the parameter ``flat`` ``(K, P)`` and one ``(K, *shape)``
+    buffer per model buffer (``buffer_<i>`` in :attr:`Layout.buffers` order).
+
+    A module, so that :class:`~torch.optim.swa_utils.AveragedModel` averages it exactly as
+    :func:`~sparseavg.train` averages a model (its update is elementwise, so averaging the
+    stack averages each copy).
+    """
+
+    def __init__(self, copies: Sequence[Copy]) -> None:
+        super().__init__()
+        self.flat = nn.Parameter(torch.stack([c.row for c in copies]))
+        for i in range(len(copies[0].buffers)):
+            self.register_buffer(f"buffer_{i}", torch.stack([c.buffers[i] for c in copies]))
+
+    def stacked_buffers(self) -> list[Tensor]:
+        """The ``(K, *shape)`` buffers, in :attr:`Layout.buffers` order."""
+        return list(self.buffers())
+
+    def copy(self, k: int) -> Copy:
+        """Copy ``k`` (views, not clones)."""
+        return Copy(self.flat.detach()[k], [b[k] for b in self.buffers()])
+
+    @torch.no_grad()
+    def select(self, keep: Sequence[int]) -> None:
+        """Keep only the copies ``keep`` (in that order)."""
+        index = torch.tensor(list(keep), device=self.flat.device)
+        self.flat = nn.Parameter(self.flat.detach()[index], self.flat.requires_grad)
+        for name, b in list(self.named_buffers()):
+            setattr(self, name, b[index])
+
+
+# -- what can be stacked -------------------------------------------------------------------------
+
+
+def unstackable(model: nn.Module, work: Work, jobs: Sequence[Job]) -> str | None:
+    """Why ``jobs`` cannot train as one stack (``None`` if they can)."""
+    if len(jobs) < 2:
+        return "one ingredient only"
+    if work.during is not None:
+        return "a mask schedule changes the mask during training"
+    first = jobs[0].settings
+    for job in jobs:
+        if job.settings.optimizer != "sgd":
+            return f"optimizer {job.settings.optimizer!r} is not stacked (SGD only)"
+        for name in SHARED_SETTINGS:
+            if getattr(job.settings, name) != getattr(first, name):
+                return f"ingredients differ in {name}"
+    params = list(model.parameters())
+    if not all(p.requires_grad for p in params):
+        return "the model has frozen parameters"
+    if len({p.dtype for p in params}) > 1:
+        return "the model's parameters differ in dtype"
+    layout = Layout.of(model)
+    if not set(layout.keys) <= set(layout.params) | set(layout.buffers):
+        return "the model's state has entries that are neither parameters nor buffers"
+    return None
+
+
+def read_checkpoints(
+    jobs: Sequence[Job], hooks: Hooks
+) -> tuple[list[Checkpoint | None], str | None]:
+    """Every job's checkpoint (``hooks.resume``), and why they cannot resume as one stack
+    (``None`` if they can: none has one, or all have one at the same step)."""
+    found = [hooks.resume(job) for job in jobs]
+    present = [c for c in found if c is not None]
+    if not present:
+        return found, None
+    if len(present) < len(found):
+        return found, "some ingredients have a checkpoint and some not"
+    if len({state.step for state, _ in present}) > 1:
+        return found, "the ingredients' checkpoints are at different steps"
+    if any(state.mask is not None for state, _ in present):
+        return found, "a checkpoint holds a mask changed during training"
+    return found, None
+
+
+# -- one step ------------------------------------------------------------------------------------
+
+
+LossFn = Callable[[Tensor, Sequence[Tensor], Tensor, Tensor], Tensor]
+
+
+def make_loss(model: nn.Module, layout: Layout) -> LossFn:
+    """The stacked loss: ``(flat (K, P), buffers [(K, ...)], x (K, B, ...), y (K, B))`` ->
+    ``(K,)`` mean cross-entropies, copy k's loss of its own batch under its own parameters.
+    Running statistics of the buffers are updated in place (``model`` must be in train mode).
+    """
+
+    def one(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
+
+    batched = torch.vmap(one, randomness="different")
+
+    def loss(flat: Tensor, buffers: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
+        out: Tensor = batched(
+            layout.views(flat), dict(zip(layout.buffers, buffers, strict=True)), x, y
+        )
+        return out
+
+    return loss
+
+
+@torch.no_grad()
+def sgd_step(
+    flat: Tensor,
+    grad: Tensor,
+    buffer: Tensor | None,
+    lr: Tensor,
+    weight_decay: Tensor | None,
+    mask: Tensor | None,
+    *,
+    momentum: float,
+    nesterov: bool,
+) -> Tensor | None:
+    """One ``torch.optim.SGD`` step (dampening 0) of K copies at once, under a shared mask.
+
+    Args:
+        flat: ``(K, P)`` parameters, updated in place.
+        grad: ``(K, P)`` their gradients; masked in place.
+        buffer: ``(K, P)`` momentum buffers (updated in place), or ``None`` before the first
+            step, where the buffer becomes the gradient (as in SGD).
+        lr: ``(K,)`` learning rates.
+        weight_decay: ``(K,)`` L2 factors, or ``None`` when all are 0.
+        mask: ``(P,)`` 1 where a weight is alive, 0 where pruned (``None``: dense); applied to
+            the gradients before and to the weights after the update.
+        momentum: the shared momentum (0: plain SGD, no buffer).
+        nesterov: Nesterov momentum.
+
+    Returns:
+        The momentum buffer (``None`` without momentum).
+    """
+    if mask is not None:
+        grad.mul_(mask)
+    d_p = grad if weight_decay is None else torch.addcmul(grad, flat, weight_decay[:, None])
+    if momentum != 0:
+        if buffer is None:
+            buffer = d_p.clone()
+        else:
+            buffer.mul_(momentum).add_(d_p)
+        d_p = d_p.add(buffer, alpha=momentum) if nesterov else buffer
+    flat.addcmul_(d_p, lr[:, None], value=-1)
+    if mask is not None:
+        flat.mul_(mask)
+    return buffer
+
+
+def stack_inputs(xs: Sequence[Tensor], channels_last: bool) -> Tensor:
+    """``(K, B, ...)`` of K batches ``(B, ...)``. With ``channels_last``, 4-D batches are laid
+    out as ``(B, H, W, K, C)`` in memory, so that vmap's grouped convolution, which sees them as
+    ``(B, K * C, H, W)``, gets a channels-last input without a copy."""
+    if channels_last and xs[0].dim() == 4:
+        return torch.stack([x.permute(0, 2, 3, 1) for x in xs], dim=3).permute(3, 0, 4, 1, 2)
+    return torch.stack(list(xs))
+
+
+def flat_mask(mask: Mask, layout: Layout, like: Tensor) -> Tensor | None:
+    """The ``(P,)`` factor row of ``mask`` (1 for unmasked parameters) in ``like`` 's dtype and
+    device, or ``None`` for an empty mask."""
+    if len(mask) == 0:
+        return None
+    factors = {
+        n: (mask[n] if n in mask else torch.ones(s, dtype=torch.bool))
+        for n, s in zip(layout.params, layout.shapes, strict=True)
+    }
+    return torch.cat([f.reshape(-1).to(like.device, like.dtype) for f in factors.values()])
+
+
+# -- checkpoints in train()'s format -------------------------------------------------------------
+
+
+def optimizer_state(
+    model: nn.Module, layout: Layout, settings: TrainSettings, lr: float, buffer: Tensor | None
+) -> dict[str, object]:
+    """The CPU ``state_dict`` of the ``torch.optim.SGD`` that :func:`~sparseavg.train` would
+    hold: its param group with the last step's ``lr``, and momentum buffers from ``buffer``
+    (``(P,)``; ``None``: none yet)."""
+    optimizer = build_optimizer(model, settings)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if buffer is not None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p, b in zip(params, layout.views(buffer).values(), strict=True):
+            optimizer.state[p]["momentum_buffer"] = b
+    return _optimizer_state_to_cpu(optimizer)
+
+
+def momentum_row(
+    model: nn.Module, layout: Layout, settings: TrainSettings, saved: dict[str, object]
+) -> Tensor | None:
+    """The ``(P,)`` momentum buffers of a saved SGD state (loaded by a real SGD, so in the
+    parameters' dtype and device); zeros where one is missing, which the next step treats
+    exactly as SGD's first step; ``None`` without momentum."""
+    if settings.momentum == 0:
+        return None
+    optimizer = build_optimizer(model, settings)
+    optimizer.load_state_dict(saved)
+    params = dict(model.named_parameters())
+    return torch.cat(
+        [
+            optimizer.state[params[n]]
+            .get("momentum_buffer", torch.zeros_like(params[n]))
+            .detach()
+            .reshape(-1)
+            for n in layout.params
+        ]
+    )
+
+
+def swa_state_dict(layout: Layout, n_averaged: Tensor, average: Copy) -> dict[str, Tensor]:
+    """``AveragedModel.state_dict()`` of one copy, on the CPU: ``n_averaged``, then the
+    averaged model's state under ``module.``."""
+    state = layout.state(average)
+    return {
+        "n_averaged": n_averaged.detach().to("cpu").clone(),
+        **{f"module.{k}": v for k, v in state.items()},
+    }
+
+
+def swa_copy(model: nn.Module, layout: Layout, saved: Mapping[str, Tensor]) -> tuple[Copy, int]:
+    """A saved ``AveragedModel.state_dict()`` as a copy and its ``n_averaged``."""
+    state = {k.removeprefix("module."): v for k, v in saved.items() if k.startswith("module.")}
+    return read_state(model, layout, state), int(saved["n_averaged"])
+
+
+# -- the executor --------------------------------------------------------------------------------
 
 
 class Stacked:
+    """Trains the jobs as one batched model on the model's device (see the module docstring);
+    falls back to :class:`~.sequential.Sequential` for what it cannot stack, saying why."""
+
     name = "stacked"
 
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("the stacked executor is not built yet")
+    def run(
+        self, model: nn.Module, data: BatchSource, work: Work, jobs: Sequence[Job], hooks: Hooks
+    ) -> dict[int, Outcome]:
+        if not jobs:
+            return {}
+        reason = unstackable(model, work, jobs)
+        checkpoints: list[Checkpoint | None] = [None] * len(jobs)
+        if reason is None:
+            checkpoints, reason = read_checkpoints(jobs, hooks)
+        if reason is not None:
+            how = "training it on its own" if len(jobs) == 1 else "training them one by one"
+            hooks.message(f"stacked: {reason}; {how}")
+            return Sequential().run(model, data, work, jobs, hooks)
+        tracker = hooks.track(jobs)
+        try:
+            return train_stacked(model, data, work, jobs, checkpoints, hooks, tracker)
+        finally:
+            tracker.close()
+
+
+# -- the training loop ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the stacked jobs share (see :data:`SHARED_SETTINGS`), as :func:`~sparseavg.train`
+    derives it: ``spe`` steps per epoch, ``stop`` steps in all, the SWA start (epoch and step,
+    or ``None``), bf16 autocast and channels-last inputs on ``device``."""
+
+    settings: TrainSettings
+    device: torch.device
+    spe: int
+    stop: int
+    swa_start_epoch: int | None
+    swa_start_step: int | None
+    bf16: bool
+    channels_last: bool
+
+    @classmethod
+    def of(cls, settings: TrainSettings, data: BatchSource, device: torch.device) -> Plan:
+        spe = steps_per_epoch(data, settings.batch_size)
+        bf16, channels_last = settings.resolved(device)
+        return cls(
+            settings,
+            device,
+            spe,
+            settings.epochs * spe,
+            settings.swa_start_epoch,
+            settings.swa_start_step(spe),
+            bf16,
+            channels_last,
+        )
+
+    def rate(self, settings: TrainSettings, step: int) -> float:
+        """A job's learning rate at ``step``, as :func:`~sparseavg.train` sets it."""
+        return learning_rate(settings, step, self.stop, self.swa_start_step)
+
+
+@dataclass
+class Member:
+    """One job of the stack and what :func:`~sparseavg.train` keeps for it besides its
+    weights, buffers, momentum and SWA average: its epoch losses, its rewind state (carried
+    from a checkpoint) and the training seconds spent before this call."""
+
+    job: Job
+    losses: list[float]
+    rewind: State | None = None
+    before: float = 0.0
+
+
+@dataclass
+class Stack:
+    """A stacked run between two steps. Copy k of every stacked tensor belongs to
+    ``members[k]``.
+
+    Attributes:
+        model: the scratch model (the architecture ``functional_call`` runs, the parameters
+            SGD state dicts are made for).
+        layout: where its state lives in the stack.
+        members: the jobs still training, in index order.
+        weights: parameters ``flat`` ``(K, P)`` and buffers ``(K, ...)``.
+        swa: the SWA average of ``weights`` (``None`` without SWA).
+        momentum: ``(K, P)`` SGD momentum buffers (``None`` before the first step or without
+            momentum).
+        step: the global step reached.
+    """
+
+    model: nn.Module
+    layout: Layout
+    members: list[Member]
+    weights: StackedModel
+    swa: AveragedModel | None
+    momentum: Tensor | None
+    step: int
+
+    @classmethod
+    def start(
+        cls,
+        model: nn.Module,
+        plan: Plan,
+        work: Work,
+        jobs: Sequence[Job],
+        checkpoints: Sequence[Checkpoint | None],
+    ) -> Stack:
+        """The stack ``train`` would start from for each job: ``work.start``, or the job's
+        checkpoint (all or none, at one step)."""
+        layout = Layout.of(model)
+        start = read_state(model, layout, work.start)
+        copies, averages, members, buffers = [], [], [], []
+        n_averaged, step = 0, work.start_step
+        for job, checkpoint in zip(jobs, checkpoints, strict=True):
+            if checkpoint is None:
+                copies.append(start)
+                averages.append(start)  # AveragedModel's copy of the model it is built from
+                members.append(Member(job, []))
+                continue
+            resume, seconds = checkpoint
+            copies.append(read_state(model, layout, resume.model))
+            buffers.append(momentum_row(model, layout, job.settings, resume.optimizer))
+            average = start
+            if resume.swa is not None:
+                average, n_averaged = swa_copy(model, layout, resume.swa)
+            averages.append(average)
+            members.append(Member(job, list(resume.losses), resume.rewind, seconds))
+            step = resume.step
+        swa = None
+        if plan.swa_start_step is not None:
+            swa = AveragedModel(StackedModel(averages), use_buffers=False)
+            swa.n_averaged.fill_(n_averaged)
+        momentum = None
+        if buffers and all(b is not None for b in buffers):
+            momentum = torch.stack([b for b in buffers if b is not None])
+        return cls(model, layout, members, StackedModel(copies), swa, momentum, step)
+
+    def drop(self, gone: Sequence[int]) -> None:
+        """Take copies ``gone`` out of the stack."""
+        keep = [k for k in range(len(self.members)) if k not in gone]
+        self.members = [self.members[k] for k in keep]
+        self.weights.select(keep)
+        if self.swa is not None:
+            _averaged(self.swa).select(keep)
+        if self.momentum is not None:
+            self.momentum = self.momentum[torch.tensor(keep, device=self.momentum.device)]
+
+    def checkpoint(self, k: int, lr: float) -> TrainState:
+        """Copy k's epoch checkpoint in :func:`~sparseavg.train` 's format; ``lr``: the rate of
+        the step just taken (its SGD param group's)."""
+        member = self.members[k]
+        momentum = None if self.momentum is None else self.momentum[k]
+        return TrainState(
+            step=self.step,
+            model=self.layout.state(self.weights.copy(k)),
+            optimizer=optimizer_state(self.model, self.layout, member.job.settings, lr, momentum),
+            swa=None if self.swa is None else _swa_of(self.swa, self.layout, k),
+            rewind=member.rewind,
+            losses=list(member.losses),
+        )
+
+    def result(self, k: int, mask: Mask) -> TrainResult:
+        """Copy k's :class:`~sparseavg.training.TrainResult`, as :func:`~sparseavg.train`
+        returns it."""
+        swa_state: State | None = None
+        swa_count = 0 if self.swa is None else int(self.swa.n_averaged)
+        if self.swa is not None and swa_count > 0:
+            swa_state = self.layout.state(_averaged(self.swa).copy(k))
+        return TrainResult(
+            state=self.layout.state(self.weights.copy(k)),
+            swa_state=swa_state,
+            rewind_state=self.members[k].rewind,
+            losses=list(self.members[k].losses),
+            steps=self.step,
+            swa_count=swa_count,
+            mask=mask,
+        )
+
+
+def epoch_batches(
+    data: BatchSource, plan: Plan, jobs: Sequence[Job], epoch: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of stacked batches ``(x (K, B, ...), y (K, B))``: job k's are those
+    :func:`~sparseavg.train` draws from ``make_generator(seed, "epoch", epoch)``."""
+    settings = plan.settings
+    sources = [
+        data.batches(
+            settings.batch_size,
+            generator=make_generator(job.seed, "epoch", epoch),
+            augment=settings.augment,
+            drop_last=True,
+        )
+        for job in jobs
+    ]
+    for batch in zip(*sources, strict=True):
+        x = stack_inputs([b[0] for b in batch], plan.channels_last)
+        y = torch.stack([b[1] for b in batch])
+        yield x.to(plan.device, non_blocking=True), y.to(plan.device, non_blocking=True)
+
+
+def train_epoch(
+    stack: Stack,
+    data: BatchSource,
+    plan: Plan,
+    loss_fn: LossFn,
+    factors: Tensor | None,
+    tracker: Tracker,
+) -> Tensor:
+    """Train the stack to the end of the epoch of ``stack.step`` (or ``plan.stop``).
+
+    Returns:
+        ``(steps, K)`` the steps' losses, on the device (default float dtype, as ``train``).
+    """
+    first = stack.step
+    epoch, offset = divmod(first, plan.spe)
+    end = min((epoch + 1) * plan.spe, plan.stop)
+    jobs = [m.job for m in stack.members]
+    dtype, device = stack.weights.flat.dtype, plan.device
+    rates = torch.tensor(
+        [[plan.rate(j.settings, s) for j in jobs] for s in range(first, end)], dtype=dtype
+    ).to(device, non_blocking=True)
+    decay = torch.tensor([j.settings.weight_decay for j in jobs], dtype=dtype)
+    weight_decay = decay.to(device) if bool(decay.any()) else None
+    nesterov = plan.settings.nesterov and plan.settings.momentum > 0
+    losses = torch.empty(end - first, len(jobs), device=device)
+    flat = stack.weights.flat
+    for i, (x, y) in enumerate(epoch_batches(data, plan, jobs, epoch)):
+        if i < offset:
+            continue  # resuming inside an epoch: same generators, skip what was done
+        if stack.step >= end:
+            break
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=plan.bf16):
+            loss = loss_fn(flat, stack.weights.stacked_buffers(), x, y)
+        flat.grad = None
+        loss.sum().backward()
+        assert flat.grad is not None
+        stack.momentum = sgd_step(
+            flat.detach(),
+            flat.grad,
+            stack.momentum,
+            rates[stack.step - first],
+            weight_decay,
+            factors,
+            momentum=plan.settings.momentum,
+            nesterov=nesterov,
+        )
+        losses[stack.step - first] = loss.detach()
+        stack.step += 1
+        tracker(stack.step, plan.stop, None)
+    flat.grad = None
+    return losses[: stack.step - first]
+
+
+def end_epoch(stack: Stack, plan: Plan, losses: Tensor, hooks: Hooks) -> dict[int, Outcome]:
+    """:func:`~sparseavg.train` 's epoch end for every copy, after ``losses`` ``(steps, K)``
+    of an epoch that began at step ``stack.step - steps``: diverged copies go to
+    ``hooks.diverged`` (and ``hooks.save``) and out of the stack; the others record their
+    mean loss, update their SWA average and write their checkpoint.
+
+    Returns:
+        The outcomes of the diverged copies, by job index.
+    """
+    first = stack.step - losses.shape[0]
+    epoch = first // plan.spe
+    finite = torch.isfinite(losses).cpu()
+    gone = [k for k in range(len(stack.members)) if not bool(finite[:, k].all())]
+    outcomes: dict[int, Outcome] = {}
+    for k in gone:
+        job = stack.members[k].job
+        bad = int((~finite[:, k]).nonzero()[0, 0])
+        outcome = hooks.diverged(job, DivergenceError(first + bad, epoch))
+        hooks.save(job, outcome)
+        outcomes[job.index] = outcome
+    if gone:
+        stack.drop(gone)
+        losses = losses[:, [k for k in range(losses.shape[1]) if k not in gone]]
+    if not stack.members or stack.step != (epoch + 1) * plan.spe:
+        return outcomes
+    # per column, as train() takes the mean of its (steps,) losses
+    means = torch.stack([losses[:, k].contiguous().mean() for k in range(losses.shape[1])])
+    for member, mean in zip(stack.members, means.tolist(), strict=True):
+        member.losses.append(mean)
+    start = plan.swa_start_epoch
+    if stack.swa is not None and start is not None and epoch >= start:
+        stack.swa.update_parameters(stack.weights)
+    return outcomes
+
+
+def train_stacked(
+    model: nn.Module,
+    data: BatchSource,
+    work: Work,
+    jobs: Sequence[Job],
+    checkpoints: Sequence[Checkpoint | None],
+    hooks: Hooks,
+    tracker: Tracker,
+) -> dict[int, Outcome]:
+    """:func:`~sparseavg.train` of every job at once, from ``work.start`` or the jobs'
+    ``checkpoints`` (all or none, at one step): checkpoints, outcomes and saves through
+    ``hooks``, progress to ``tracker``. Returns the outcomes by job index."""
+    t0 = time.perf_counter()
+    device = model_device(model)
+    plan = Plan.of(jobs[0].settings, data, device)
+    for job, checkpoint in zip(jobs, checkpoints, strict=True):
+        if checkpoint is not None:
+            step = checkpoint[0].step
+            hooks.message(f"cycle {work.cycle} ingredient {job.index}: resuming at step {step}")
+    stack = Stack.start(model, plan, work, jobs, checkpoints)
+    mask = work.mask.to(device)
+    mask.validate(model)
+    factors = flat_mask(mask, stack.layout, stack.weights.flat)
+    if factors is not None:
+        with torch.no_grad():
+            stack.weights.flat.mul_(factors)
+    loss_fn = make_loss(model, stack.layout)
+    model.train()
+    outcomes: dict[int, Outcome] = {}
+    while stack.step < plan.stop and stack.members:
+        losses = train_epoch(stack, data, plan, loss_fn, factors, tracker)
+        outcomes.update(end_epoch(stack, plan, losses, hooks))
+        if stack.step % plan.spe == 0:
+            seconds = time.perf_counter() - t0
+            for k, member in enumerate(stack.members):
+                state = stack.checkpoint(k, plan.rate(member.job.settings, stack.step - 1))
+                hooks.checkpoint(member.job, state, member.before + seconds)
+        last = [m.losses[-1] for m in stack.members if m.losses]
+        tracker(stack.step, plan.stop, sum(last) / len(last) if last else None)
+    seconds = time.perf_counter() - t0
+    for k, member in enumerate(stack.members):
+        outcome = hooks.finish(member.job, stack.result(k, mask), member.before + seconds)
+        hooks.save(member.job, outcome)
+        outcomes[member.job.index] = outcome
+    return outcomes
+
+
+def _averaged(swa: AveragedModel) -> StackedModel:
+    module = swa.module
+    assert isinstance(module, StackedModel)
+    return module
+
+
+def _swa_of(swa: AveragedModel, layout: Layout, k: int) -> dict[str, Tensor]:
+    n_averaged = swa.n_averaged
+    assert isinstance(n_averaged, Tensor)
+    return swa_state_dict(layout, n_averaged, _averaged(swa).copy(k))
