@@ -393,7 +393,6 @@ def _fallbacks():
             work,
             jobs_of(other(BASE, optimizer="adam"), other(BASE, optimizer="adam")),
         ),
-        "one ingredient only": (work, jobs_of(BASE)),
         "a mask schedule changes the mask": (
             dataclasses.replace(work, during=_NeverPrune()),
             jobs_of(BASE, other(BASE, lr=0.1)),
@@ -417,6 +416,15 @@ def test_fallbacks_say_why_and_train_sequentially(reason):
     stk = run(Stacked(), model, split, work, jobs)
     assert len(stk.messages) == 1 and stk.messages[0].startswith(f"stacked: {reason}")
     assert stk.tracked == [[j.index] for j in jobs]  # Sequential's one tracker per job
+    assert_results_close(stk, seq, {"atol": 0.0, "rtol": 0.0})
+
+
+def test_one_ingredient_trains_sequentially_without_a_word():
+    model, split, mask = problem("mlp")
+    work, jobs = work_of(model, mask), jobs_of(BASE)
+    seq = run(Sequential(), model, split, work, jobs)
+    stk = run(Stacked(), model, split, work, jobs)
+    assert stk.messages == [] and stk.tracked == [[0]]
     assert_results_close(stk, seq, {"atol": 0.0, "rtol": 0.0})
 
 

@@ -394,15 +394,14 @@ class Stacked:
     def run(
         self, model: nn.Module, data: BatchSource, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
-        if not jobs:
-            return {}
+        if len(jobs) <= 1:  # nothing to stack, nothing worth saying
+            return Sequential().run(model, data, work, jobs, hooks)
         reason = unstackable(model, work, jobs)
         checkpoints: list[Checkpoint | None] = [None] * len(jobs)
         if reason is None:
             checkpoints, reason = read_checkpoints(jobs, hooks)
         if reason is not None:
-            how = "training it on its own" if len(jobs) == 1 else "training them one by one"
-            hooks.message(f"stacked: {reason}; {how}")
+            hooks.message(f"stacked: {reason}; training them one by one")
             return Sequential().run(model, data, work, jobs, hooks)
         tracker = hooks.track(jobs)
         try:
