@@ -26,7 +26,21 @@ def parser(doc: str | None, repeats: int) -> argparse.ArgumentParser:
         help="cpu or cuda (default: cuda when available)",
     )
     p.add_argument("--repeats", type=int, default=repeats, help="timed blocks per variant")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice); 1 gives steadier figures on a "
+        "machine shared with other work",
+    )
     return p
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` and return the ``--device``."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device)
 
 
 def sync(device: torch.device) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import describe, interleave, paired_ratio, parser, table
+from _common import describe, interleave, paired_ratio, parser, setup, table
 from torch import Tensor, nn
 
 from sparseavg import Mask, Split, TrainSettings, build_model, magnitude_prune, train
@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=60_000, help="training samples")
     p.add_argument("--batch", type=int, default=128)
     args = p.parse_args()
-    device = torch.device(args.device)
+    device = setup(args)
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.samples, 1, 28, 28, generator=g).to(device)
