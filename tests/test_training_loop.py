@@ -1,4 +1,4 @@
-"""The fast training loop: same results as the plain loop, progress reports throttled."""
+"""The fast training loop: the same results as the plain loop it replaced."""
 
 import os
 
@@ -12,12 +12,7 @@ from sparseavg.data import Split
 from sparseavg.data.augment import Augmentation, host_to_device
 from sparseavg.pruning import Mask, magnitude_prune, prunable_parameters
 from sparseavg.training import TrainSettings, learning_rate, train
-from sparseavg.training.loop import (
-    PROGRESS_INTERVAL_S,
-    ProgressThrottle,
-    build_optimizer,
-    steps_per_epoch,
-)
+from sparseavg.training.loop import build_optimizer, steps_per_epoch
 from sparseavg.training.masking import MaskEnforcer
 from sparseavg.utils.seeding import make_generator
 
@@ -77,22 +72,16 @@ def test_train_gives_the_bits_of_the_plain_loop(settings, masked):
         assert torch.equal(result.state[k], v), k
 
 
-def test_progress_gets_every_epoch_end_with_its_loss_and_few_step_reports():
+def test_progress_gets_every_step_and_every_epoch_end_with_its_loss():
     calls = []
     settings = TrainSettings(epochs=3, batch_size=8, lr=0.05)
     result = train(
         tiny_net(), tiny_split(n=96), settings, seed=0, progress=lambda *a: calls.append(a)
     )
     spe = 96 // 8
+    assert [c for c in calls if c[2] is None] == [(s, 3 * spe, None) for s in range(1, 37)]
     ends = [c for c in calls if c[2] is not None]
-    assert [(s, t) for s, t, _ in ends] == [(spe * (e + 1), 3 * spe) for e in range(3)]
-    assert [loss for _, _, loss in ends] == result.losses
-    assert calls[0] == (1, 3 * spe, None)  # the first step is reported at once
-    assert calls[-1] == (3 * spe, 3 * spe, result.losses[-1])
-    steps = [s for s, _, _ in calls]
-    assert steps == sorted(steps) and all(t == 3 * spe for _, t, _ in calls)
-    # throttled: 36 steps of a tiny model take far less than 36 intervals
-    assert len(calls) - len(ends) < 3 * spe
+    assert ends == [(spe * (e + 1), 3 * spe, loss) for e, loss in enumerate(result.losses)]
 
 
 def test_progress_stopping_mid_epoch_reports_the_stop_step():
@@ -105,30 +94,6 @@ def test_progress_stopping_mid_epoch_reports_the_stop_step():
     result = train(tiny_net(), tiny_split(n=96), settings, seed=0, stop_step=17, progress=report)
     # 12 steps an epoch: the stop is reported with the loss of the one finished epoch
     assert result.losses == [calls[-1][2]] and calls[-1][:2] == (17, 17)
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_progress_throttle_passes_a_step_report_once_per_interval():
-    calls = []
-    clock = _Clock()
-    throttle = ProgressThrottle(lambda *a: calls.append(a), interval=0.1, clock=clock)
-    for step in range(1, 11):
-        throttle.step(step, 50)
-        clock.now += 0.03  # 0.1 s every 3.3 steps
-    assert [c[0] for c in calls] == [1, 5, 9]
-    throttle.epoch_end(10, 50, 1.5)
-    assert calls[-1] == (10, 50, 1.5)
-    throttle.step(11, 50)  # an epoch end restarts the interval
-    assert calls[-1][0] == 10
-    ProgressThrottle(None).step(1, 2)  # no receiver: nothing to do
-    assert 0 < PROGRESS_INTERVAL_S <= 0.5  # a bar still moves several times a second
 
 
 def test_host_to_device_on_the_cpu_is_a_plain_copy():
