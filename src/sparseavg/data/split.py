@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from sparseavg.data.augment import Augmentation
+from sparseavg.data.augment import Augmentation, host_to_device
 
 
 @runtime_checkable
@@ -138,7 +138,7 @@ class Split:
                 start = i * batch_size
                 yield self.x[start : start + batch_size], self.y[start : start + batch_size]
             return
-        order = torch.randperm(n, generator=generator).to(self.x.device)
+        order = host_to_device(torch.randperm(n, generator=generator), self.x.device)
         apply_aug = augment and self.augmentation.enabled
         for i in range(count):
             idx = order[i * batch_size : (i + 1) * batch_size]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -107,7 +108,15 @@ class TrainResult:
 
 
 class Progress(Protocol):
-    """Receives progress reports; the CLI passes a rich progress bar behind this."""
+    """Receives progress reports; the CLI passes a rich progress bar behind this.
+
+    :func:`train` calls it with ``(step, total, None)`` after every step, and with
+    ``(step, total, loss)`` after the last step of every epoch (and when it stops), ``loss``
+    being the mean loss of the last finished epoch (``None`` before one has finished).
+    ``step`` counts the steps done (global, 1-based), ``total`` is the step it stops at.
+    Every step is reported (the engine's tests interrupt runs at exact steps through it), so
+    the receiver must be cheap: the CLI's rich bar takes about 2.5 us a call.
+    """
 
     def __call__(self, step: int, total: int, loss: float | None) -> None: ...
 
@@ -153,6 +162,7 @@ def train(
     on_epoch_end: Callable[[TrainState], None] | None = None,
     progress: Progress | None = None,
     mask_schedule: MaskSchedule | None = None,
+    compile: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place under ``mask`` and return its final weights.
 
@@ -173,12 +183,16 @@ def train(
         resume: continue from a :class:`TrainState` given to ``on_epoch_end`` earlier.
         on_epoch_end: called with a CPU :class:`TrainState` at every epoch boundary (to save
             a checkpoint).
-        progress: called after every step with ``(step, total, loss or None)``.
+        progress: called after every step with ``(step, total, None)`` and at every epoch end
+            with the epoch's mean loss (see :class:`Progress`).
         mask_schedule: changes the mask during training (e.g. gradual magnitude pruning): its
             ``update`` is called at each epoch end (see
             :class:`~sparseavg.pruning.MaskSchedule`); a returned mask replaces the current
             one (weights and optimizer buffers of newly pruned weights are zeroed). Needs a
             ``mask``. The current mask is checkpointed.
+        compile: run the model's forward through ``torch.compile`` (the first steps wait for
+            the compilation, tens of seconds; results differ from eager ones by rounding).
+            Off by default. The mask, the optimizer and the loss stay eager.
 
     Raises:
         DivergenceError: a training loss was NaN or infinite (checked once per epoch).
@@ -218,13 +232,18 @@ def train(
         rewind_state = clone_state(model, device="cpu")
 
     model.train()
+    forward = _compiled(model) if compile else model
+    autocast = _autocast(device, use_bf16)
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
     schedule_gradients = mask_schedule is not None and mask_schedule.needs_gradients
     dense_gradients: dict[str, Tensor] | None = None
+    current_lr: float | None = None
     while step < stop:
         epoch, offset = divmod(step, spe)
         epoch_end = min((epoch + 1) * spe, stop)
         generator = make_generator(seed, "epoch", epoch)
-        step_losses = torch.empty(epoch_end - step, device=device)
+        # 0-d loss tensors on the device, read once at the epoch end: no host-device sync
+        step_losses: list[Tensor] = []
         batches = data.batches(
             settings.batch_size, generator=generator, augment=settings.augment, drop_last=True
         )
@@ -235,34 +254,34 @@ def train(
             if step >= epoch_end:
                 break
             lr = learning_rate(settings, step, total_steps, swa_start_step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            if lr != current_lr:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                current_lr = lr
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                loss = F.cross_entropy(forward(x), y)
+            _clear_gradients(trained)
             loss.backward()
             if schedule_gradients and step + 1 == (epoch + 1) * spe:
                 dense_gradients = enforcer.gradients()
             enforcer.mask_gradients()
             optimizer.step()
             enforcer.mask_weights()
-            step_losses[step - first] = loss.detach()
+            step_losses.append(loss.detach())
             step += 1
             if rewind_step is not None and step == rewind_step:
                 rewind_state = clone_state(model, device="cpu")
             if progress is not None:
                 progress(step, stop, None)
-        done = step_losses[: step - first]
-        finite = torch.isfinite(done)
-        if not bool(finite.all()):
-            bad = int((~finite).nonzero()[0, 0])
+        bad, mean_loss = _epoch_summary(step_losses, device)
+        if bad is not None:
             raise DivergenceError(first + bad, epoch)
         if step == epoch_end and epoch_end == (epoch + 1) * spe:
-            losses.append(float(done.mean()) if done.numel() else float("nan"))
+            losses.append(mean_loss)
             if mask_schedule is not None and mask is not None:
                 weights = {n: p.detach() for n, p in model.named_parameters() if n in mask}
                 new_mask = mask_schedule.update(epoch + 1, weights, dense_gradients, mask)
@@ -307,6 +326,46 @@ def train(
         swa_count=swa_count,
         mask=mask,
     )
+
+
+def _autocast(
+    device: torch.device, bf16: bool
+) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A factory of the context each forward runs in: bfloat16 autocast, or nothing (entering
+    a disabled ``torch.autocast`` costs about 4 us a step, 0.1-2 % of a small model's step)."""
+    if bf16:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _clear_gradients(params: list[Tensor]) -> None:
+    """``optimizer.zero_grad(set_to_none=True)`` without its profiler and dynamo wrappers,
+    which cost 13 us a step for LeNet-300-100 and 24 us for ResNet-20 on a CPU core:
+    drop every gradient."""
+    for p in params:
+        p.grad = None
+
+
+def _compiled(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``model``'s forward compiled with ``torch.compile`` (same parameters and buffers)."""
+    return torch.compile(model)
+
+
+def _epoch_summary(step_losses: list[Tensor], device: torch.device) -> tuple[int | None, float]:
+    """Read an epoch's step losses from the device once.
+
+    Returns:
+        ``(bad, mean)``: the index of the first non-finite loss (``None`` if all are finite)
+        and the mean loss in nats (NaN for no steps), computed in the default float dtype as
+        the losses were always stored.
+    """
+    if not step_losses:
+        return None, float("nan")
+    done = torch.stack(step_losses).to(torch.get_default_dtype())
+    finite = torch.isfinite(done)
+    if not bool(finite.all()):
+        return int((~finite).nonzero()[0, 0]), float("nan")
+    return None, float(done.mean())
 
 
 def _optimizer_state_to_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
