@@ -397,3 +397,17 @@ def test_a_run_directory_whose_config_was_edited_is_bad_input(tmp_path, capsys):
     assert main(tiny_args("imp", tmp_path, cycles=0)) == 2
     err = capsys.readouterr().err
     assert err.startswith("sparseavg: error: ") and "edited after the run started" in err
+
+
+def test_execution_compile_compiles_every_ingredient_but_not_the_common_run(tmp_path, monkeypatch):
+    import sparseavg.training.loop as loop
+    from engine_helpers import tiny_run
+
+    compiled = []
+    monkeypatch.setattr(loop, "_compiled", lambda model: compiled.append(1) or model)
+    tiny_run(tmp_path / "eager", {"recipe": "swamp", "ingredients": {"count": 2}})
+    assert compiled == []
+    tiny_run(
+        tmp_path / "compiled", {"recipe": "swamp", "ingredients": {"count": 2}, "execution": {"compile": True}}
+    )
+    assert len(compiled) == 2 * 2  # two particles in each of cycles 0 and 1

@@ -556,3 +556,31 @@ def test_engine_swamp_run_stacked_equals_sequential(tmp_path, monkeypatch):
                 assert value == pytest.approx(y[key], abs=1e-9), key
             else:
                 assert value == y[key], key
+
+
+def test_execution_compile_reaches_every_ingredient_and_stacked_leaves_it_to_sequential(
+    monkeypatch,
+):
+    """``Work.compile`` compiles each ingredient's forward (spied, not compiled: a cold
+    compile takes ~30 s); the stack has no compiled form, so it says so and falls back."""
+    import sparseavg.training.loop as loop
+
+    compiled: list[int] = []
+
+    def spy(model):
+        compiled.append(id(model))
+        return model
+
+    monkeypatch.setattr(loop, "_compiled", spy)
+    model, split, mask = problem("mlp")
+    work = dataclasses.replace(work_of(model, mask), compile=True)
+    jobs = jobs_of(BASE, dataclasses.replace(BASE, lr=0.1))
+    seq = run(Sequential(), model, split, work, jobs)
+    assert compiled == [id(model)] * 2
+    stk = run(Stacked(), model, split, work, jobs)
+    assert stk.messages == [
+        "stacked: execution.compile compiles one model's forward, not the "
+        "stacked one; training them one by one"
+    ]
+    assert compiled == [id(model)] * 4
+    assert_results_close(stk, seq, {"atol": 0.0, "rtol": 0.0})

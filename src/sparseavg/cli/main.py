@@ -300,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..parallel import DistributedError
     from ..pruning import MaskError
     from ..utils.files import CorruptFileError
+    from ..utils.malloc import tune_glibc_malloc
 
     parser = build_parser()
     try:
@@ -307,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     warnings.filterwarnings("default", category=UserWarning, module="sparseavg")
+    tune_glibc_malloc()  # CPU steps stop mapping and unmapping their buffers (utils/malloc.py)
     try:
         return COMMANDS[args.command](args)
     except (

@@ -580,7 +580,9 @@ def _train_ingredients(
             )
             for ing in pending
         ]
-        work = Work(plan.cycle, lineage, start, start_step, mask, plan.during)
+        work = Work(
+            plan.cycle, lineage, start, start_step, mask, plan.during, ctx.config.execution.compile
+        )
         hooks = _IngredientHooks(ctx, work, files, len(plan.ingredients))
         outcomes.update(ctx.executor.run(ctx.model, ctx.data.train, work, jobs, hooks))
     return outcomes

@@ -59,6 +59,7 @@ class Work:
         start_step: the global step the schedule starts at (the rewind step, or 0).
         mask: the mask every job trains under, on the CPU.
         during: a schedule that changes the mask while training (gradual pruning), or ``None``.
+        compile: run each model's forward through ``torch.compile`` (``execution.compile``).
     """
 
     cycle: int
@@ -67,6 +68,7 @@ class Work:
     start_step: int
     mask: Mask
     during: MaskSchedule | None = None
+    compile: bool = False
 
 
 class Tracker(Protocol):

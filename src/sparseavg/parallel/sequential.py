@@ -36,6 +36,7 @@ def train_from(
         on_epoch_end=on_epoch_end,
         progress=tracker,
         mask_schedule=work.during,
+        compile=work.compile,
     )
 
 

@@ -94,6 +94,8 @@ def unstackable(model: nn.Module, work: Work, jobs: Sequence[Job]) -> str | None
         return "one ingredient only"
     if work.during is not None:
         return "a mask schedule changes the mask during training"
+    if work.compile:
+        return "execution.compile compiles one model's forward, not the stacked one"
     first = jobs[0].settings
     for job in jobs:
         if job.settings.optimizer != "sgd":
