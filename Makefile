@@ -40,6 +40,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py --repeats 2
 	$(BIN)/python benchmarks/malloc.py --repeats 5
 	$(BIN)/python benchmarks/compile.py --repeats 3
+	$(BIN)/python benchmarks/stacked.py --repeats 3
+	$(BIN)/python benchmarks/distributed.py --repeats 1
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

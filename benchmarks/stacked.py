@@ -12,16 +12,14 @@ so machine noise hits them alike; medians of the timed blocks are printed as ima
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import describe, interleave, paired_ratio, parser, setup, table
 
 from sparseavg import Mask, MaskEnforcer, build_model, magnitude_prune, prunable_parameters
-from sparseavg.parallel.stacked import (
+from sparseavg.parallel.stack import (
     Layout,
     StackedModel,
     flat_mask,
@@ -119,54 +117,42 @@ def stacked_step(device: torch.device, k: int, batch: int, compile: bool) -> Cal
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--k", type=int, default=4, help="models trained at once")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3, help="stacked steps per timed block")
-    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per variant")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    variants = {
-        f"sequential ({args.k} models)": sequential_steps(device, args.k, args.batch),
+    p = parser(__doc__, repeats=5)
+    p.add_argument("--k", type=int, default=4, help="models trained at once")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=3, help="stacked steps per timed block")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd")
+    args = p.parse_args()
+    device = setup(args)
+    base = f"sequential ({args.k} models)"
+    steps = {
+        base: sequential_steps(device, args.k, args.batch),
         f"stacked K={args.k}": stacked_step(device, args.k, args.batch, compile=False),
     }
     if args.compile:
-        variants[f"stacked K={args.k}, compiled"] = stacked_step(
+        steps[f"stacked K={args.k}, compiled"] = stacked_step(
             device, args.k, args.batch, compile=True
         )
-    for step in variants.values():  # warm-up (and compilation)
-        for _ in range(2):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, step in variants.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
+
+    def block(step: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
             for _ in range(args.steps):
                 step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - t) / args.steps)
+
+        return run
+
+    times = interleave({n: block(s) for n, s in steps.items()}, device, args.repeats, warmup=1)
+    per_step = {n: [t / args.steps for t in ts] for n, ts in times.items()}
     images = args.k * args.batch
     print(
-        f"ResNet-20 (90 % sparse), batch {args.batch}, K={args.k}, {device}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"median of {args.repeats} blocks of {args.steps} steps of all {args.k} models"
+        f"ResNet-20 (90 % sparse), batch {args.batch}, K={args.k}, {describe(device)}; "
+        f"medians of {args.repeats} blocks of {args.steps} steps of all {args.k} models"
     )
-    print(f"{'variant':<28} {'ms/step':>9} {'images/s':>10}")
-    rates = {}
-    for name, ts in times.items():
-        m = statistics.median(ts)
-        rates[name] = images / m
-        print(f"{name:<28} {m * 1e3:>9.1f} {rates[name]:>10.0f}")
-    base = rates[f"sequential ({args.k} models)"]
+    table(per_step, base, extra={"images/s": lambda m: f"{images / m:.0f}"})
     summary = ", ".join(
-        f"{name} / sequential: {rate / base:.2f}x"
-        for name, rate in rates.items()
-        if name.startswith("stacked")
+        f"{name} / sequential: {1 / paired_ratio(per_step, name, base):.2f}x throughput"
+        for name in per_step
+        if name != base
     )
     print(f"{summary} ({device}, batch {args.batch}, {torch.get_num_threads()} threads)")
 
