@@ -20,7 +20,7 @@ from ..training import (
     TrainSettings,
     build_optimizer,
 )
-from ..training.loop import _optimizer_state_to_cpu
+from ..training.loop import optimizer_state_to_cpu
 from ..utils.state import State
 
 # -- where a model's state lives in a stack ------------------------------------------------------
@@ -243,7 +243,7 @@ def optimizer_state(
         params = [p for p in model.parameters() if p.requires_grad]
         for p, b in zip(params, layout.views(buffer).values(), strict=True):
             optimizer.state[p]["momentum_buffer"] = b
-    return _optimizer_state_to_cpu(optimizer)
+    return optimizer_state_to_cpu(optimizer)
 
 
 def momentum_row(

@@ -296,7 +296,7 @@ def train(
                     TrainState(
                         step=step,
                         model=clone_state(model, device="cpu"),
-                        optimizer=_optimizer_state_to_cpu(optimizer),
+                        optimizer=optimizer_state_to_cpu(optimizer),
                         swa=_swa_to_cpu(swa) if swa is not None else None,
                         rewind=rewind_state,
                         losses=list(losses),
@@ -368,7 +368,10 @@ def _epoch_summary(step_losses: list[Tensor], device: torch.device) -> tuple[int
     return None, float(done.mean())
 
 
-def _optimizer_state_to_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def optimizer_state_to_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with every tensor copied to the CPU: the ``optimizer`` entry
+    of a :class:`TrainState` (executors that train otherwise write their checkpoints in it)."""
+
     def move(value: Any) -> Any:
         if isinstance(value, Tensor):
             return value.detach().to("cpu").clone()
