@@ -38,17 +38,21 @@ def run_distributed(
     if cuda:  # one GPU per process, by its rank on the node
         execution = dataclasses.replace(config.execution, device=f"cuda:{team.local_rank}")
         config = dataclasses.replace(config, execution=execution)
+    finished = False
     try:
         if not team.leader:
             serve(config, runs_dir, team)
+            finished = True
             return None
         executor = Distributed(team)
         try:
             if reporter is not None:
                 reporter.message(f"distributed over {team.size} processes")
-            return run(config, runs_dir, reporter, executor=executor)
+            path = run(config, runs_dir, reporter, executor=executor)
         finally:
             with contextlib.suppress(DistributedError):
                 executor.close()  # the workers return, also when this rank failed
+        finished = True
+        return path
     finally:
-        disconnect()
+        disconnect(team if finished else None)

@@ -24,6 +24,7 @@ processes of a job whose process failed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -98,10 +99,18 @@ def connect(timeout_s: float, cuda: bool) -> Team:
     return Team(dist.get_rank(), dist.get_world_size(), local_rank, group)
 
 
-def disconnect() -> None:
-    """Leave the process group (every rank calls this once at the end)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def disconnect(team: Team | None = None) -> None:
+    """Leave the process group (every rank calls this once at the end). With ``team`` (on a
+    rank whose part ended normally) first wait until every rank is done exchanging, so no
+    rank tears its connections down while another still reads from them (gloo then aborts
+    the process); a rank that failed passes none and leaves at once, and the others learn it
+    from the closed connections."""
+    if not dist.is_initialized():
+        return
+    if team is not None:
+        with contextlib.suppress(RuntimeError, ValueError):
+            dist.barrier(group=team.group)
+    dist.destroy_process_group()
 
 
 # -- messages ------------------------------------------------------------------------------------
