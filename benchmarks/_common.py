@@ -79,6 +79,28 @@ def interleave(
     return times
 
 
+def masked_step(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    enforcer: object,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bf16: bool = False,
+) -> None:
+    """One optimizer step as ``train()`` takes it: forward (under bf16 autocast if asked),
+    backward, gradients masked, step, weights masked. ``enforcer`` is a ``MaskEnforcer``;
+    ``model`` may be a compiled forward."""
+    import torch.nn.functional as F
+
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    enforcer.mask_gradients()  # type: ignore[attr-defined]
+    opt.step()
+    enforcer.mask_weights()  # type: ignore[attr-defined]
+
+
 def median(values: list[float]) -> float:
     """The median of ``values``."""
     return statistics.median(values)

@@ -27,8 +27,17 @@ if __name__ == "__main__" and "--cache-dir" not in sys.argv:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-bench-")
 
 import torch
-import torch.nn.functional as F
-from _common import describe, interleave, median, paired_ratio, parser, setup, table, timed
+from _common import (
+    describe,
+    interleave,
+    masked_step,
+    median,
+    paired_ratio,
+    parser,
+    setup,
+    table,
+    timed,
+)
 
 from sparseavg import Mask, MaskEnforcer, build_model, magnitude_prune, prunable_parameters
 
@@ -49,13 +58,7 @@ def make_step(device: torch.device, batch: int, *, compiled: bool) -> Callable[[
     bf16 = device.type == "cuda"  # train()'s precision = "auto"
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(forward(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        enforcer.mask_gradients()
-        opt.step()
-        enforcer.mask_weights()
+        masked_step(forward, opt, enforcer, x, y, bf16)
 
     return step
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-from _common import describe, interleave, paired_ratio, parser, setup, table
+from _common import describe, interleave, masked_step, paired_ratio, parser, setup, table
 
 from sparseavg import Mask, MaskEnforcer, build_model, magnitude_prune, prunable_parameters
 from sparseavg.parallel.stack import (
@@ -66,12 +65,7 @@ def sequential_steps(device: torch.device, k: int, batch: int) -> Callable[[], N
 
     def steps() -> None:
         for (model, opt, enforcer), x, y in zip(models, xs, ys, strict=True):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            enforcer.mask_gradients()
-            opt.step()
-            enforcer.mask_weights()
+            masked_step(model, opt, enforcer, x, y)
 
     return steps
 
