@@ -11,6 +11,7 @@ from ..data import BatchSource
 from ..training.evaluate import model_device
 from .base import Hooks, Job, Outcome, Work
 from .sequential import Sequential
+from .stacked import Stacked
 
 #: bytes a stacked ingredient needs per byte of its model state, beyond activations: the
 #: weights, their gradients, momentum, the SWA average and the checkpoint copy
@@ -41,7 +42,5 @@ class Auto:
         self, model: nn.Module, data: BatchSource, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
         if len(jobs) > 1 and stacked_fits(model, len(jobs)):
-            from .stacked import Stacked
-
             return Stacked().run(model, data, work, jobs, hooks)
         return Sequential().run(model, data, work, jobs, hooks)
