@@ -408,6 +408,7 @@ def test_execution_compile_compiles_every_ingredient_but_not_the_common_run(tmp_
     tiny_run(tmp_path / "eager", {"recipe": "swamp", "ingredients": {"count": 2}})
     assert compiled == []
     tiny_run(
-        tmp_path / "compiled", {"recipe": "swamp", "ingredients": {"count": 2}, "execution": {"compile": True}}
+        tmp_path / "compiled",
+        {"recipe": "swamp", "ingredients": {"count": 2}, "execution": {"compile": True}},
     )
     assert len(compiled) == 2 * 2  # two particles in each of cycles 0 and 1

@@ -584,3 +584,20 @@ def test_execution_compile_reaches_every_ingredient_and_stacked_leaves_it_to_seq
     ]
     assert compiled == [id(model)] * 4
     assert_results_close(stk, seq, {"atol": 0.0, "rtol": 0.0})
+
+
+def test_auto_never_stacks_on_a_cpu_and_the_modes_pick_their_executors():
+    from engine_helpers import tiny_config
+    from sparseavg.experiment import choose_executor
+    from sparseavg.parallel import Auto, stacked_fits
+
+    model, _, _ = problem("mlp")
+    assert not stacked_fits(model, 2)
+    cpu = torch.device("cpu")
+    pick = {
+        m: choose_executor(tiny_config({"execution": {"mode": m}}), cpu)
+        for m in ("auto", "sequential", "stacked")
+    }
+    assert type(pick["auto"]) is Sequential and type(pick["sequential"]) is Sequential
+    assert type(pick["stacked"]) is Stacked
+    assert type(choose_executor(tiny_config({}), torch.device("cuda"))) is Auto
