@@ -241,3 +241,23 @@ def test_a_mask_schedule_sees_the_dense_gradients_of_each_epochs_last_step():
     assert torch.equal(w[~mask["fc.weight"]], torch.zeros_like(w[~mask["fc.weight"]]))
     with pytest.raises(ValueError, match="needs a mask"):
         train(tiny_net(), tiny_split(n=80), settings, seed=0, mask_schedule=schedule)
+
+
+def test_auto_precision_and_memory_format_turn_on_on_cuda_only():
+    auto = TrainSettings()
+    assert (auto.precision, auto.channels_last) == ("auto", None)
+    assert auto.resolved("cuda") == (True, True)
+    assert auto.resolved("cpu") == (False, False) == auto.resolved("mps")
+    forced = TrainSettings(precision="bf16", channels_last=True)
+    assert forced.resolved("cpu") == (True, True)
+    off = TrainSettings(precision="fp32", channels_last=False)
+    assert off.resolved("cuda") == (False, False)
+
+
+def test_config_memory_format_reaches_the_settings():
+    from sparseavg.recipes import resolve_config
+    from sparseavg.recipes.standard import base_settings
+
+    for value, expected in (("auto", None), ("on", True), ("off", False)):
+        config = resolve_config({"train": {"channels_last": value}})
+        assert base_settings(config).channels_last is expected
