@@ -232,3 +232,26 @@ def test_jobs_are_dealt_in_rounds_rank_p_takes_every_p_th() -> None:
     jobs = [Job(i, i, TrainSettings()) for i in range(5)]
     assert [[j.index for j in r] for r in _deal(jobs, 2)] == [[0, 1], [2, 3], [4]]
     assert [[j.index for j in r] for r in _deal(jobs, 8)] == [[0, 1, 2, 3, 4]]
+
+
+def test_execution_timeout_reaches_the_process_group(monkeypatch, tmp_path: Path) -> None:
+    import sparseavg.experiment.launch as launch
+    from engine_helpers import tiny_config
+    from sparseavg.parallel.distributed import TORCHRUN_ENV
+
+    seen: dict[str, object] = {}
+
+    class Joined(Exception):
+        pass
+
+    def connect(timeout_s: float, cuda: bool):
+        seen.update(timeout=timeout_s, cuda=cuda)
+        raise Joined
+
+    monkeypatch.setattr(launch, "connect", connect)
+    for name in TORCHRUN_ENV:
+        monkeypatch.setenv(name, "0")
+    with pytest.raises(Joined):
+        launch.run_distributed(tiny_config({"execution": {"timeout": 12.5}}), tmp_path)
+    assert seen == {"timeout": 12.5, "cuda": False}
+    assert not any(tmp_path.iterdir())
