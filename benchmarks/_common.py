@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from sparseavg.data import Split
+from sparseavg.data.augment import Augmentation
+
 
 def parser(doc: str | None, repeats: int) -> argparse.ArgumentParser:
     """An argument parser with the ``--device`` and ``--repeats`` every benchmark takes."""
@@ -99,6 +102,17 @@ def masked_step(
     enforcer.mask_gradients()  # type: ignore[attr-defined]
     opt.step()
     enforcer.mask_weights()  # type: ignore[attr-defined]
+
+
+def random_cifar(
+    samples: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> Split:
+    """``samples`` CIFAR-shaped random images ``(3, 32, 32)`` with labels in ``0..9``, drawn
+    from ``generator`` on the CPU (images, then labels), on ``device``, with CIFAR's training
+    augmentation (crop after padding 4, horizontal flip)."""
+    x = torch.randn(samples, 3, 32, 32, generator=generator)
+    y = torch.randint(0, 10, (samples,), generator=generator)
+    return Split(x.to(device), y.to(device), Augmentation(crop_padding=4, horizontal_flip=True))
 
 
 def median(values: list[float]) -> float:

@@ -34,23 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def register_random_cifar(samples: int) -> None:
     """``random-cifar10``: ``samples`` training and ``samples // 4`` test images of shape
     ``(3, 32, 32)``, 10 classes, crop+flip augmentation, drawn from a fixed seed."""
-    from sparseavg.data import Split, register_dataset
-    from sparseavg.data.augment import Augmentation
+    from _common import random_cifar
+
+    from sparseavg.data import register_dataset
     from sparseavg.data.dataset import dataset_from_splits
 
     def load(*, device, val_fraction, split_seed, **_):
         g = torch.Generator().manual_seed(0)
-        aug = Augmentation(crop_padding=4, horizontal_flip=True)
-        train = Split(
-            torch.randn(samples, 3, 32, 32, generator=g),
-            torch.randint(0, 10, (samples,), generator=g),
-            aug,
-        )
-        n_test = max(1, samples // 4)
-        test = Split(
-            torch.randn(n_test, 3, 32, 32, generator=g),
-            torch.randint(0, 10, (n_test,), generator=g),
-        )
+        train = random_cifar(samples, g)
+        test = random_cifar(max(1, samples // 4), g)
         return dataset_from_splits(
             "random-cifar10",
             train,

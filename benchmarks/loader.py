@@ -21,12 +21,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import describe, interleave, paired_ratio, parser, setup, table
+from _common import describe, interleave, paired_ratio, parser, random_cifar, setup, table
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from sparseavg.data import Split
-from sparseavg.data.augment import Augmentation
 
 PADDING = 4
 
@@ -82,10 +81,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers")
     args = p.parse_args()
     device = setup(args)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.samples, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (args.samples,), generator=g)
-    data = Split(x.to(device), y.to(device), Augmentation(PADDING, horizontal_flip=True))
+    cpu = random_cifar(args.samples, torch.Generator().manual_seed(0))
+    x, y = cpu.x, cpu.y
+    data = cpu.to(device)
     variants: dict[str, Callable[[], None]] = {
         "Split.batches": split_epoch(data, args.batch, seed=1)
     }

@@ -13,10 +13,9 @@ final weights).
 from __future__ import annotations
 
 import torch
-from _common import describe, interleave, paired_ratio, parser, setup, table
+from _common import describe, interleave, paired_ratio, parser, random_cifar, setup, table
 
-from sparseavg import Mask, Split, TrainSettings, build_model, magnitude_prune, train
-from sparseavg.data.augment import Augmentation
+from sparseavg import Mask, TrainSettings, build_model, magnitude_prune, train
 from sparseavg.pruning import prunable_parameters
 
 
@@ -27,10 +26,7 @@ def main() -> None:
     args = p.parse_args()
     device = setup(args)
     samples = args.samples or (50_000 if device.type == "cuda" else 5_000)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(samples, 3, 32, 32, generator=g).to(device)
-    y = torch.randint(0, 10, (samples,), generator=g).to(device)
-    data = Split(x, y, Augmentation(crop_padding=4, horizontal_flip=True))
+    data = random_cifar(samples, torch.Generator().manual_seed(0), device)
     settings = TrainSettings(epochs=1, batch_size=args.batch, lr=0.05)
 
     torch.manual_seed(0)
