@@ -41,6 +41,6 @@ class Auto:
     def run(
         self, model: nn.Module, data: BatchSource, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
-        if len(jobs) > 1 and stacked_fits(model, len(jobs)):
+        if stacked_fits(model, len(jobs)):  # Stacked trains a single job on its own
             return Stacked().run(model, data, work, jobs, hooks)
         return Sequential().run(model, data, work, jobs, hooks)

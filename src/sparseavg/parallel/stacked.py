@@ -89,9 +89,7 @@ Checkpoint = tuple[TrainState, float]
 
 
 def unstackable(model: nn.Module, work: Work, jobs: Sequence[Job]) -> str | None:
-    """Why ``jobs`` cannot train as one stack (``None`` if they can)."""
-    if len(jobs) < 2:
-        return "one ingredient only"
+    """Why ``jobs`` (two or more) cannot train as one stack (``None`` if they can)."""
     if work.during is not None:
         return "a mask schedule changes the mask during training"
     if work.compile:
