@@ -232,3 +232,186 @@ def test_ece_on_a_hand_computed_case():
     assert cal.bin_accuracies[0] is None
     one_hot = F.one_hot(labels, 3).double()
     assert calibration(one_hot, labels).ece == 0.0
+
+
+# -- sparseavg analyze on tiny real runs ----------------------------------------------------------
+
+FAST = dict(points=3, probes=2, hessian_batches=1, batch_size=128, bn_batches=1)
+
+
+@pytest.fixture(scope="module")
+def swamp_run(tmp_path_factory):
+    from engine_helpers import tiny_run
+
+    return tiny_run(
+        tmp_path_factory.mktemp("swamp"), {"recipe": "swamp", "ingredients": {"count": 2}}
+    )
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory):
+    from engine_helpers import tiny_run
+
+    return tiny_run(tmp_path_factory.mktemp("ensemble"), {"recipe": "ensemble"})
+
+
+def _outside_analysis(run):
+    return {
+        str(p.relative_to(run)): p.stat().st_mtime_ns
+        for p in run.rglob("*")
+        if p.is_file() and "analysis" not in p.relative_to(run).parts
+    }
+
+
+class _Messages:
+    def __init__(self):
+        self.lines, self.units = [], 0
+
+    def message(self, text):
+        self.lines.append(text)
+
+    def task(self, label, total):
+        return 1
+
+    def update(self, task, completed, info=""):
+        self.units = max(self.units, completed)
+
+    def finish(self, task):
+        pass
+
+
+def test_analyze_run_writes_each_cycle_and_a_summary_then_resumes(swamp_run, tmp_path):
+    import shutil
+
+    from sparseavg.experiment.analyze import AnalysisSettings, analyze_run, load_analysis
+
+    run = tmp_path / swamp_run.name
+    shutil.copytree(swamp_run, run)
+    before = _outside_analysis(run)
+    assert load_analysis(run) is None
+    settings = AnalysisSettings(**FAST)
+    summary = analyze_run(run, settings=settings, device="cpu")
+    assert _outside_analysis(run) == before  # only analysis/ is written
+    out = run / "analysis"
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "cycle_00.json",
+        "cycle_00_barrier.png",
+        "cycle_01.json",
+        "cycle_01_barrier.png",
+        "summary.json",
+        "summary.png",
+    }
+    import json
+
+    doc = json.loads((out / "cycle_01.json").read_text())
+    assert doc["settings"] == settings.to_dict()
+    assert doc["what"] == ["barrier", "hessian", "distance", "calibration"]
+    kinds = [(line["kind"], line["a"], line["b"]) for line in doc["barrier"]]
+    assert kinds == [
+        ("ingredients", "ingredient_0", "ingredient_1"),
+        ("ingredient-combined", "ingredient_0", "combined"),
+        ("ingredient-combined", "ingredient_1", "combined"),
+        ("previous", "previous_combined", "combined"),
+    ]
+    line = doc["barrier"][0]
+    assert line["test"]["alphas"] == [0.0, 0.5, 1.0] and len(line["train"]["losses"]) == 3
+    assert set(doc["hessian"]) == {"combined"} and doc["hessian"]["combined"]["masked"]
+    assert {(d["a"], d["b"]) for d in doc["distance"]} >= {
+        ("ingredient_0", "ingredient_1"),
+        ("ingredient_0", "average"),
+        ("ingredient_1", "combined"),
+    }
+    assert set(doc["calibration"]) == {"combined", "ingredient_0", "ingredient_1"}
+    assert len(doc["calibration"]["combined"]["bin_counts"]) == 15
+    assert doc["sparsity"] == pytest.approx(0.2, abs=1e-3)
+    cycle0 = json.loads((out / "cycle_00.json").read_text())
+    assert "previous" not in {line["kind"] for line in cycle0["barrier"]}
+    assert summary == load_analysis(run)
+    row = summary["cycles"][1]
+    assert row["barrier_ingredients_test_loss"] == line["test"]["loss_barrier"]
+    assert row["hessian_trace"] == doc["hessian"]["combined"]["mean"]
+    assert row["ece"] == doc["calibration"]["combined"]["ece"]
+    assert row["barrier_members_test_loss"] is None
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("cycle_*")}
+    messages = _Messages()
+    analyze_run(run, settings=settings, device="cpu", reporter=messages)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("cycle_*")} == stamps
+    assert len([m for m in messages.lines if "skipped" in m]) == 2 and messages.units == 0
+    # a changed setting (or another set of analyses) recomputes
+    analyze_run(run, cycles=[1], settings=AnalysisSettings(**{**FAST, "probes": 3}), device="cpu")
+    redone = json.loads((out / "cycle_01.json").read_text())
+    assert redone["settings"]["probes"] == 3 and redone["hessian"]["combined"]["probes"] == 3
+    assert (out / "cycle_00.json").stat().st_mtime_ns == stamps["cycle_00.json"]
+
+
+def test_analyze_members_of_an_ensemble_run(ensemble_run, tmp_path):
+    import shutil
+
+    from sparseavg.experiment.analyze import AnalysisSettings, analyze_run
+
+    run = tmp_path / ensemble_run.name
+    shutil.copytree(ensemble_run, run)
+    summary = analyze_run(
+        run, cycles=[1], what=["barrier", "calibration"], settings=AnalysisSettings(**FAST)
+    )
+    import json
+
+    doc = json.loads((run / "analysis" / "cycle_01.json").read_text())
+    kinds = [(line["kind"], line["a"], line["b"]) for line in doc["barrier"]]
+    assert kinds == [  # one ingredient per member: no ingredient pairs
+        ("previous", "member_0/previous_combined", "member_0/combined"),
+        ("previous", "member_1/previous_combined", "member_1/combined"),
+        ("members", "member_0/combined", "member_1/combined"),
+    ]
+    assert "hessian" not in doc and "distance" not in doc
+    assert {"member_0/combined", "member_1/ingredient_0", "ensemble"} <= set(doc["calibration"])
+    (row,) = summary["cycles"]
+    assert row["barrier_ingredients_test_loss"] is None
+    assert row["barrier_members_test_loss"] == doc["barrier"][2]["test"]["loss_barrier"]
+    assert row["ece_ensemble"] == doc["calibration"]["ensemble"]["ece"]
+
+
+def test_analyze_cli_refuses_bad_input_and_writes_nothing(swamp_run, tmp_path, capsys):
+    from sparseavg.cli.main import main
+
+    before = _outside_analysis(swamp_run)
+    assert main(["analyze", str(tmp_path), "--quiet"]) == 2
+    assert "config.toml" in capsys.readouterr().err
+    errors = []
+    for bad in (
+        ["--cycles", "1,x"],
+        ["--cycles", "7"],
+        ["--what", "barrier,sharpness"],
+        ["--points", "1"],
+    ):
+        assert main(["analyze", str(swamp_run), "--quiet", *bad]) == 2
+        errors.append(capsys.readouterr().err)
+    for err in errors:
+        assert err.startswith("sparseavg: error:") and len(err.strip().splitlines()) == 1
+    assert "--cycles '1,x'" in errors[0] and "cycle 7 is not complete" in errors[1]
+    assert "'sharpness'" in errors[2] and "points must be" in errors[3]
+    assert not (swamp_run / "analysis").exists()
+    assert list(tmp_path.iterdir()) == []
+    assert _outside_analysis(swamp_run) == before
+
+
+def test_analyze_cli_prints_a_table_and_report_shows_it(swamp_run, tmp_path, capsys):
+    import shutil
+
+    from sparseavg.cli.main import main
+
+    run = tmp_path / "runs" / swamp_run.name
+    shutil.copytree(swamp_run, run)
+    assert main(["report", str(run)]) == 0
+    plain = capsys.readouterr().out
+    assert "Hessian" not in plain
+    args = ["analyze", str(run), "--quiet", "--cycles", "1", "--points", "3", "--probes", "2"]
+    assert main([*args, "--hessian-batches", "1", "--what", "barrier,hessian"]) == 0
+    out = capsys.readouterr().out
+    assert "| run | cycle |" in out and f"| {run.name} | 1 | 20.0 |" in out
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(plain.rstrip("\n")) and "Hessian trace ± se" in shown
+    assert "## Analyses" in (tmp_path / "rep" / "report.md").read_text()
