@@ -10,11 +10,24 @@ The library layers (import them into an existing training loop; none touches dis
 - averaging: :func:`uniform_average`, :func:`greedy_soup`, :func:`recalibrate_bn`,
   :func:`evaluate_ensemble`
 - data / models: :func:`load_dataset`, :func:`build_model`
+- analysis: :func:`linear_path` (loss barriers), :func:`hessian_trace` (Hutchinson),
+  :func:`distances`, :func:`calibration` (ECE)
 
 and the experiment layer on top: :func:`resolve_config` and :func:`run` (the cycle loop with
-run directories that resume; :func:`run_distributed` is its torchrun form).
+run directories that resume; :func:`run_distributed` is its torchrun form), and
+:func:`analyze_run` / :func:`load_analysis` (``sparseavg analyze``).
 """
 
+from .analysis import (
+    Calibration,
+    Distance,
+    PathResult,
+    TraceEstimate,
+    calibration,
+    distances,
+    hessian_trace,
+    linear_path,
+)
 from .averaging import (
     SoupResult,
     ensemble_probabilities,
@@ -26,6 +39,7 @@ from .averaging import (
 from .config import Config, ConfigError
 from .data import Dataset, Split, available_datasets, load_dataset
 from .experiment import run, run_distributed
+from .experiment.analyze import AnalysisSettings, analyze_run, load_analysis
 from .models import available_models, build_model, count_parameters
 from .pruning import (
     GradualMagnitudePruning,
@@ -55,9 +69,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RECIPES",
+    "AnalysisSettings",
+    "Calibration",
     "Config",
     "ConfigError",
     "Dataset",
+    "Distance",
     "DivergenceError",
     "Evaluation",
     "GradualMagnitudePruning",
@@ -65,21 +82,29 @@ __all__ = [
     "MaskEnforcer",
     "MaskError",
     "MaskSchedule",
+    "PathResult",
     "SoupResult",
     "Split",
+    "TraceEstimate",
     "TrainResult",
     "TrainSettings",
     "TrainState",
     "__version__",
+    "analyze_run",
     "available_datasets",
     "available_models",
     "build_model",
+    "calibration",
     "count_parameters",
+    "distances",
     "ensemble_probabilities",
     "evaluate",
     "evaluate_ensemble",
     "fraction_per_cycle",
     "greedy_soup",
+    "hessian_trace",
+    "linear_path",
+    "load_analysis",
     "load_dataset",
     "magnitude_prune",
     "magnitude_prune_to",

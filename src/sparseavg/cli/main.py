@@ -1,4 +1,4 @@
-"""``sparseavg``: run, demo, report, inspect, export.
+"""``sparseavg``: run, demo, report, inspect, export, analyze.
 
 Bad input (config, data, files, paths) ends with one ``sparseavg: error: ...`` line and exit
 code 2, having written nothing; a run that stops (divergence, disk) exits 1 and keeps its files.
@@ -125,6 +125,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--member", type=int, help="ensemble member (required when the run has several)"
     )
     export.add_argument("--out", required=True, help="FILE.safetensors or FILE.pt")
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="loss barriers, Hessian trace, distances and calibration of a run's cycles",
+        description="Analyse a run's complete cycles; results go to RUN_DIR/analysis/ (a cycle "
+        "analysed before with the same settings is skipped).",
+    )
+    analyze.add_argument("run_dir")
+    analyze.add_argument("--cycles", default="all", help="comma-separated cycles, or all")
+    analyze.add_argument(
+        "--what",
+        default="barrier,hessian,distance,calibration",
+        help="comma-separated analyses: barrier, hessian, distance, calibration",
+    )
+    analyze.add_argument("--points", type=int, default=11, help="points along each line")
+    analyze.add_argument("--probes", type=int, default=16, help="Hutchinson probes")
+    analyze.add_argument(
+        "--hessian-batches", type=int, default=4, help="training batches of the Hessian's loss"
+    )
+    analyze.add_argument(
+        "--ingredients-hessian", action="store_true", help="also the trace of every ingredient"
+    )
+    analyze.add_argument("--device", help="cpu, cuda, ... (default: the run's execution.device)")
+    _add_output_flags(analyze)
     return parser
 
 
@@ -226,13 +250,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..experiment.report import find_runs, markdown_table, write_report
+    from ..experiment.report import analysis_table, find_runs, markdown_table, write_report
 
     out = _folder("--out", args.out) if args.out else None
     runs = find_runs(args.runs)
+    analyses = analysis_table(runs)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the table is shown
     print(markdown_table(runs))
+    if analyses is not None:
+        print(analyses)
     if out is not None:
         md, png = write_report(runs, out)
         print(f"\nwrote {md} and {png}")
@@ -269,12 +296,50 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cycles(text: str) -> list[int] | None:
+    """``--cycles``: ``all`` (``None``) or comma-separated non-negative integers."""
+    if text.strip() == "all":
+        return None
+    try:
+        cycles = [int(part) for part in text.split(",")]
+    except ValueError:
+        cycles = [-1]
+    if any(c < 0 for c in cycles):
+        raise UsageError(f"--cycles {text!r}: give comma-separated cycle numbers (1,3) or all")
+    return cycles
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from ..experiment.analyze import AnalysisSettings, analyze_run, markdown_summary
+
+    cycles = _cycles(args.cycles)
+    settings = AnalysisSettings(
+        points=args.points,
+        probes=args.probes,
+        hessian_batches=args.hessian_batches,
+        ingredients_hessian=args.ingredients_hessian,
+    )
+    with _reporter(args) as reporter:
+        summary = analyze_run(
+            args.run_dir,
+            cycles=cycles,
+            what=args.what.split(","),
+            settings=settings,
+            reporter=reporter,
+            device=args.device,
+        )
+    print(markdown_summary([summary]))
+    print(f"analysis: {Path(args.run_dir) / 'analysis'}")
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run,
     "demo": cmd_demo,
     "report": cmd_report,
     "inspect": cmd_inspect,
     "export": cmd_export,
+    "analyze": cmd_analyze,
 }
 
 
@@ -295,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparseavg`` command; returns the exit code."""
     from ..data import DataUnavailableError
     from ..experiment import InsufficientDiskError, RunError, RunLockedError
+    from ..experiment.analyze import AnalysisError
     from ..experiment.export import ExportError
     from ..experiment.runinfo import RunDirError
     from ..parallel import DistributedError
@@ -319,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         RunLockedError,
         RunDirError,
         ExportError,
+        AnalysisError,
         UsageError,
     ) as err:
         print(f"sparseavg: error: {err}", file=sys.stderr)

@@ -98,6 +98,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def load_data(config: Config, device: torch.device) -> Dataset:
+    """The config's data set with its splits (validation part included) on ``device``."""
+    known = available_datasets()
+    if config.data.dataset not in known:
+        raise ConfigError(f"data.dataset: {config.data.dataset!r} is not one of {', '.join(known)}")
+    return load_dataset(
+        config.data.dataset,
+        data_dir=config.execution.data_dir or None,
+        device=device,
+        val_fraction=config.data.val_fraction,
+        split_seed=config.data.split_seed,
+        download=config.execution.download,
+    )
+
+
 def make_model(config: Config, data: Dataset, seed: int) -> nn.Module:
     """The config's model, initialised from ``seed`` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
@@ -204,17 +219,7 @@ def prepare(
     Raises ConfigError / MaskError / DataUnavailableError; writes nothing."""
     device = resolve_device(config.execution.device)
     executor = executor or choose_executor(config, device)
-    known = available_datasets()
-    if config.data.dataset not in known:
-        raise ConfigError(f"data.dataset: {config.data.dataset!r} is not one of {', '.join(known)}")
-    data = load_dataset(
-        config.data.dataset,
-        data_dir=config.execution.data_dir or None,
-        device=device,
-        val_fraction=config.data.val_fraction,
-        split_seed=config.data.split_seed,
-        download=config.execution.download,
-    )
+    data = load_data(config, device)
     if len(data.train) < config.train.batch_size:
         raise ConfigError(
             f"train.batch_size ({config.train.batch_size}) is larger than the training split "

@@ -580,11 +580,21 @@ def budget_lines(runs: Sequence[RunResults]) -> list[str]:
     return lines
 
 
+def analysis_table(runs: Sequence[RunResults]) -> str | None:
+    """The markdown table of the runs' analyses (``sparseavg analyze``: barrier, Hessian
+    trace, ECE per run and cycle), or ``None`` when no run has ``analysis/summary.json``."""
+    from .analyze import load_analysis, markdown_summary
+
+    summaries = [s for s in (load_analysis(r.path) for r in runs) if s is not None]
+    return markdown_summary(summaries) if summaries else None
+
+
 def write_report(runs: Sequence[RunResults], out_dir: PathLike) -> tuple[Path, Path]:
     """Write ``out_dir/report.md`` and ``out_dir/accuracy_vs_sparsity.png`` atomically.
 
     The report has a title, the table of :func:`markdown_table`, one budget line per group,
-    the plot and the list of run directories. Returns ``(report_path, plot_path)``.
+    the plot, the analyses' table when a run has one (:func:`analysis_table`) and the list of
+    run directories. Returns ``(report_path, plot_path)``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -595,7 +605,11 @@ def write_report(runs: Sequence[RunResults], out_dir: PathLike) -> tuple[Path, P
     parts = [f"# sparseavg report{_context(runs)}", "", markdown_table(runs).rstrip("\n"), ""]
     parts += ["## Budget", ""]
     parts += [f"- {line}" for line in budget_lines(runs)] or ["_No runs._"]
-    parts += ["", f"![accuracy vs sparsity]({PLOT_NAME})", "", "## Runs", ""]
+    parts += ["", f"![accuracy vs sparsity]({PLOT_NAME})", ""]
+    analyses = analysis_table(runs)
+    if analyses is not None:
+        parts += ["## Analyses", "", analyses.rstrip("\n"), ""]
+    parts += ["## Runs", ""]
     for run in runs:
         cycles = sorted({r["cycle"] for r in run.rows})
         state = f"cycles {cycles[0]}–{cycles[-1]}" if cycles else "no results yet"
