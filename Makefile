@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean install
+.PHONY: demo test study lint typecheck bench clean install
 
 install: $(STAMP)
 
@@ -24,6 +24,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The reproduction study: every method of two settings over 5 seeds, then docs/RESULTS.md.
+# About 25 min on 2 CPU cores; resumable (finished runs under runs/study are reused). MNIST
+# comes from ../shared/data where that checkout has it, else $$SPARSEAVG_DATA or a download.
+STUDY_DATA := $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data),)
+study: $(STAMP)
+	SPARSEAVG_DATA=$${SPARSEAVG_DATA:-$(STUDY_DATA)} $(BIN)/sparseavg study
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,4 +1,4 @@
-"""``sparseavg``: run, demo, report, inspect, export, analyze.
+"""``sparseavg``: run, demo, report, inspect, export, analyze, study.
 
 Bad input (config, data, files, paths) ends with one ``sparseavg: error: ...`` line and exit
 code 2, having written nothing; a run that stops (divergence, disk) exits 1 and keeps its files.
@@ -149,6 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("--device", help="cpu, cuda, ... (default: the run's execution.device)")
     _add_output_flags(analyze)
+
+    study = sub.add_parser(
+        "study",
+        help="the reproduction study: every method over 5 seeds, analyses, docs/RESULTS.md",
+        description="Train (or resume) every group of the study's settings over its seeds, "
+        "analyse the runs its experiments need, and write RESULTS.md and its plots. A second "
+        "call reuses finished runs and analyses.",
+    )
+    study.add_argument("--runs-dir", default="runs/study", help="default: runs/study")
+    study.add_argument("--docs", default="docs", help="where RESULTS.md goes (default: docs)")
+    study.add_argument(
+        "--settings", default="mnist1d,mnist-lenet", help="comma-separated subset of the settings"
+    )
+    study.add_argument(
+        "--seeds", default="0,1,2,3,4", help="comma-separated seeds (default: 0,1,2,3,4)"
+    )
+    study.add_argument(
+        "--workers", type=int, help="runs at once, one torch thread each (default: CPU cores)"
+    )
+    study.add_argument("--data-dir", help="execution.data_dir (default: $SPARSEAVG_DATA)")
+    _add_output_flags(study)
     return parser
 
 
@@ -333,6 +354,52 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected comma-separated integers") from None
+    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise UsageError(f"{flag} {text!r}: expected distinct integers >= 0")
+    return values
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from ..experiment.batch import available_cores
+    from ..study import SETTINGS
+    from ..study.run import run_study
+
+    names = [n.strip() for n in args.settings.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown or not names:
+        raise UsageError(
+            f"--settings {args.settings!r}: choose from {', '.join(SETTINGS)} (comma-separated)"
+        )
+    seeds = _int_list("--seeds", args.seeds)
+    if len(seeds) < 2:
+        raise UsageError("--seeds: the paired tests need at least two seeds")
+    workers = args.workers if args.workers is not None else available_cores()
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: must be >= 1")
+    runs_dir = _folder("--runs-dir", args.runs_dir)
+    docs = _folder("--docs", args.docs)
+    with _reporter(args) as reporter:
+        path = run_study(
+            runs_dir,
+            docs,
+            settings=[SETTINGS[n] for n in names],
+            seeds=seeds,
+            workers=workers,
+            data_dir=args.data_dir or "",
+            reporter=reporter,
+            command="sparseavg study " + " ".join(sys.argv[2:])
+            if sys.argv[1:2] == ["study"]
+            else "sparseavg study",
+        )
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run,
     "demo": cmd_demo,
@@ -340,6 +407,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "export": cmd_export,
     "analyze": cmd_analyze,
+    "study": cmd_study,
 }
 
 

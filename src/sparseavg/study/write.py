@@ -1,0 +1,306 @@
+"""docs/RESULTS.md and its plots, from the numbers :mod:`.collect` read.
+
+Every sentence that says what held is generated from the paired tests, so that the text
+cannot claim more than the seeds of the run that wrote it support.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..utils.files import atomic_open, atomic_write_text
+from .collect import SeedRun
+from .plan import EXPERIMENTS, PAIRED_TESTS, Setting
+from .stats import PairedTest, Spread, holm, paired_test
+
+Results = dict[str, list[SeedRun]]  # group label -> its runs, one per seed
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What the header of RESULTS.md says about how the numbers were made."""
+
+    command: str
+    machine: str
+    torch: str
+    workers: int
+    seconds: float
+    train_seconds: float
+    analysis_seconds: float
+
+
+def _pct(x: float, digits: int = 2) -> str:
+    return "–" if math.isnan(x) else f"{100 * x:.{digits}f}"
+
+
+def _cycles(runs: Sequence[SeedRun]) -> list[int]:
+    return sorted(set.intersection(*(set(r.accuracy) for r in runs))) if runs else []
+
+
+def _sparsity(runs: Sequence[SeedRun], cycle: int) -> float:
+    return Spread.of([r.sparsity[cycle] for r in runs]).mean
+
+
+def _by_seed(runs: Sequence[SeedRun]) -> dict[int, SeedRun]:
+    return {r.seed: r for r in runs}
+
+
+def accuracy_table(results: Results, labels: Sequence[str]) -> str:
+    """Markdown: one row per cycle (its sparsity), one column per group, mean ± std in %."""
+    present = [label for label in labels if results.get(label)]
+    if not present:
+        return "_No finished runs._"
+    cycles = sorted({c for label in present for c in _cycles(results[label])})
+    head = "| sparsity % | " + " | ".join(present) + " |"
+    rule = "|---:|" + "---:|" * len(present)
+    lines = [head, rule]
+    for c in cycles:
+        sp = next(_sparsity(results[label], c) for label in present if c in _cycles(results[label]))
+        cells = []
+        for label in present:
+            runs = [r for r in results[label] if c in r.accuracy]
+            cells.append(Spread.of([r.accuracy[c] for r in runs]).text(100) if runs else "–")
+        lines.append(f"| {_pct(sp, 1)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``a`` against ``b`` by cycle: the paired tests and which survive Holm's correction."""
+
+    a: str
+    b: str
+    cycles: list[int]
+    sparsities: list[float]
+    tests: list[PairedTest]
+    significant: list[bool]
+
+
+def compare(
+    results: Results,
+    a: str,
+    b: str,
+    value: Callable[[SeedRun, int], float] | None = None,
+) -> Comparison | None:
+    """Paired tests of ``a - b`` at every cycle both have, over the seeds both have.
+
+    ``value(run, cycle)`` picks the number (default: headline accuracy); nan values drop the
+    pair. None when fewer than two seeds pair up."""
+    pick = value or (lambda run, c: run.accuracy.get(c, math.nan))
+    ra, rb = _by_seed(results.get(a, [])), _by_seed(results.get(b, []))
+    seeds = sorted(set(ra) & set(rb))
+    if len(seeds) < 2:
+        return None
+    cycles, sparsities, tests = [], [], []
+    for c in sorted(set(_cycles([ra[s] for s in seeds])) & set(_cycles([rb[s] for s in seeds]))):
+        pairs = [(pick(ra[s], c), pick(rb[s], c)) for s in seeds]
+        pairs = [(x, y) for x, y in pairs if not (math.isnan(x) or math.isnan(y))]
+        if len(pairs) < 2:
+            continue
+        cycles.append(c)
+        sparsities.append(_sparsity([ra[s] for s in seeds], c))
+        tests.append(paired_test([x for x, _ in pairs], [y for _, y in pairs]))
+    if not tests:
+        return None
+    return Comparison(a, b, cycles, sparsities, tests, holm([t.p for t in tests]))
+
+
+def comparison_table(
+    comparisons: Sequence[Comparison], scale: float = 100.0, unit: str = "%"
+) -> str:
+    """Markdown: one row per comparison and cycle."""
+    lines = [
+        f"| comparison | sparsity % | mean diff ({unit}) ± std | 95 % CI | p (paired t) "
+        "| a > b in | Holm 5 % |",
+        "|---|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for cmp in comparisons:
+        for sp, t, sig in zip(cmp.sparsities, cmp.tests, cmp.significant, strict=True):
+            p = "–" if math.isnan(t.p) else f"{t.p:.3f}"
+            lines.append(
+                f"| {cmp.a} − {cmp.b} | {_pct(sp, 1)} | {t.mean * scale:+.2f} ± "
+                f"{t.std * scale:.2f} | [{t.low * scale:+.2f}, {t.high * scale:+.2f}] | {p} "
+                f"| {t.wins}/{t.n} | {'yes' if sig else 'no'} |"
+            )
+    return "\n".join(lines)
+
+
+def verdict(cmp: Comparison, higher: str = "higher", scale: float = 100.0) -> str:
+    """One sentence: where ``a`` is significantly above / below ``b`` and where the seeds
+    cannot tell."""
+    up = [
+        _pct(s, 1)
+        for s, t, g in zip(cmp.sparsities, cmp.tests, cmp.significant, strict=True)
+        if g and t.mean > 0
+    ]
+    down = [
+        _pct(s, 1)
+        for s, t, g in zip(cmp.sparsities, cmp.tests, cmp.significant, strict=True)
+        if g and t.mean < 0
+    ]
+    rest = len(cmp.tests) - len(up) - len(down)
+    n = min(t.n for t in cmp.tests)
+    parts = []
+    if up:
+        parts.append(f"{higher} at {', '.join(up)} % sparsity")
+    if down:
+        opposite = "lower" if higher == "higher" else "higher"
+        parts.append(f"{opposite} at {', '.join(down)} %")
+    if rest:
+        parts.append(f"not distinguishable from it at the other {rest} of {len(cmp.tests)}")
+    means = ", ".join(f"{t.mean * scale:+.2f}" for t in cmp.tests)
+    return (
+        f"**{cmp.a}** vs **{cmp.b}** ({n} seeds, paired t-test, Holm-corrected over "
+        f"{len(cmp.tests)} sparsities): " + "; ".join(parts) + f". Mean differences by cycle: "
+        f"{means}."
+    )
+
+
+def budget_table(results: Results, labels: Sequence[str]) -> str:
+    """Markdown: per group, training epochs and training seconds per seed (mean)."""
+    lines = [
+        "| method | seeds | training epochs per seed | training time per seed (s, one thread) |",
+        "|---|---:|---:|---:|",
+    ]
+    for label in labels:
+        runs = results.get(label, [])
+        if not runs:
+            continue
+        epochs = Spread.of([r.epochs for r in runs]).mean
+        seconds = Spread.of([r.seconds for r in runs]).mean
+        lines.append(f"| {label} | {len(runs)} | {epochs:.0f} | {seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_lines(
+    series: dict[str, list[tuple[float, float, float]]],
+    path: Path,
+    *,
+    title: str,
+    ylabel: str,
+    log_sparsity: bool = True,
+) -> None:
+    """A PNG of one line per series: points ``(sparsity in [0,1], mean, std)``, with ±std
+    bands, sparsity on the report's ``-log10(1 - s)`` axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    from ..experiment.report import _TICKS_PCT, _from_axis, _to_axis
+
+    fig = Figure(figsize=(7.0, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if log_sparsity:
+        ax.set_xscale("function", functions=(_to_axis, _from_axis))
+    right = 0.0
+    for label, points in series.items():
+        pts = sorted(p for p in points if not math.isnan(p[1]))
+        if not pts:
+            continue
+        xs = [100 * p[0] for p in pts]
+        ys = [p[1] for p in pts]
+        sd = [p[2] for p in pts]
+        right = max(right, *xs)
+        (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=label)
+        ax.fill_between(
+            xs,
+            [y - d for y, d in zip(ys, sd, strict=True)],
+            [y + d for y, d in zip(ys, sd, strict=True)],
+            color=line.get_color(),
+            alpha=0.15,
+            linewidth=0,
+        )
+    if log_sparsity:
+        end = next((t for t in _TICKS_PCT if t >= max(right, 60.0) - 1e-9), 99.0)
+        ax.xaxis.set_major_locator(FixedLocator([t for t in _TICKS_PCT if t <= end]))
+        ax.xaxis.set_minor_locator(FixedLocator([]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.set_xlim(0.0, end)
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+
+
+def accuracy_series(
+    results: Results, labels: Sequence[str]
+) -> dict[str, list[tuple[float, float, float]]]:
+    out = {}
+    for label in labels:
+        runs = results.get(label, [])
+        if not runs:
+            continue
+        points = []
+        for c in _cycles(runs):
+            s = Spread.of([r.accuracy[c] for r in runs])
+            points.append((_sparsity(runs, c), 100 * s.mean, 100 * s.std))
+        out[label] = points
+    return out
+
+
+def write_results(
+    path: Path,
+    sections: list[str],
+) -> None:
+    """Write RESULTS.md atomically from its sections (markdown blocks)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n\n".join(s.strip("\n") for s in sections) + "\n")
+
+
+def main_section(setting: Setting, results: Results, figure: str) -> list[str]:
+    """The setting's main table, budget, plot and paired tests, with their verdicts."""
+    labels = [g.label for g in setting.groups if g.section == "main"]
+    comparisons = [c for a, b in PAIRED_TESTS if (c := compare(results, a, b)) is not None]
+    out = [
+        f"## {setting.title}",
+        f"**Budget, the same for every method.** {setting.why}",
+        "Test accuracy in %, mean ± sample std over seeds (the headline model of each method: "
+        "the IMP model, the SWAMP average, the soup, the 2-model prediction ensemble).",
+        accuracy_table(results, labels),
+        f"![accuracy vs sparsity, {setting.name}]({figure})",
+        "**Paired tests** (same seed: same data split, initialisation and dense model where the "
+        "recipes share them). `a > b in` counts seeds; `Holm 5 %` says whether the difference "
+        "is significant after correcting for the number of sparsities tested.",
+        comparison_table(comparisons),
+        "**What held here:**\n\n" + "\n".join(f"- {verdict(c)}" for c in comparisons),
+        "**Budget per method** (epochs of every model trained, the common run to the rewind "
+        "point included; seconds of training on one thread, evaluation excluded):",
+        budget_table(results, labels),
+    ]
+    return out
+
+
+def experiments_header() -> str:
+    return "## The experiments each paper proposes first (MNIST-1D)\n\n" + "\n".join(
+        f"- {title}" for title in EXPERIMENTS.values()
+    )
+
+
+def section_title(key: str) -> str:
+    return f"### {EXPERIMENTS[key]}"
+
+
+def describe_record(record: StudyRecord) -> str:
+    return (
+        f"Made by `{record.command}` on {record.machine} (torch {record.torch}), "
+        f"{record.workers} runs at a time with one torch thread each: "
+        f"{record.seconds / 60:.1f} min wall time in all for this call "
+        f"({record.train_seconds / 60:.1f} min training, {record.analysis_seconds / 60:.1f} min "
+        "analyses; runs finished by an earlier call are reused and take no time here)."
+    )
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table; the first column left-aligned, the others right."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

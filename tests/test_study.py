@@ -1,0 +1,141 @@
+"""The study's statistics, the parallel batch runner, and one tiny study end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparseavg.config import ConfigError
+from sparseavg.experiment.batch import run_many
+from sparseavg.experiment.engine import run
+from sparseavg.recipes import resolve_config
+from sparseavg.study import Group, Setting
+from sparseavg.study.run import run_study
+from sparseavg.study.stats import Spread, holm, paired_test
+from sparseavg.utils.files import load_tensors
+
+TINY = {
+    "data": {"dataset": "mnist1d"},
+    "model": {"name": "conv1d", "options": {"width": 4}},
+    "train": {"epochs": 2, "batch_size": 256},
+    "pruning": {"cycles": 1, "fraction": 0.5, "rewind_epochs": 0.5},
+    "execution": {"device": "cpu"},
+}
+
+
+def test_spread_is_mean_and_sample_std() -> None:
+    s = Spread.of([1.0, 2.0, 3.0, 6.0])
+    assert s.mean == 3.0
+    assert s.std == pytest.approx(math.sqrt(14 / 3), abs=1e-15)
+    assert Spread.of([5.0]).std == 0.0
+    assert Spread.of([]).n == 0
+    assert Spread.of([0.5, 0.25]).text(100) == "37.50 ± 17.68"
+
+
+def test_paired_test_matches_a_hand_computed_t_test() -> None:
+    # differences 1, 2, 3: mean 2, sample std 1, t = 2 / (1 / sqrt 3) with 2 degrees of freedom
+    t = paired_test([11.0, 12.0, 13.0], [10.0, 10.0, 10.0])
+    assert (t.n, t.mean, t.std, t.wins) == (3, 2.0, 1.0, 3)
+    # Student t with 2 degrees of freedom: p = 2 (1 - F(t)) = 1 - t / sqrt(2 + t^2), t^2 = 12
+    assert t.p == pytest.approx(1 - math.sqrt(12 / 14), abs=1e-12)
+    half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2} * std / sqrt(n)
+    assert (t.low, t.high) == pytest.approx((2 - half, 2 + half), abs=1e-9)
+    same = paired_test([1.0, 2.0], [0.0, 1.0])  # equal differences: no variance, no p
+    assert same.std == 0.0 and math.isnan(same.p) and same.wins == 2
+    with pytest.raises(ValueError, match="differ in number"):
+        paired_test([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="at least two"):
+        paired_test([1.0], [0.0])
+
+
+def test_holm_rejects_in_order_and_stops_at_the_first_failure() -> None:
+    assert holm([0.01, 0.04, 0.03]) == [True, False, False]  # 0.03 > 0.05 / 2
+    assert holm([0.01, 0.02, 0.04]) == [True, True, True]  # 0.01<=.05/3, .02<=.025, .04<=.05
+    assert holm([math.nan, 0.001]) == [False, True]
+
+
+def _same_run(a: Path, b: Path) -> None:
+    rows_a = [json.loads(line) for line in (a / "results.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(line) for line in (b / "results.jsonl").read_text().splitlines()]
+    keys = ("cycle", "role", "ingredient", "accuracy", "loss", "sparsity")
+    assert [[r[k] for k in keys] for r in rows_a] == [[r[k] for k in keys] for r in rows_b]
+    for f in sorted(a.glob("cycle_*/**/*.safetensors")):
+        x, y = load_tensors(f), load_tensors(b / f.relative_to(a))
+        assert x.keys() == y.keys()
+        assert all(torch.equal(x[k], y[k]) for k in x), f
+
+
+def _model_stamps(runs: list[Path]) -> dict[Path, int]:
+    """When each trained model file was written."""
+    return {f: f.stat().st_mtime_ns for r in runs for f in r.glob("cycle_*/**/*.safetensors")}
+
+
+@pytest.mark.slow
+def test_parallel_runs_equal_one_thread_runs_in_this_process(tmp_path: Path) -> None:
+    configs = [
+        resolve_config({**TINY, "recipe": r, "seed": 7, "ingredients": {"count": k}})
+        for r, k in (("imp", 1), ("swamp", 2))
+    ]
+    parallel = run_many(configs, tmp_path / "parallel", workers=2)
+    assert [p.name for p in parallel] == [c.run_name() for c in configs]  # in config order
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each worker uses
+    try:
+        for config, p in zip(configs, parallel, strict=True):
+            _same_run(p, run(config, tmp_path / "here"))
+    finally:
+        torch.set_num_threads(threads)
+    # a second call finds every run finished and trains nothing
+    stamps = _model_stamps(parallel)
+    assert run_many(configs, tmp_path / "parallel", workers=2) == parallel
+    assert _model_stamps(parallel) == stamps and len(stamps) > 5
+
+
+def test_a_failing_run_raises_its_own_error_from_the_worker(tmp_path: Path) -> None:
+    good = resolve_config({**TINY, "recipe": "imp"})
+    bad = resolve_config({**TINY, "recipe": "imp", "data": {"dataset": "no-such-data"}})
+    with pytest.raises(ConfigError, match="no-such-data"):
+        run_many([bad, good], tmp_path, workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        run_many([good], tmp_path, workers=0)
+
+
+@pytest.mark.slow
+def test_a_tiny_study_writes_tables_tests_and_plots_and_resumes(tmp_path: Path) -> None:
+    setting = Setting(
+        name="tiny",
+        title="tiny MNIST-1D",
+        base=TINY,
+        why="the smallest budget that trains",
+        groups=(
+            Group("IMP", "main", {"recipe": "imp"}, ("hessian",)),
+            Group("SWAMP (N=4)", "main", {"recipe": "swamp", "ingredients": {"count": 2}}),
+        ),
+    )
+    docs = tmp_path / "docs"
+    path = run_study(tmp_path / "runs", docs, settings=[setting], seeds=(0, 1), workers=2)
+    text = path.read_text()
+    assert "| sparsity % | IMP | SWAMP (N=4) |" in text
+    assert text.count("\n| 0.0 | ") == 1 and text.count("\n| 50.0 | ") == 1
+    assert "| SWAMP (N=4) − IMP | 50.0 |" in text  # the paired test at each sparsity
+    assert "**SWAMP (N=4)** vs **IMP** (2 seeds" in text
+    assert (docs / "results" / "tiny_accuracy.png").stat().st_size > 0
+    # the analysis ran where the plan asked for it, and only there
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert [(r / "analysis" / "summary.json").is_file() for r in runs] == [
+        r.name.startswith("imp-") for r in runs
+    ]
+    stamps = _model_stamps(runs)
+    analysed = (runs[0] / "analysis" / "cycle_01.json").stat().st_mtime_ns
+    again = run_study(tmp_path / "runs", docs, settings=[setting], seeds=(0, 1), workers=1)
+    assert _model_stamps(runs) == stamps and len(stamps) > 10
+    assert (runs[0] / "analysis" / "cycle_01.json").stat().st_mtime_ns == analysed
+    # the same tables; only the line with the wall time differs
+    def tables(t: str) -> list[str]:
+        return [line for line in t.splitlines() if line.startswith("|")]
+
+    assert tables(again.read_text()) == tables(text)
