@@ -777,6 +777,38 @@ CASES = [
         ["demo", "--out", f"{TMP}/demo", "--recipes", "imp,lottery", "--quiet"],
         "demo", "'lottery'", "imp, swamp, sms, ensemble",
     ),
+    # ---- study
+    case(
+        "study-unknown-setting",
+        ["study", "--settings", "mnist1d,cifar", "--runs-dir", f"{TMP}/r", "--docs", f"{TMP}/d"],
+        "--settings", "'mnist1d,cifar'", "mnist1d, mnist-lenet",
+    ),
+    case(
+        "study-one-seed",
+        ["study", "--seeds", "3", "--runs-dir", f"{TMP}/r", "--docs", f"{TMP}/d"],
+        "--seeds", "at least two seeds",
+    ),
+    case(
+        "study-seeds-not-integers",
+        ["study", "--seeds", "1,two", "--runs-dir", f"{TMP}/r", "--docs", f"{TMP}/d"],
+        "--seeds", "'1,two'", "comma-separated integers",
+    ),
+    case(
+        "study-repeated-seed",
+        ["study", "--seeds", "1,1", "--runs-dir", f"{TMP}/r", "--docs", f"{TMP}/d"],
+        "--seeds", "distinct",
+    ),
+    case(
+        "study-no-workers",
+        ["study", "--workers", "0", "--runs-dir", f"{TMP}/r", "--docs", f"{TMP}/d"],
+        "--workers 0", "must be >= 1",
+    ),
+    case(
+        "study-docs-is-a-file",
+        ["study", "--runs-dir", f"{TMP}/r", "--docs", f"{TMP}/notes.txt"],
+        "--docs", f"{TMP}/notes.txt", "is a file, not a folder",
+        setup=text("notes.txt", "hello\n"),
+    ),
     # ---- report
     case(
         "report-out-is-a-file",

@@ -134,6 +134,7 @@ def test_a_tiny_study_writes_tables_tests_and_plots_and_resumes(tmp_path: Path) 
     again = run_study(tmp_path / "runs", docs, settings=[setting], seeds=(0, 1), workers=1)
     assert _model_stamps(runs) == stamps and len(stamps) > 10
     assert (runs[0] / "analysis" / "cycle_01.json").stat().st_mtime_ns == analysed
+
     # the same tables; only the line with the wall time differs
     def tables(t: str) -> list[str]:
         return [line for line in t.splitlines() if line.startswith("|")]

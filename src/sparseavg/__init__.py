@@ -14,7 +14,8 @@ The library layers (import them into an existing training loop; none touches dis
   :func:`distances`, :func:`calibration` (ECE)
 
 and the experiment layer on top: :func:`resolve_config` and :func:`run` (the cycle loop with
-run directories that resume; :func:`run_distributed` is its torchrun form), and
+run directories that resume; :func:`run_distributed` is its torchrun form, :func:`run_many`
+runs many configs in parallel processes), and
 :func:`analyze_run` / :func:`load_analysis` (``sparseavg analyze``).
 """
 
@@ -38,7 +39,7 @@ from .averaging import (
 )
 from .config import Config, ConfigError
 from .data import Dataset, Split, available_datasets, load_dataset
-from .experiment import run, run_distributed
+from .experiment import run, run_distributed, run_many
 from .experiment.analyze import AnalysisSettings, analyze_run, load_analysis
 from .models import available_models, build_model, count_parameters
 from .pruning import (
@@ -114,6 +115,7 @@ __all__ = [
     "resolve_config",
     "run",
     "run_distributed",
+    "run_many",
     "shuffle_within_layers",
     "train",
     "uniform_average",

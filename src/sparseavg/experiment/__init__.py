@@ -1,5 +1,6 @@
 """Runs: the cycle engine, the run directory, resume, results and reports."""
 
+from .batch import run_many
 from .engine import (
     RunError,
     choose_executor,
@@ -29,5 +30,6 @@ __all__ = [
     "resolve_device",
     "run",
     "run_distributed",
+    "run_many",
     "serve",
 ]

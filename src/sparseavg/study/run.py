@@ -347,7 +347,7 @@ def _experiments(setting: Setting, results: dict[str, list[SeedRun]], figures: P
     )
     labels = ["SMS varying weight decay (m=3)", "SMS uniform (m=3)"]
     out.append(write.accuracy_table(results, labels))
-    c = write.compare(results, *labels)
+    c = write.compare(results, labels[0], labels[1])
     if c is not None:
         out.append(write.comparison_table([c]))
         out.append("- " + write.verdict(c))
