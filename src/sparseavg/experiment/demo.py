@@ -74,6 +74,10 @@ def run_demo(out: Path, recipes: list[str], reporter: Reporter, workers: int | N
         "  each run: 5 epochs per training (SMS retrains 3 epochs per cycle), rewind to epoch 1, "
         "keep 45 % per cycle",
         "",
+        "Two seeds show the methods side by side; they cannot say which is better (a seed "
+        "moves a cell by up to 1-3 %). The reproduction study (make study, 5 seeds, paired "
+        "tests) says what holds: docs/RESULTS.md.",
+        "",
         f"report: {md}",
         f"plot:   {png}",
         f"time:   {time.perf_counter() - started:.0f} s (finished runs in {out} are reused)",
