@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparseavg.config import ConfigError
+from sparseavg.config import ConfigError, read_toml
 from sparseavg.experiment.batch import run_many
 from sparseavg.experiment.engine import run
 from sparseavg.recipes import resolve_config
@@ -124,8 +124,16 @@ def test_a_tiny_study_writes_tables_tests_and_plots_and_resumes(tmp_path: Path) 
     assert "| SWAMP (N=4) − IMP | 50.0 |" in text  # the paired test at each sparsity
     assert "**SWAMP (N=4)** vs **IMP** (2 seeds" in text
     assert (docs / "results" / "tiny_accuracy.png").stat().st_size > 0
-    # the analysis ran where the plan asked for it, and only there
+    # each group's config file reruns its runs: the same run directory names
     runs = sorted((tmp_path / "runs").iterdir())
+    files = sorted((docs / "results" / "configs").glob("*.toml"))
+    assert [f.name for f in files] == ["tiny--imp.toml", "tiny--swamp-n-4.toml"]
+    assert f"`results/configs/{files[0].name}` | 0,1 |" in text
+    names = {
+        resolve_config({**read_toml(f), "seed": s}).run_name() for f in files for s in (0, 1)
+    }
+    assert names == {r.name for r in runs}
+    # the analysis ran where the plan asked for it, and only there
     assert [(r / "analysis" / "summary.json").is_file() for r in runs] == [
         r.name.startswith("imp-") for r in runs
     ]

@@ -454,6 +454,44 @@ def write_study(
         sections += write.main_section(setting, res, figure)
         if any(g.section != "main" for g in setting.groups):
             sections += _experiments(setting, res, figures)
+    sections += _commands(settings, results, docs_dir)
     path = docs_dir / "RESULTS.md"
     write.write_results(path, sections)
     return path
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")
+
+
+def _commands(
+    settings: Sequence[Setting], results: dict[str, dict[str, list[SeedRun]]], docs_dir: Path
+) -> list[str]:
+    """Each group's config as a TOML file under ``docs_dir/results/configs/`` and the exact
+    command that reruns one of its seeds."""
+    from ..config import to_toml
+    from ..utils.files import atomic_write_text
+
+    folder = docs_dir / "results" / "configs"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for setting in settings:
+        for group in setting.groups:
+            runs = results[setting.name].get(group.label, [])
+            if not runs:
+                continue
+            config = setting.configs(group, (runs[0].seed,))[0]
+            name = f"{setting.name}--{_slug(group.label)}.toml"
+            header = f"# sparseavg study, {setting.title}: {group.label}\n"
+            atomic_write_text(folder / name, header + to_toml(config.to_dict()))
+            seeds = ",".join(str(r.seed) for r in runs)
+            rows.append([f"{setting.name}: {group.label}", f"`results/configs/{name}`", seeds])
+    return [
+        "## Exact commands",
+        "Each group's resolved config (seed 0) is in `docs/results/configs/`. One run of the "
+        "study is `OMP_NUM_THREADS=1 sparseavg run docs/results/configs/<file> --seed <s> "
+        "--runs-dir runs/study` (one torch thread, as the study's workers train: a run's last "
+        "digits depend on the thread count); `sparseavg analyze` on the run directory gives "
+        "its analyses.",
+        write.table(["group", "config", "seeds"], rows),
+    ]
