@@ -129,9 +129,7 @@ def test_a_tiny_study_writes_tables_tests_and_plots_and_resumes(tmp_path: Path) 
     files = sorted((docs / "results" / "configs").glob("*.toml"))
     assert [f.name for f in files] == ["tiny--imp.toml", "tiny--swamp-n-4.toml"]
     assert f"`results/configs/{files[0].name}` | 0,1 |" in text
-    names = {
-        resolve_config({**read_toml(f), "seed": s}).run_name() for f in files for s in (0, 1)
-    }
+    names = {resolve_config({**read_toml(f), "seed": s}).run_name() for f in files for s in (0, 1)}
     assert names == {r.name for r in runs}
     # the analysis ran where the plan asked for it, and only there
     assert [(r / "analysis" / "summary.json").is_file() for r in runs] == [
