@@ -17,9 +17,9 @@ import torch
 
 from engine_helpers import only_run, rows, tiny_args
 from sparseavg.data import Split
-from sparseavg.parallel import Job
-from sparseavg.parallel.distributed import _deal, _epoch_ends
-from sparseavg.training import TrainSettings, steps_per_epoch, train
+from sparseavg.parallel import Job, LoopTrainer
+from sparseavg.parallel.distributed import _deal
+from sparseavg.training import TrainSettings, train
 from sparseavg.utils.files import load_tensors
 
 pytestmark = pytest.mark.skipif(
@@ -225,7 +225,7 @@ def test_epoch_end_count_matches_the_checkpoints_train_makes(start_step: int) ->
         on_epoch_end=lambda s: calls.append(s.step),
     )
     job = Job(0, 1, settings)
-    assert _epoch_ends(job, start_step, steps_per_epoch(data, 4)) == len(calls)
+    assert LoopTrainer(data).epoch_ends(job, start_step) == len(calls)
 
 
 def test_jobs_are_dealt_in_rounds_rank_p_takes_every_p_th() -> None:

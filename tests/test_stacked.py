@@ -21,7 +21,8 @@ from torch import nn
 
 from helpers import TinyConvNet
 from sparseavg.data import Augmentation, Split
-from sparseavg.parallel import Job, Outcome, Sequential, Stacked, Work
+from sparseavg.experiment.task import DataTask
+from sparseavg.parallel import Job, LoopTrainer, Outcome, Sequential, Stacked, Work
 from sparseavg.pruning import Mask
 from sparseavg.training import DivergenceError, TrainResult, TrainSettings, TrainState
 from sparseavg.utils.state import clone_state
@@ -175,7 +176,7 @@ def work_of(model: nn.Module, mask: Mask, start_step: int = 0, masked: bool = Tr
 
 def run(executor, model, split, work, jobs, hooks=None) -> Recorder:
     hooks = hooks or Recorder()
-    executor.run(model, split, work, jobs, hooks)
+    executor.run(model, LoopTrainer(split), work, jobs, hooks)
     return hooks
 
 
@@ -353,11 +354,11 @@ def test_resume_across_executors_equals_uninterrupted(first, then):
         for job in THREE:
             hooks = Recorder(stop_after=1)
             with pytest.raises(StopTraining):
-                Sequential().run(model, split, work, [job], hooks)
+                Sequential().run(model, LoopTrainer(split), work, [job], hooks)
             stopped.checkpoints.update(hooks.checkpoints)
     else:
         with pytest.raises(StopTraining):
-            first().run(model, split, work, THREE, stopped)
+            first().run(model, LoopTrainer(split), work, THREE, stopped)
         assert stopped.closed == 1
     assert sorted(stopped.checkpoints) == [0, 1, 2]
     assert {s.step for s, _ in stopped.checkpoints.values()} == {5}
@@ -434,7 +435,7 @@ def test_partial_checkpoints_fall_back():
     jobs = THREE
     first = Recorder(stop_after=1)
     with pytest.raises(StopTraining):
-        Sequential().run(model, split, work, jobs, first)
+        Sequential().run(model, LoopTrainer(split), work, jobs, first)
     seq = run(Sequential(), model, split, work, jobs, Recorder(dict(first.checkpoints)))
     stk = run(Stacked(), model, split, work, jobs, Recorder(dict(first.checkpoints)))
     assert stk.messages[0] == (
@@ -477,7 +478,7 @@ def test_divergence_policy_that_raises_stops_the_stack():
     jobs = diverging_jobs()
     hooks = Recorder(stop_on_divergence=True)
     with pytest.raises(RuntimeError, match="ingredient 1 diverged"):
-        Stacked().run(model, split, work, jobs, hooks)
+        Stacked().run(model, LoopTrainer(split), work, jobs, hooks)
     assert hooks.closed == 1 and hooks.saved == {}
 
 
@@ -491,7 +492,7 @@ class _Spy(Stacked):
         self.jobs: list[list[int]] = []
         self.messages: list[str] = []
 
-    def run(self, model, data, work, jobs, hooks):
+    def run(self, model, trainer, work, jobs, hooks):
         self.jobs.append([j.index for j in jobs])
         spy = self
 
@@ -503,7 +504,7 @@ class _Spy(Stacked):
                 spy.messages.append(text)
                 hooks.message(text)
 
-        return super().run(model, data, work, jobs, Noted())
+        return super().run(model, trainer, work, jobs, Noted())
 
 
 def _float64(split: Split | None) -> Split | None:
@@ -527,9 +528,11 @@ def test_engine_swamp_run_stacked_equals_sequential(tmp_path, monkeypatch):
     def prepare_with(executor):
         def patched(*args, **kwargs):
             ctx = prepare(*args, **kwargs)
-            splits = {k: _float64(getattr(ctx.data, k)) for k in ("train", "val", "test")}
-            data = dataclasses.replace(ctx.data, **splits)
-            return dataclasses.replace(ctx, data=data, executor=executor)
+            data = ctx.task.data
+            splits = {k: _float64(getattr(data, k)) for k in ("train", "val", "test")}
+            data = dataclasses.replace(data, **splits)
+            task = DataTask(ctx.config, data, ctx.device)
+            return dataclasses.replace(ctx, task=task, executor=executor)
 
         return patched
 

@@ -15,7 +15,9 @@ The library layers (import them into an existing training loop; none touches dis
 
 and the experiment layer on top: :func:`resolve_config` and :func:`run` (the cycle loop with
 run directories that resume; :func:`run_distributed` is its torchrun form, :func:`run_many`
-runs many configs in parallel processes), and
+runs many configs in parallel processes), the recipes on your own model and training loop
+(:func:`swamp`, :func:`sms`, :func:`imp`, :func:`prune` for any recipe; ``train_fn`` gets a
+:class:`LoopSettings`), and
 :func:`analyze_run` / :func:`load_analysis` (``sparseavg analyze``).
 """
 
@@ -35,11 +37,12 @@ from .averaging import (
     evaluate_ensemble,
     greedy_soup,
     recalibrate_bn,
+    recalibrate_bn_on,
     uniform_average,
 )
 from .config import Config, ConfigError
 from .data import Dataset, Split, available_datasets, load_dataset
-from .experiment import run, run_distributed, run_many
+from .experiment import OwnRun, imp, prune, run, run_distributed, run_many, sms, swamp
 from .experiment.analyze import AnalysisSettings, analyze_run, load_analysis
 from .models import available_models, build_model, count_parameters
 from .pruning import (
@@ -58,6 +61,7 @@ from .recipes import RECIPES, resolve_config
 from .training import (
     DivergenceError,
     Evaluation,
+    LoopSettings,
     MaskEnforcer,
     TrainResult,
     TrainSettings,
@@ -79,10 +83,12 @@ __all__ = [
     "DivergenceError",
     "Evaluation",
     "GradualMagnitudePruning",
+    "LoopSettings",
     "Mask",
     "MaskEnforcer",
     "MaskError",
     "MaskSchedule",
+    "OwnRun",
     "PathResult",
     "SoupResult",
     "Split",
@@ -104,19 +110,24 @@ __all__ = [
     "fraction_per_cycle",
     "greedy_soup",
     "hessian_trace",
+    "imp",
     "linear_path",
     "load_analysis",
     "load_dataset",
     "magnitude_prune",
     "magnitude_prune_to",
     "prunable_parameters",
+    "prune",
     "random_prune",
     "recalibrate_bn",
+    "recalibrate_bn_on",
     "resolve_config",
     "run",
     "run_distributed",
     "run_many",
     "shuffle_within_layers",
+    "sms",
+    "swamp",
     "train",
     "uniform_average",
 ]

@@ -194,6 +194,11 @@ class PruningConfig:
     )
     scope: Scope = _f("global", "rank weights over all layers or per layer")
     method: PruneMethod = _f("magnitude", "how weights are chosen")
+    include: list[str] = _f(
+        [],
+        "glob patterns of parameter names to prune, any parameter (embeddings, attention "
+        "projections); empty = every conv and linear weight",
+    )
     exclude_first: bool = _f(False, "keep the first conv/linear layer dense")
     exclude_last: bool = _f(False, "keep the last (classifier) layer dense")
     exclude: list[str] = _f([], "glob patterns of parameter names to keep dense")

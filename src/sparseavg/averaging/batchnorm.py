@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import update_bn
 
 from ..data import BatchSource
 from ..training.evaluate import model_device
+
+#: ``forward(model, batch)``: runs one batch through the model (its output is not used)
+Forward = Callable[[nn.Module, Any], Any]
 
 RECALIBRATION_BATCH_SIZE = 256
 
@@ -59,11 +63,53 @@ def recalibrate_bn(
     batches = data.batches(batch_size, generator=generator, augment=augment)
     if num_batches is not None:
         batches = itertools.islice(batches, num_batches)
-    device = model_device(model)
-    if momentum is None:
-        update_bn(batches, model, device=device)
-        return
+    recalibrate_bn_on(model, batches, momentum=momentum)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it (nested in tuples, lists and dicts) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """The forward pass of one batch as most loops write it: ``model(**batch)`` for a dict
+    (Hugging Face), ``model(batch[0])`` for a tuple or list ``(inputs, targets, ...)``,
+    ``model(batch)`` for a tensor; tensors are moved to the model's device first."""
+    batch = to_device(batch, model_device(model))
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, list | tuple):
+        return model(batch[0])
+    return model(batch)
+
+
+@torch.no_grad()
+def recalibrate_bn_on(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    momentum: float | None = None,
+    forward: Forward = default_forward,
+) -> None:
+    """Recompute every BatchNorm layer's running statistics over ``batches``, in place: reset
+    them, then run each batch through ``forward(model, batch)`` in train mode without
+    gradients. ``momentum=None``: the exact average over the batches (BatchNorm's cumulative
+    average, as ``torch.optim.swa_utils.update_bn``); ``momentum=m``: exponential averaging
+    from the reset values. The model's mode and its layers' momenta are restored.
+
+    Unlike ``update_bn`` it takes the user's batches as they come (dicts of tensors included)
+    and a ``forward`` for models whose call differs (pytorch#49082)."""
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return
+    if momentum is not None and not 0.0 < momentum <= 1.0:
+        raise ValueError(f"momentum must be in (0, 1] or None, got {momentum}")
     saved = [m.momentum for m in layers]
     was_training = model.training
     for m in layers:
@@ -71,8 +117,8 @@ def recalibrate_bn(
         m.momentum = momentum
     model.train()
     try:
-        for x, _ in batches:
-            model(x.to(device))
+        for batch in batches:
+            forward(model, batch)
     finally:
         for m, value in zip(layers, saved, strict=True):
             m.momentum = value

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..averaging import evaluate_ensemble, has_batchnorm, recalibrate_bn
+from ..averaging import has_batchnorm
 from ..config import Config, ConfigError
 from ..data import Dataset, available_datasets, load_dataset
 from ..models import build_model
@@ -44,22 +44,16 @@ from ..recipes import (
     StartFacts,
     get_recipe,
 )
-from ..training import (
-    DivergenceError,
-    Evaluation,
-    TrainResult,
-    TrainState,
-    evaluate,
-    steps_per_epoch,
-    train,
-)
+from ..training import DivergenceError, Evaluation, TrainResult, TrainState
+from ..training.evaluate import model_device
 from ..utils.files import CorruptFileError, load_tensors, safe_torch_load
-from ..utils.seeding import derive_seed, make_generator
+from ..utils.seeding import derive_seed
 from ..utils.state import State, clone_state
 from .progress import NullReporter, Reporter
 from .rundir import RunDir
 from .runinfo import RunDirError, RunInfo, read_run
 from .store import LineageFiles, RunStore
+from .task import DataTask, Task
 
 
 class RunError(RuntimeError):
@@ -180,7 +174,7 @@ class Context:
     recipe: Recipe
     plan: RunPlan
     store: RunStore
-    data: Dataset
+    task: Task
     model: nn.Module
     device: torch.device
     reporter: Reporter
@@ -213,39 +207,47 @@ def prepare(
     runs_dir: str | Path,
     reporter: Reporter | None = None,
     executor: Executor | None = None,
+    task: Task | None = None,
 ) -> Context:
     """Check everything that can be checked before anything is written: device, data, model,
     pretrained checkpoint, masks, and that every cycle has steps and weights to train.
-    Raises ConfigError / MaskError / DataUnavailableError; writes nothing."""
-    device = resolve_device(config.execution.device)
+    ``task`` is the user's model and loop (default: the config's data set, model and the
+    built-in loop). Raises ConfigError / MaskError / DataUnavailableError; writes nothing."""
+    if task is None:
+        device = resolve_device(config.execution.device)
+        data = load_data(config, device)
+        if len(data.train) < config.train.batch_size:
+            raise ConfigError(
+                f"train.batch_size ({config.train.batch_size}) is larger than the training "
+                f"split ({len(data.train)} samples): an epoch would have no step"
+            )
+        task = DataTask(config, data, device)
+    model = task.build(derive_seed(config.seed, "lineage", 0, "init"))
+    device = model_device(model)
     executor = executor or choose_executor(config, device)
-    data = load_data(config, device)
-    if len(data.train) < config.train.batch_size:
-        raise ConfigError(
-            f"train.batch_size ({config.train.batch_size}) is larger than the training split "
-            f"({len(data.train)} samples): an epoch would have no step"
-        )
-    model = make_model(config, data, derive_seed(config.seed, "lineage", 0, "init")).to(device)
     p = config.pruning
     try:
         weights = prunable_parameters(
-            model, exclude_first=p.exclude_first, exclude_last=p.exclude_last, exclude=p.exclude
+            model,
+            include=p.include,
+            exclude_first=p.exclude_first,
+            exclude_last=p.exclude_last,
+            exclude=p.exclude,
         )
-    except ValueError as err:  # "exclude pattern ... matches no prunable weight", or no layer
-        where = "pruning." if str(err).startswith("exclude") else "pruning: "
+    except ValueError as err:  # "include/exclude pattern ... matches no ...", or no layer
+        where = "pruning." if str(err).startswith(("exclude", "include")) else "pruning: "
         raise ConfigError(f"{where}{err}") from None
     names = list(weights)
     if not names:
         raise ConfigError("pruning: the exclusions leave no layer to prune")
-    pretrained = (
-        load_pretrained(config.model.pretrained, model) if config.model.pretrained else None
-    )
+    pretrained = task.pretrained(model) if config.model.pretrained else None
     initial_mask = _load_initial_mask(p.initial_mask, names, model)
     _check_weights_survive(config, {n: w.numel() for n, w in weights.items()}, initial_mask)
     source = _source_run(config, names, model)
     recipe = get_recipe(config.recipe)
     run_plan = recipe.run(config)
-    spe = steps_per_epoch(data.train, config.train.batch_size)
+    spe = task.steps_per_epoch(config.train.batch_size)
+    rewind = p.rewind_epochs * spe
     return Context(
         config=config,
         recipe=recipe,
@@ -253,12 +255,12 @@ def prepare(
         store=RunStore(
             RunDir(Path(runs_dir) / config.run_name(), run_id=config.digest()), run_plan.lineages
         ),
-        data=data,
+        task=task,
         model=model,
         device=device,
         reporter=reporter or NullReporter(),
         # a pretrained model is its own ticket: cycles rewind to it and restart the schedule
-        rewind_step=0 if pretrained is not None else round(p.rewind_epochs * spe),
+        rewind_step=0 if pretrained is not None else round(rewind),
         prunable=names,
         pretrained=pretrained,
         initial_mask=initial_mask,
@@ -368,38 +370,51 @@ def run(
     reporter: Reporter | None = None,
     *,
     executor: Executor | None = None,
+    task: Task | None = None,
 ) -> Path:
     """Run (or resume) the experiment ``config`` under ``runs_dir``; returns its directory.
 
     ``executor`` trains each cycle's ingredients (default: the one ``execution.mode`` names;
-    the distributed launcher passes rank 0's :class:`~sparseavg.parallel.Distributed`)."""
-    ctx = prepare(config, runs_dir, reporter, executor)
+    the distributed launcher passes rank 0's :class:`~sparseavg.parallel.Distributed`).
+    ``task`` is the user's model and loop (default: the config's data set, model and the
+    built-in loop; see :mod:`.own`)."""
+    ctx = prepare(config, runs_dir, reporter, executor, task)
     store, rep = ctx.store, ctx.reporter
     cycles = config.pruning.cycles + 1
     with store.rundir.lock():
         if store.open(config, cycles):
             rep.message(f"resuming {store.path}")
-        task = rep.task(f"{config.run_name()} cycles", cycles)
+        rep.message(describe_prunable(ctx.model, ctx.prunable))
+        bar = rep.task(f"{config.run_name()} cycles", cycles)
         for cycle in range(cycles):
             if store.is_complete(cycle):
                 rep.message(f"cycle {cycle}: complete, skipped")
             else:
                 _run_cycle(ctx, cycle)
-            rep.update(task, cycle + 1)
+            rep.update(bar, cycle + 1)
             store.write_results(cycle + 1)
-        rep.finish(task)
+        rep.finish(bar)
     return store.path
 
 
-def serve(config: Config, runs_dir: str | Path, team: Team) -> None:
+def serve(config: Config, runs_dir: str | Path, team: Team, task: Task | None = None) -> None:
     """A worker rank of a distributed run: train the ingredients rank 0 deals out, until it
     says stop. Reads the same data and files as rank 0 and writes nothing."""
-    ctx = prepare(config, runs_dir, NullReporter(), Sequential())
+    ctx = prepare(config, runs_dir, NullReporter(), Sequential(), task)
 
     def finish(work: Work, job: Job, result: TrainResult, seconds: float) -> Outcome:
         return finish_ingredient(ctx, work, job, result, seconds)
 
-    serve_jobs(team, ctx.model, ctx.data.train, finish)
+    serve_jobs(team, ctx.model, ctx.task.trainer, finish)
+
+
+def describe_prunable(model: nn.Module, names: Sequence[str]) -> str:
+    """One line: how many tensors and weights are prunable, and which (the first 8)."""
+    params = dict(model.named_parameters())
+    total = sum(params[n].numel() for n in names)
+    shown = ", ".join(f"{n} {tuple(params[n].shape)}" for n in names[:8])
+    more = f", ... ({len(names) - 8} more)" if len(names) > 8 else ""
+    return f"prunable: {len(names)} tensors, {total:,} weights: {shown}{more}"
 
 
 def _run_cycle(ctx: Context, cycle: int) -> None:
@@ -504,7 +519,7 @@ class _Sources:
         return _ticket(self.ctx, self.lineage)
 
     def initialisation(self, seed: int) -> State:
-        return clone_state(make_model(self.ctx.config, self.ctx.data, seed), device="cpu")
+        return clone_state(self.ctx.task.build(seed), device="cpu")
 
     def pretrained(self) -> State:
         assert self.ctx.pretrained is not None
@@ -528,16 +543,15 @@ def _ticket(ctx: Context, lineage: int) -> State:
         state = {k: v.clone() for k, v in ctx.pretrained.items()}
     else:
         init_seed = derive_seed(ctx.config.seed, "lineage", lineage, "init")
-        model = make_model(ctx.config, ctx.data, init_seed).to(ctx.device)
+        model = ctx.task.build(init_seed)
         if ctx.rewind_step > 0 and ctx.plan.common is not None:
             ctx.reporter.message(f"lineage {lineage}: common dense run to step {ctx.rewind_step}")
             try:
-                train(
+                ctx.task.train_ticket(
                     model,
-                    ctx.data.train,
                     ctx.plan.common,
-                    seed=derive_seed(ctx.config.seed, "lineage", lineage, "common"),
-                    stop_step=ctx.rewind_step,
+                    derive_seed(ctx.config.seed, "lineage", lineage, "common"),
+                    ctx.rewind_step,
                 )
             except DivergenceError as err:
                 raise RunError(
@@ -589,7 +603,7 @@ def _train_ingredients(
             plan.cycle, lineage, start, start_step, mask, plan.during, ctx.config.execution.compile
         )
         hooks = _IngredientHooks(ctx, work, files, len(plan.ingredients))
-        outcomes.update(ctx.executor.run(ctx.model, ctx.data.train, work, jobs, hooks))
+        outcomes.update(ctx.executor.run(ctx.model, ctx.task.trainer, work, jobs, hooks))
     return outcomes
 
 
@@ -640,7 +654,7 @@ class _IngredientHooks:
         which = str(indices[0]) if len(indices) == 1 else f"{indices[0]}-{indices[-1]}"
         label += f" ingredient{'s' if len(indices) > 1 else ''} {which}/{self.count}"
         settings = jobs[0].settings
-        spe = steps_per_epoch(self.ctx.data.train, settings.batch_size)
+        spe = self.ctx.task.steps_per_epoch(settings.batch_size)
         return _Tracker(self.ctx.reporter, label, spe, settings.epochs)
 
     def finish(self, job: Job, result: TrainResult, seconds: float) -> Outcome:
@@ -698,17 +712,8 @@ def _recalibrated(ctx: Context, state: State, tag: tuple[object, ...]) -> State:
     ``tag`` names the call so that its augmentation draws are the same on every resume."""
     if not has_batchnorm(ctx.model) or ctx.config.bn.recalibrate == "never":
         return state
-    bn = ctx.config.bn
     ctx.model.load_state_dict(state)
-    recalibrate_bn(
-        ctx.model,
-        ctx.data.train,
-        num_batches=bn.batches or None,
-        batch_size=ctx.config.train.batch_size,
-        momentum=bn.momentum or None,
-        augment=bn.augment,
-        generator=make_generator(ctx.config.seed, "bn", *tag) if bn.augment else None,
-    )
+    ctx.task.recalibrate(ctx.model, tag)
     return clone_state(ctx.model, device="cpu")
 
 
@@ -724,11 +729,8 @@ class _CombineTools:
         return _recalibrated(self.ctx, state, ("cycle", self.cycle, self.lineage, self.calls))
 
     def score(self, state: State) -> float:
-        val = self.ctx.data.val
-        if val is None:
-            raise ConfigError("ingredients.combine = 'greedy' needs data.val_fraction > 0")
         self.ctx.model.load_state_dict(self.recalibrate(state))
-        return evaluate(self.ctx.model, val).accuracy
+        return self.ctx.task.score(self.ctx.model)
 
 
 class _Readouts:
@@ -740,15 +742,15 @@ class _Readouts:
 
     def evaluate(self, state: State) -> Evaluation:
         self.ctx.model.load_state_dict(state)
-        return evaluate(self.ctx.model, self.ctx.data.test)
+        return self.ctx.task.evaluate(self.ctx.model)
 
     def evaluate_ensemble(self, states: Sequence[State]) -> Evaluation:
         models = []
         for state in states:
-            m = make_model(self.ctx.config, self.ctx.data, 0).to(self.ctx.device)
+            m = self.ctx.task.build(0)
             m.load_state_dict(state)
             models.append(m)
-        return evaluate_ensemble(models, self.ctx.data.test)
+        return self.ctx.task.evaluate_ensemble(models)
 
     def recalibrate(self, state: State) -> State:
         self.calls += 1
@@ -756,7 +758,7 @@ class _Readouts:
 
     def row(self, role: str, lineage: int, mask: Mask, evaluation: Evaluation | None) -> dict:
         c = self.ctx.config
-        return {
+        row = {
             "run": self.ctx.store.path.name,
             "recipe": c.recipe,
             "dataset": c.data.dataset,
@@ -776,6 +778,9 @@ class _Readouts:
             "dropped": False,
             "headline": False,
         }
+        if evaluation is not None and evaluation.metrics:  # a user's eval_fn: all it returned
+            row["metrics"] = evaluation.metrics
+        return row
 
 
 __all__ = [

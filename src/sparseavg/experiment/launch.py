@@ -17,15 +17,21 @@ from ..parallel.distributed import (
 )
 from .engine import resolve_device, run, serve
 from .progress import Reporter
+from .task import Task
 
 
 def run_distributed(
-    config: Config, runs_dir: str | Path, reporter: Reporter | None = None
+    config: Config,
+    runs_dir: str | Path,
+    reporter: Reporter | None = None,
+    *,
+    task: Task | None = None,
 ) -> Path | None:
     """Run (or resume) ``config`` as this process's part of a torchrun job: rank 0 runs the
     engine, reports to ``reporter`` and writes the run directory, whose path it returns; the
     other ranks train the ingredients it deals out and return ``None``. Every rank calls this
-    with the same config. On CUDA each process takes the GPU of its local rank.
+    with the same config (and, for a user's model and loop, an equal ``task``). On CUDA each
+    process takes the GPU of its local rank.
 
     Raises:
         ConfigError: not launched by torchrun.
@@ -41,14 +47,14 @@ def run_distributed(
     finished = False
     try:
         if not team.leader:
-            serve(config, runs_dir, team)
+            serve(config, runs_dir, team, task)
             finished = True
             return None
         executor = Distributed(team)
         try:
             if reporter is not None:
                 reporter.message(f"distributed over {team.size} processes")
-            path = run(config, runs_dir, reporter, executor=executor)
+            path = run(config, runs_dir, reporter, executor=executor, task=task)
         finally:
             with contextlib.suppress(DistributedError):
                 executor.close()  # the workers return, also when this rank failed

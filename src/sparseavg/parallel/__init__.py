@@ -10,23 +10,27 @@ Executors, chosen by ``execution.mode``:
 """
 
 from .auto import Auto, stacked_fits
-from .base import Executor, Hooks, Job, Outcome, Tracker, Work
+from .base import Executor, Hooks, Job, Outcome, Tracker, Trainer, Work
 from .distributed import Distributed, DistributedError, Team
 from .sequential import Sequential, train_job
 from .stacked import Stacked
+from .trainers import FunctionTrainer, LoopTrainer
 
 __all__ = [
     "Auto",
     "Distributed",
     "DistributedError",
     "Executor",
+    "FunctionTrainer",
     "Hooks",
     "Job",
+    "LoopTrainer",
     "Outcome",
     "Sequential",
     "Stacked",
     "Team",
     "Tracker",
+    "Trainer",
     "Work",
     "stacked_fits",
     "train_job",

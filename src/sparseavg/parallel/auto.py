@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..data import BatchSource
 from ..training.evaluate import model_device
-from .base import Hooks, Job, Outcome, Work
+from .base import Hooks, Job, Outcome, Trainer, Work
 from .sequential import Sequential
 from .stacked import Stacked
 
@@ -39,8 +38,8 @@ class Auto:
     name = "auto"
 
     def run(
-        self, model: nn.Module, data: BatchSource, work: Work, jobs: Sequence[Job], hooks: Hooks
+        self, model: nn.Module, trainer: Trainer, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
         if stacked_fits(model, len(jobs)):  # Stacked trains a single job on its own
-            return Stacked().run(model, data, work, jobs, hooks)
-        return Sequential().run(model, data, work, jobs, hooks)
+            return Stacked().run(model, trainer, work, jobs, hooks)
+        return Sequential().run(model, trainer, work, jobs, hooks)

@@ -10,13 +10,12 @@ directory behave alike under all of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from torch import nn
 
-from ..data import BatchSource
 from ..pruning import Mask, MaskSchedule
 from ..training import DivergenceError, TrainResult, TrainSettings, TrainState
 from ..utils.state import State
@@ -80,6 +79,36 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
+class Trainer(Protocol):
+    """How one job trains: the built-in loop over a data set
+    (:class:`~.trainers.LoopTrainer`) or a user's own training function
+    (:class:`~.trainers.FunctionTrainer`). Executors call it and never ask which, except that
+    :class:`~.stacked.Stacked` can stack only the built-in loop."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        work: Work,
+        job: Job,
+        resume: TrainState | None,
+        on_epoch_end: Callable[[TrainState], None] | None,
+        tracker: Tracker | None,
+    ) -> TrainResult:
+        """Train ``job`` on ``model`` (scratch space on the training device) from
+        ``work.start`` under ``work.mask``, or from its checkpoint ``resume``; calls
+        ``on_epoch_end`` with a checkpoint at epoch ends where it can resume from one.
+
+        Raises:
+            DivergenceError: the loss or the weights became NaN/inf.
+        """
+        ...
+
+    def epoch_ends(self, job: Job, start_step: int) -> int:
+        """How many times a run of ``job`` from global step ``start_step`` calls
+        ``on_epoch_end`` (the distributed executor matches its collectives to it)."""
+        ...
+
+
 class Hooks(Protocol):
     """What the engine does around each job. ``finish`` runs where the job trained; under the
     distributed executor the others run in the process that owns the run directory."""
@@ -120,7 +149,7 @@ class Executor(Protocol):
     name: str
 
     def run(
-        self, model: nn.Module, data: BatchSource, work: Work, jobs: Sequence[Job], hooks: Hooks
+        self, model: nn.Module, trainer: Trainer, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
         """Train ``jobs`` from ``work.start`` under ``work.mask``; save each outcome through
         ``hooks.save`` as it is known and return them by job index.
@@ -128,7 +157,7 @@ class Executor(Protocol):
         Args:
             model: a model of the run's architecture on the training device; its weights are
                 overwritten (it is scratch space).
-            data: the training split.
+            trainer: how one job trains.
             work: what the jobs share.
             jobs: the ingredients to train, in index order.
             hooks: the engine's side of every job.

@@ -37,10 +37,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data import BatchSource
-from ..training import DivergenceError, TrainResult, TrainState, steps_per_epoch
-from .base import Hooks, Job, Outcome, Tracker, Work
-from .sequential import train_from
+from ..training import DivergenceError, TrainResult, TrainState
+from .base import Hooks, Job, Outcome, Tracker, Trainer, Work
 
 #: environment variables torchrun sets for every process
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -156,19 +154,10 @@ class _Diverged:
     epoch: int
 
 
-def _epoch_ends(job: Job, start_step: int, spe: int) -> int:
-    """How many times :func:`train` calls ``on_epoch_end`` for ``job`` starting at
-    ``start_step`` (at every full epoch boundary it crosses)."""
-    epochs = job.settings.epochs
-    if start_step >= epochs * spe:
-        return 0
-    return epochs - start_step // spe
-
-
 def _train_round(
     team: Team,
     model: nn.Module,
-    data: BatchSource,
+    trainer: Trainer,
     work: Work,
     mine: Job | None,
     resume: tuple[TrainState, float] | None,
@@ -193,9 +182,8 @@ def _train_round(
         state, before = resume if resume is not None else (None, 0.0)
         t0 = time.perf_counter()
         try:
-            trained = train_from(
+            trained = trainer(
                 model,
-                data,
                 work,
                 mine,
                 state,
@@ -220,20 +208,19 @@ def _round_boundaries(
     jobs: Sequence[Job],
     work: Work,
     resumes: dict[int, tuple[TrainState, float] | None],
-    data: BatchSource,
+    trainer: Trainer,
 ) -> int:
     counts = []
     for job in jobs:
-        spe = steps_per_epoch(data, job.settings.batch_size)
         r = resumes.get(job.index)
-        counts.append(_epoch_ends(job, r[0].step if r is not None else work.start_step, spe))
+        counts.append(trainer.epoch_ends(job, r[0].step if r is not None else work.start_step))
     return max(counts, default=0)
 
 
 def _play(
     team: Team,
     model: nn.Module,
-    data: BatchSource,
+    trainer: Trainer,
     work: Work,
     jobs: Sequence[Job],
     resumes: dict[int, tuple[TrainState, float] | None],
@@ -246,13 +233,13 @@ def _play(
     the round's results (one per rank) and says whether to go on, which the others learn."""
     for round_jobs in _deal(jobs, team.size):
         mine = round_jobs[team.rank] if team.rank < len(round_jobs) else None
-        boundaries = _round_boundaries(round_jobs, work, resumes, data)
+        boundaries = _round_boundaries(round_jobs, work, resumes, trainer)
         tracker = track(round_jobs) if track is not None else None
         try:
             result = _train_round(
                 team,
                 model,
-                data,
+                trainer,
                 work,
                 mine,
                 resumes.get(mine.index) if mine is not None else None,
@@ -286,7 +273,7 @@ class Distributed:
         self.closed = False
 
     def run(
-        self, model: nn.Module, data: BatchSource, work: Work, jobs: Sequence[Job], hooks: Hooks
+        self, model: nn.Module, trainer: Trainer, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
         by_index = {job.index: job for job in jobs}
         resumes = {job.index: hooks.resume(job) for job in jobs}
@@ -321,7 +308,7 @@ class Distributed:
         _play(
             self.team,
             model,
-            data,
+            trainer,
             work,
             jobs,
             resumes,
@@ -342,7 +329,7 @@ class Distributed:
 def serve(
     team: Team,
     model: nn.Module,
-    data: BatchSource,
+    trainer: Trainer,
     finish: Callable[[Work, Job, TrainResult, float], Outcome],
 ) -> None:
     """A worker's side (rank > 0): train the jobs the leader deals out until it says stop.
@@ -350,7 +337,7 @@ def serve(
     Args:
         team: this process's place; not the leader.
         model: scratch model of the run's architecture on this rank's device.
-        data: the training split (each rank loads its own copy).
+        trainer: how a job trains (each rank holds its own, on its own copy of the data).
         finish: turns a trained job into its outcome, as the leader's ``hooks.finish`` does
             (recalibration included), with the :class:`Work` it belongs to.
     """
@@ -368,7 +355,7 @@ def serve(
         _play(
             team,
             model,
-            data,
+            trainer,
             work,
             jobs,
             resumes,

@@ -3,48 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
-from ..data import BatchSource
-from ..training import DivergenceError, TrainResult, TrainState, train
-from ..training.evaluate import model_device
-from .base import Hooks, Job, Outcome, Tracker, Work
-
-
-def train_from(
-    model: nn.Module,
-    data: BatchSource,
-    work: Work,
-    job: Job,
-    resume: TrainState | None,
-    on_epoch_end: Callable[[TrainState], None] | None,
-    tracker: Tracker | None,
-) -> TrainResult:
-    """:func:`~sparseavg.train` of one job from ``work.start`` under ``work.mask`` (or from
-    its checkpoint ``resume``); raises :class:`~sparseavg.training.DivergenceError`."""
-    model.load_state_dict(work.start)
-    return train(
-        model,
-        data,
-        job.settings,
-        seed=job.seed,
-        mask=work.mask.to(model_device(model)),
-        start_step=work.start_step,
-        resume=resume,
-        on_epoch_end=on_epoch_end,
-        progress=tracker,
-        mask_schedule=work.during,
-        compile=work.compile,
-    )
+from ..training import DivergenceError, TrainState
+from .base import Hooks, Job, Outcome, Tracker, Trainer, Work
 
 
 def train_job(
-    model: nn.Module, data: BatchSource, work: Work, job: Job, hooks: Hooks, tracker: Tracker
+    model: nn.Module, trainer: Trainer, work: Work, job: Job, hooks: Hooks, tracker: Tracker
 ) -> Outcome:
-    """Train one job with :func:`~sparseavg.train` (resuming its checkpoint) and turn the
-    result into an outcome through ``hooks.finish`` or ``hooks.diverged``."""
+    """Train one job with ``trainer`` (resuming its checkpoint) and turn the result into an
+    outcome through ``hooks.finish`` or ``hooks.diverged``."""
     checkpoint = hooks.resume(job)
     resume, before = checkpoint if checkpoint is not None else (None, 0.0)
     if resume is not None:
@@ -55,7 +26,7 @@ def train_job(
         hooks.checkpoint(job, state, before + time.perf_counter() - t0)
 
     try:
-        result = train_from(model, data, work, job, resume, save, tracker)
+        result = trainer(model, work, job, resume, save, tracker)
     except DivergenceError as err:
         return hooks.diverged(job, err)
     return hooks.finish(job, result, before + time.perf_counter() - t0)
@@ -68,13 +39,13 @@ class Sequential:
     name = "sequential"
 
     def run(
-        self, model: nn.Module, data: BatchSource, work: Work, jobs: Sequence[Job], hooks: Hooks
+        self, model: nn.Module, trainer: Trainer, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
         outcomes: dict[int, Outcome] = {}
         for job in jobs:
             tracker = hooks.track([job])
             try:
-                outcome = train_job(model, data, work, job, hooks, tracker)
+                outcome = train_job(model, trainer, work, job, hooks, tracker)
             finally:
                 tracker.close()
             hooks.save(job, outcome)

@@ -51,7 +51,7 @@ from ..training import (
 from ..training.evaluate import model_device
 from ..utils.seeding import make_generator
 from ..utils.state import State
-from .base import Hooks, Job, Outcome, Tracker, Work
+from .base import Hooks, Job, Outcome, Tracker, Trainer, Work
 from .sequential import Sequential
 from .stack import (
     Layout,
@@ -67,6 +67,7 @@ from .stack import (
     swa_copy,
     swa_state_dict,
 )
+from .trainers import LoopTrainer
 
 #: settings every stacked job must share; the others (lr, weight decay, the schedule and its
 #: parameters, swa_lr) only change the learning rate and weight decay of each step.
@@ -140,20 +141,25 @@ class Stacked:
     name = "stacked"
 
     def run(
-        self, model: nn.Module, data: BatchSource, work: Work, jobs: Sequence[Job], hooks: Hooks
+        self, model: nn.Module, trainer: Trainer, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
         if len(jobs) <= 1:  # nothing to stack, nothing worth saying
-            return Sequential().run(model, data, work, jobs, hooks)
+            return Sequential().run(model, trainer, work, jobs, hooks)
+        if not isinstance(trainer, LoopTrainer):
+            hooks.message(
+                "stacked: a training function of your own is not stacked; training them one by one"
+            )
+            return Sequential().run(model, trainer, work, jobs, hooks)
         reason = unstackable(model, work, jobs)
         checkpoints: list[Checkpoint | None] = [None] * len(jobs)
         if reason is None:
             checkpoints, reason = read_checkpoints(jobs, hooks)
         if reason is not None:
             hooks.message(f"stacked: {reason}; training them one by one")
-            return Sequential().run(model, data, work, jobs, hooks)
+            return Sequential().run(model, trainer, work, jobs, hooks)
         tracker = hooks.track(jobs)
         try:
-            return train_stacked(model, data, work, jobs, checkpoints, hooks, tracker)
+            return train_stacked(model, trainer.data, work, jobs, checkpoints, hooks, tracker)
         finally:
             tracker.close()
 

@@ -1,5 +1,6 @@
 """Training one model under a mask: optimizer, schedules, SWA, rewind capture, evaluation."""
 
+from .custom import LoopSettings, TrainFn, run_user_loop
 from .evaluate import Evaluation, evaluate, evaluate_probabilities, model_device, predict_logits
 from .loop import (
     DivergenceError,
@@ -28,7 +29,9 @@ __all__ = [
     "SWA_SCHEDULES",
     "DivergenceError",
     "Evaluation",
+    "LoopSettings",
     "MaskEnforcer",
+    "TrainFn",
     "TrainResult",
     "TrainSettings",
     "TrainState",
@@ -38,6 +41,7 @@ __all__ = [
     "learning_rate",
     "model_device",
     "predict_logits",
+    "run_user_loop",
     "smallest_rate",
     "steps_per_epoch",
     "train",

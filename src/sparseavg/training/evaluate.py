@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +15,16 @@ EVAL_BATCH_SIZE = 1024
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Accuracy in [0, 1] and mean cross-entropy loss (nats) over ``count`` samples."""
+    """Accuracy in [0, 1] and mean cross-entropy loss (nats) over ``count`` samples.
+
+    A user's ``eval_fn`` (own-model runs) gives its headline metric as ``accuracy``, its
+    ``loss`` if it reports one (else NaN), ``count`` 0, and everything it returned in
+    ``metrics``."""
 
     accuracy: float
     loss: float
     count: int
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -1,0 +1,92 @@
+"""The two ways a job trains (:class:`~.base.Trainer`): the built-in loop over a data set, and
+a user's own training function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..data import BatchSource
+from ..training import TrainResult, TrainState, steps_per_epoch, train
+from ..training.custom import TrainFn, run_user_loop
+from ..training.evaluate import model_device
+from .base import Job, Tracker, Work
+
+
+@dataclass(frozen=True)
+class LoopTrainer:
+    """:func:`~sparseavg.train` on ``data``, the training split: epoch checkpoints, resume at
+    any epoch boundary, and the only trainer :class:`~.stacked.Stacked` can stack."""
+
+    data: BatchSource
+
+    def __call__(
+        self,
+        model: nn.Module,
+        work: Work,
+        job: Job,
+        resume: TrainState | None,
+        on_epoch_end: Callable[[TrainState], None] | None,
+        tracker: Tracker | None,
+    ) -> TrainResult:
+        model.load_state_dict(work.start)
+        return train(
+            model,
+            self.data,
+            job.settings,
+            seed=job.seed,
+            mask=work.mask.to(model_device(model)),
+            start_step=work.start_step,
+            resume=resume,
+            on_epoch_end=on_epoch_end,
+            progress=tracker,
+            mask_schedule=work.during,
+            compile=work.compile,
+        )
+
+    def epoch_ends(self, job: Job, start_step: int) -> int:
+        """:func:`~sparseavg.train` calls ``on_epoch_end`` at every full epoch boundary it
+        crosses."""
+        spe = steps_per_epoch(self.data, job.settings.batch_size)
+        epochs = job.settings.epochs
+        if start_step >= epochs * spe:
+            return 0
+        return epochs - start_step // spe
+
+
+@dataclass(frozen=True)
+class FunctionTrainer:
+    """A user's ``train_fn(model, mask, seed, settings)`` (see :mod:`sparseavg.training.custom`):
+    steps are epochs, ``work.start_step`` is the first epoch, and there are no epoch
+    checkpoints (an interrupted ingredient trains again from its start)."""
+
+    train_fn: TrainFn
+
+    def __call__(
+        self,
+        model: nn.Module,
+        work: Work,
+        job: Job,
+        resume: TrainState | None,
+        on_epoch_end: Callable[[TrainState], None] | None,
+        tracker: Tracker | None,
+    ) -> TrainResult:
+        if work.during is not None:
+            raise ValueError("a mask schedule (gradual pruning) needs the built-in training loop")
+        model.load_state_dict(work.start)
+        return run_user_loop(
+            self.train_fn,
+            model,
+            work.mask.to(model_device(model)),
+            job.seed,
+            job.settings,
+            start_epoch=work.start_step,
+            cycle=work.cycle,
+            index=job.index,
+            progress=tracker,
+        )
+
+    def epoch_ends(self, job: Job, start_step: int) -> int:
+        return 0

@@ -1,0 +1,222 @@
+"""A user's own training function inside a recipe: what it is asked to do, and the check that
+it did it.
+
+A recipe run with the user's loop (``sparseavg.swamp(model_fn, train_fn, eval_fn, ...)``)
+calls ``train_fn(model, mask, seed, settings)`` once per ingredient, with ``settings`` a
+:class:`LoopSettings`: the recipe's hyperparameters for this run, the epochs to train, the
+recipe's learning-rate schedule as a function, and :meth:`LoopSettings.end_epoch`, which the
+loop calls after every epoch so that SWA (SWAMP's averaging over the last epochs), progress
+and the mask check happen where the recipe needs them. :func:`run_user_loop` makes the call
+and turns what it left into a :class:`~sparseavg.training.TrainResult`.
+
+In a user's loop one *step* of the run is one epoch: ``start_epoch`` is the rewind point of
+rewinding recipes, and checkpoints are whole ingredients (an interrupted ingredient trains
+again from its start when the run resumes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from ..pruning import Mask, MaskError
+from ..utils.state import clone_state
+from .loop import DivergenceError, Progress, TrainResult
+from .schedules import learning_rate
+from .settings import TrainSettings
+
+
+class TrainFn(Protocol):
+    """``train_fn(model, mask, seed, settings) -> None``: train ``model`` in place.
+
+    ``model`` is on its device with the start weights loaded (pruned weights already 0);
+    ``mask`` is the :class:`~sparseavg.Mask` to keep (``None`` in the dense ticket run), on the
+    model's device; ``seed`` fixes the run's batch order and augmentation (particles differ in
+    it); ``settings`` is a :class:`LoopSettings`.
+    """
+
+    def __call__(
+        self, model: nn.Module, mask: Mask | None, seed: int, settings: LoopSettings
+    ) -> None: ...
+
+
+@dataclass
+class LoopSettings:
+    """What one call of a user's ``train_fn`` is asked to do.
+
+    Attributes:
+        train: the recipe's hyperparameters for this run (``epochs``, ``lr``,
+            ``weight_decay``, ``momentum``, ``schedule``, ``swa_start``, ...). Batch size,
+            augmentation and precision are the loop's own business.
+        start_epoch: the first epoch to train (the rewind point of rewinding recipes, else 0).
+        stop_epoch: train up to this epoch, exclusive (``train.epochs``, or the rewind point
+            in the dense run that makes the ticket).
+        cycle: the pruning cycle (0 = dense).
+        index: the ingredient's index in its cycle (-1 for the ticket run).
+    """
+
+    train: TrainSettings
+    start_epoch: int
+    stop_epoch: int
+    cycle: int = 0
+    index: int = 0
+    mask: Mask | None = None
+    progress: Progress | None = None
+    swa: AveragedModel | None = field(default=None, repr=False)
+    losses: list[float] = field(default_factory=list)
+    epochs_done: int = 0
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of the whole schedule (``train.epochs``)."""
+        return self.train.epochs
+
+    @property
+    def lr(self) -> float:
+        """The peak learning rate."""
+        return self.train.lr
+
+    @property
+    def weight_decay(self) -> float:
+        return self.train.weight_decay
+
+    @property
+    def momentum(self) -> float:
+        return self.train.momentum
+
+    @property
+    def epoch_range(self) -> range:
+        """``range(start_epoch, stop_epoch)``: the epochs this call trains."""
+        return range(self.start_epoch, self.stop_epoch)
+
+    def learning_rate(self, step: int, steps_per_epoch: int) -> float:
+        """The recipe's learning rate at optimizer step ``step`` of the whole schedule
+        (``epoch * steps_per_epoch + i``, counted from epoch 0 even when ``start_epoch > 0``),
+        with ``steps_per_epoch`` steps in each of ``train.epochs`` epochs: the warm-up, the
+        decay and SWA's constant ``swa_lr`` of the built-in loop (:func:`~.learning_rate`)."""
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        total = self.train.epochs * steps_per_epoch
+        return learning_rate(self.train, step, total, self.train.swa_start_step(steps_per_epoch))
+
+    def end_epoch(self, model: nn.Module, loss: float | None = None) -> None:
+        """Call once after every epoch of :attr:`epoch_range`, with the epoch's mean training
+        loss if known: checks that the pruned weights are still exactly 0, takes the SWA
+        snapshot when the recipe averages this epoch, reports progress.
+
+        Raises:
+            MaskError: a pruned weight is nonzero (keep the mask with :func:`sparseavg.attach`).
+            DivergenceError: ``loss`` or a weight is NaN/inf.
+            RuntimeError: called more often than the epochs to train.
+        """
+        epoch = self.start_epoch + self.epochs_done
+        if epoch >= self.stop_epoch:
+            raise RuntimeError(
+                f"end_epoch called {self.epochs_done + 1} times; this run trains "
+                f"{self.stop_epoch - self.start_epoch} epochs ({self.start_epoch} to "
+                f"{self.stop_epoch - 1})"
+            )
+        if (loss is not None and not math.isfinite(loss)) or not _finite(model):
+            raise DivergenceError(epoch, epoch)
+        check_mask_kept(model, self.mask, f"after epoch {epoch}")
+        self.epochs_done += 1
+        if loss is not None:
+            self.losses.append(float(loss))
+        start = self.train.swa_start_epoch
+        if self.swa is not None and start is not None and epoch >= start:
+            self.swa.update_parameters(model)
+        if self.progress is not None:
+            self.progress(epoch + 1, self.stop_epoch, self.losses[-1] if self.losses else None)
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+
+
+def check_mask_kept(model: nn.Module, mask: Mask | None, when: str) -> None:
+    """Raise :class:`~sparseavg.MaskError` naming the layers whose pruned weights are nonzero."""
+    if mask is None:
+        return
+    named = dict(model.named_parameters())
+    bad = {}
+    with torch.no_grad():
+        for name, keep in mask.items():
+            alive = int(((named[name] != 0) & ~keep.to(named[name].device)).sum())
+            if alive:
+                bad[name] = alive
+    if bad:
+        where = ", ".join(f"{n} ({k})" for n, k in list(bad.items())[:4])
+        raise MaskError(
+            f"{when}, {sum(bad.values())} pruned weights are nonzero: {where}. Keep the mask in "
+            "train_fn with sparseavg.attach(model, mask, optimizer)"
+        )
+
+
+def run_user_loop(
+    train_fn: TrainFn,
+    model: nn.Module,
+    mask: Mask | None,
+    seed: int,
+    settings: TrainSettings,
+    *,
+    start_epoch: int = 0,
+    stop_epoch: int | None = None,
+    cycle: int = 0,
+    index: int = 0,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Call ``train_fn`` for one run and return what it left as a
+    :class:`~sparseavg.training.TrainResult` (steps counted in epochs).
+
+    ``model`` holds the start weights on its device. With SWA (``settings.swa_start``) the
+    result's ``swa_state`` averages the snapshots :meth:`LoopSettings.end_epoch` took.
+
+    Raises:
+        MaskError: pruned weights are nonzero after the run.
+        DivergenceError: the loop reported a NaN/inf loss, or left NaN/inf weights.
+        RuntimeError: ``train_fn`` did not call ``end_epoch`` once per epoch although the
+            recipe averages over epochs (SWA).
+    """
+    stop = settings.epochs if stop_epoch is None else min(stop_epoch, settings.epochs)
+    swa = AveragedModel(model, use_buffers=False) if settings.swa_start is not None else None
+    loop = LoopSettings(settings, start_epoch, stop, cycle, index, mask, progress, swa)
+    model.train()
+    train_fn(model, mask, seed, loop)
+    if not _finite(model):
+        raise DivergenceError(stop, max(stop - 1, 0))
+    check_mask_kept(model, mask, "after train_fn")
+    swa_state = None
+    swa_count = 0
+    if loop.swa is not None:
+        if loop.epochs_done != stop - start_epoch:
+            raise RuntimeError(
+                f"train_fn called settings.end_epoch(model) {loop.epochs_done} times, but the "
+                f"recipe averages weights (SWA) over epochs {settings.swa_start_epoch} to "
+                f"{stop - 1}: call it once after each epoch of settings.epoch_range"
+            )
+        swa_count = int(loop.swa.n_averaged)
+        if swa_count:
+            swa_state = _swa_weights(loop.swa, model)
+    return TrainResult(
+        state=clone_state(model, device="cpu"),
+        swa_state=swa_state,
+        rewind_state=None,
+        losses=loop.losses,
+        steps=stop,
+        swa_count=swa_count,
+        mask=mask,
+    )
+
+
+def _swa_weights(swa: AveragedModel, model: nn.Module) -> dict[str, Tensor]:
+    """The averaged parameters with the model's buffers (BatchNorm statistics of the last
+    iterate: recalibrate before use), keyed as ``model.state_dict()``."""
+    module = swa.module
+    assert isinstance(module, nn.Module)
+    averaged = dict(module.named_parameters(remove_duplicate=False))
+    return {k: averaged.get(k, v).detach().to("cpu").clone() for k, v in model.state_dict().items()}

@@ -1,0 +1,307 @@
+"""Recipes on the user's own model and training loop (``sparseavg.swamp/sms/imp/prune``)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import sparseavg
+from engine_helpers import rows, tiny_config
+from sparseavg.config import ConfigError
+from sparseavg.experiment import PlainReporter, run
+from sparseavg.experiment.engine import load_data
+from sparseavg.models import build_model
+from sparseavg.pruning import MaskError
+from sparseavg.training import evaluate, steps_per_epoch, train
+from sparseavg.utils.files import load_tensors
+
+# -- the built-in loop, called as a user's train_fn ----------------------------------------------
+
+
+def _mnist1d(config):
+    data = load_data(config, torch.device("cpu"))
+    width = config.model.options["width"]
+
+    def model_fn() -> nn.Module:
+        return build_model("conv1d", data.num_classes, data.input_shape, width=width)
+
+    def eval_fn(model: nn.Module) -> dict:
+        e = evaluate(model, data.test)
+        return {"accuracy": e.accuracy, "loss": e.loss}
+
+    return data, model_fn, eval_fn
+
+
+def _builtin_as_train_fn(data, batch_size: int):
+    """``sparseavg.train`` one epoch at a time (resuming its own checkpoint), with
+    ``settings.end_epoch`` after each: what the built-in loop computes, through the user path."""
+    spe = steps_per_epoch(data.train, batch_size)
+
+    def train_fn(model, mask, seed, settings):
+        state = None
+        for epoch in settings.epoch_range:
+            kept = []
+            train(
+                model,
+                data.train,
+                settings.train,
+                seed=seed,
+                mask=mask,
+                start_step=settings.start_epoch * spe,
+                stop_step=(epoch + 1) * spe,
+                resume=state,
+                on_epoch_end=kept.append,
+            )
+            state = kept[-1]
+            settings.end_epoch(model, state.losses[-1])
+
+    return train_fn
+
+
+def _comparable(row: dict) -> dict:
+    keep = ("cycle", "lineage", "role", "ingredient", "sparsity", "alive", "total", "headline")
+    return {**{k: row[k] for k in keep}, "accuracy": row["accuracy"], "loss": row["loss"]}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"recipe": "imp"},
+        {"recipe": "swamp", "ingredients": {"count": 2}},
+        {"recipe": "sms", "ingredients": {"count": 2}},
+    ],
+    ids=["imp", "swamp", "sms"],
+)
+def test_a_users_loop_that_trains_as_the_builtin_one_gives_the_builtin_run(tmp_path, values):
+    """Same seeds, same model, same steps: the engine with the user's model_fn, train_fn and
+    eval_fn computes bit for bit what it computes with its own data and loop (masks, rows,
+    every combined model), SWA taken through settings.end_epoch."""
+    config = tiny_config({**values, "pruning": {"rewind_epochs": 1.0, "cycles": 1}})
+    builtin = run(config, tmp_path / "builtin")
+    data, model_fn, eval_fn = _mnist1d(config)
+    kept = {k: v for k, v in config.to_dict().items() if k in ("train", "pruning", "bn", "seed")}
+    kept["ingredients"] = values.get("ingredients", {})
+    own = sparseavg.prune(
+        config.recipe,
+        model_fn,
+        _builtin_as_train_fn(data, config.train.batch_size),
+        eval_fn,
+        runs_dir=tmp_path / "own",
+        config=kept,
+        bn_batches=lambda: (b for b in data.train.batches(config.train.batch_size)),
+        progress=False,
+    )
+    assert [_comparable(r) for r in rows(builtin)] == [_comparable(r) for r in own.rows]
+    assert all(r["metrics"]["accuracy"] == r["accuracy"] for r in own.rows)
+    for f in sorted(builtin.rglob("combined.safetensors")) + sorted(builtin.rglob("mask*")):
+        a, b = load_tensors(f), load_tensors(own.path / f.relative_to(builtin))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+
+
+# -- a hand-written loop on models the zoo does not have -----------------------------------------
+
+
+class TiedLM(nn.Module):
+    """Embedding -> LayerNorm -> attention -> head tied to the embedding: no BatchNorm, a
+    shared weight, and prunable parameters that are not conv/linear weights."""
+
+    def __init__(self, vocab: int = 12, dim: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.embed(x))
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        return self.head(h.mean(dim=1))
+
+
+def _tokens(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 12, (n, 5), generator=g)
+    return x, x[:, 0]  # predict the first token
+
+
+X, Y = _tokens()
+XT, YT = _tokens(32, seed=1)
+
+
+def loop(model, mask, seed, settings, *, keep_mask: bool = True, end_epochs: bool = True):
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    handle = sparseavg.attach(model, mask, opt) if keep_mask and mask is not None else None
+    g = torch.Generator().manual_seed(seed)
+    steps = 4
+    for epoch in settings.epoch_range:
+        order = torch.randperm(len(X), generator=g)
+        for i in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = settings.learning_rate(epoch * steps + i, steps)
+            idx = order[i * 16 : (i + 1) * 16]
+            loss = nn.functional.cross_entropy(model(X[idx]), Y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if end_epochs:
+            settings.end_epoch(model, float(loss))
+    if handle is not None:
+        handle.remove()
+
+
+def accuracy(model) -> dict:
+    logits = model(XT)
+    return {
+        "accuracy": float((logits.argmax(1) == YT).float().mean()),
+        "loss": float(nn.functional.cross_entropy(logits, YT)),
+        "top3": float((logits.topk(3).indices == YT[:, None]).any(1).float().mean()),
+    }
+
+
+OWN = {"train": {"epochs": 4, "lr": 0.01}, "pruning": {"cycles": 2, "rewind_epochs": 0.0}}
+PRUNABLE = ["embed.weight", "attn.in_proj_weight", "attn.out_proj.weight"]
+
+
+def test_swamp_on_a_tied_layernorm_attention_model(tmp_path):
+    stream = io.StringIO()
+    result = sparseavg.swamp(
+        TiedLM,
+        loop,
+        accuracy,
+        particles=3,
+        runs_dir=tmp_path,
+        name="tokens",
+        config=OWN,
+        prunable=PRUNABLE,
+        progress=PlainReporter(stream),
+    )
+    log = stream.getvalue()
+    # the prunable set is printed before the first cycle, under its first (tied) name
+    assert "prunable: 3 tensors, 352 weights: embed.weight (12, 8), attn.in_proj_weight" in log
+    assert log.index("prunable:") < log.index("cycle 0")
+    assert result.path.name.startswith("swamp-tokens-TiedLM-")
+    headline = result.headline
+    assert [r["cycle"] for r in headline] == [0, 1, 2]
+    assert [r["alive"] for r in headline] == [352, 282, 226]  # 352 - round(0.2 * 352), ...
+    assert all(0 <= r["accuracy"] <= 1 and "top3" in r["metrics"] for r in headline)
+    state, mask = result.load()
+    assert list(mask) == PRUNABLE
+    assert mask.num_alive == 226
+    # the tied head is the embedding, pruned with it, in the saved state too
+    assert torch.equal(state["head.weight"], state["embed.weight"])
+    assert int((state["embed.weight"][~mask["embed.weight"]] != 0).sum()) == 0
+    # the combined model is the uniform average of the particles, which used SWA
+    import json
+
+    from sparseavg.averaging import uniform_average
+
+    last = result.path / "cycle_02"
+    parts = [load_tensors(last / f"ingredient_{k}" / "final.safetensors") for k in range(3)]
+    combined = load_tensors(last / "combined.safetensors")
+    average = uniform_average(parts, mask=mask)
+    assert all(torch.equal(average[k], combined[k]) for k in combined)
+    info = json.loads((last / "ingredient_0" / "info.json").read_text())
+    assert info["swa_count"] == 1  # the last 25 % of 4 epochs
+    model = TiedLM()
+    model.load_state_dict(state)  # a plain state_dict: the unmodified model loads it
+
+
+def test_a_resumed_own_run_equals_an_uninterrupted_one(tmp_path):
+    calls = []
+    raised = []
+
+    def interrupted(model, mask, seed, settings):
+        calls.append((settings.cycle, settings.index))
+        if (settings.cycle, settings.index) == (2, 1) and not raised:
+            raised.append(True)
+            raise KeyboardInterrupt
+        loop(model, mask, seed, settings)
+
+    args = (TiedLM, loop, accuracy)
+    kw = {"particles": 2, "config": OWN, "prunable": PRUNABLE, "progress": False}
+    whole = sparseavg.swamp(*args, runs_dir=tmp_path / "a", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        sparseavg.swamp(TiedLM, interrupted, accuracy, runs_dir=tmp_path / "b", **kw)
+    assert calls[-1] == (2, 1)  # cycles 0 and 1 and particle 0 of cycle 2 were done
+    calls.clear()
+    resumed = sparseavg.swamp(TiedLM, interrupted, accuracy, runs_dir=tmp_path / "b", **kw)
+    assert calls == [(2, 1)]  # only the interrupted particle trains again
+    strip = [{k: v for k, v in r.items() if k not in ("seconds",)} for r in whole.rows]
+    assert strip == [{k: v for k, v in r.items() if k not in ("seconds",)} for r in resumed.rows]
+
+
+def test_a_loop_that_drops_the_mask_is_stopped_after_its_first_epoch(tmp_path):
+    def careless(model, mask, seed, settings):
+        loop(model, mask, seed, settings, keep_mask=False)
+
+    with pytest.raises(MaskError, match=r"after epoch 0, \d+ pruned weights are nonzero.*attach"):
+        sparseavg.imp(
+            TiedLM,
+            careless,
+            accuracy,
+            runs_dir=tmp_path,
+            config=OWN,
+            prunable=PRUNABLE,
+            progress=False,
+        )
+
+
+def test_swa_needs_end_epoch_every_epoch(tmp_path):
+    def silent(model, mask, seed, settings):
+        loop(model, mask, seed, settings, end_epochs=False)
+
+    with pytest.raises(RuntimeError, match=r"called settings.end_epoch\(model\) 0 times"):
+        sparseavg.swamp(
+            TiedLM,
+            silent,
+            accuracy,
+            runs_dir=tmp_path,
+            config=OWN,
+            prunable=PRUNABLE,
+            progress=False,
+        )
+
+
+def test_refused_before_anything_is_written(tmp_path):
+    def refused(match: str, recipe: str = "swamp", **kw) -> None:
+        base = {"runs_dir": tmp_path, "config": OWN, "prunable": PRUNABLE, "progress": False}
+        with pytest.raises(ConfigError, match=match):
+            sparseavg.prune(recipe, TiedLM, loop, accuracy, **{**base, **kw})
+        assert not list(tmp_path.iterdir())
+
+    refused("whole epochs", config={**OWN, "pruning": {"rewind_epochs": 0.5}})
+    refused("include pattern 'nope' matches no parameter", prunable=["nope"])
+    refused("'model' is set by", config={**OWN, "model": {"name": "x"}})
+    refused("one-shot iterator", bn_batches=iter([X]))
+    gmp = {**OWN, "pruning": {"cycles": 0, "target_sparsity": 0.5, "rewind_epochs": 0.0}}
+    refused("cannot run your own train_fn", recipe="gmp", config=gmp)
+
+
+def test_ensemble_rows_average_probabilities_through_eval_fn(tmp_path):
+    result = sparseavg.swamp(
+        TiedLM,
+        loop,
+        accuracy,
+        particles=2,
+        runs_dir=tmp_path,
+        config=OWN,
+        prunable=PRUNABLE,
+        progress=False,
+    )
+    ens = [r for r in result.rows if r["role"] == "ensemble"]
+    assert [r["cycle"] for r in ens] == [0, 1, 2] and all(r["members"] == 2 for r in ens)
+    assert all(math.isfinite(r["loss"]) for r in ens)
+
+
+def test_ensemble_module_of_identical_models_is_the_model():
+    from sparseavg.experiment import EnsembleModule
+
+    torch.manual_seed(0)
+    model = TiedLM()
+    ens = EnsembleModule([model, model, model])
+    assert torch.allclose(ens(XT).softmax(-1), model(XT).softmax(-1), atol=1e-6)
