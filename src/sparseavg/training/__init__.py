@@ -1,5 +1,7 @@
-"""Training one model under a mask: optimizer, schedules, SWA, rewind capture, evaluation."""
+"""Training one model under a mask: optimizer, schedules, SWA, rewind capture, evaluation, and
+:func:`attach` to keep a mask inside any other training loop."""
 
+from .attach import AttachedMask, attach
 from .evaluate import Evaluation, evaluate, evaluate_probabilities, model_device, predict_logits
 from .loop import (
     DivergenceError,
@@ -26,12 +28,14 @@ __all__ = [
     "RETRAIN_SCHEDULES",
     "SCHEDULES",
     "SWA_SCHEDULES",
+    "AttachedMask",
     "DivergenceError",
     "Evaluation",
     "MaskEnforcer",
     "TrainResult",
     "TrainSettings",
     "TrainState",
+    "attach",
     "build_optimizer",
     "evaluate",
     "evaluate_probabilities",
