@@ -42,6 +42,7 @@ typecheck: $(STAMP)
 # Quick settings (a few minutes on 2 CPU cores); each script's --help gives its defaults.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/masked_step.py --repeats 5
+	$(BIN)/python benchmarks/attach_step.py --repeats 9
 	$(BIN)/python benchmarks/engine_overhead.py --repeats 3 --samples 20000
 	$(BIN)/python benchmarks/loader.py --repeats 3
 	$(BIN)/python benchmarks/throughput.py --repeats 2

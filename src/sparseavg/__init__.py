@@ -6,7 +6,8 @@ The library layers (import them into an existing training loop; none touches dis
 - pruning: :class:`Mask`, :func:`prunable_parameters`, :func:`magnitude_prune`,
   :func:`random_prune`, :func:`shuffle_within_layers`, :class:`GradualMagnitudePruning`
 - training: :func:`train` (masked SGD/Adam with SWA, rewind capture, resume),
-  :class:`TrainSettings`, :func:`evaluate`
+  :class:`TrainSettings`, :func:`evaluate`, and :func:`attach` (keeps a mask through every
+  ``optimizer.step()`` of your own loop, or of a Lightning / Hugging Face Trainer)
 - averaging: :func:`uniform_average`, :func:`greedy_soup`, :func:`recalibrate_bn`,
   :func:`evaluate_ensemble`
 - data / models: :func:`load_dataset`, :func:`build_model`
@@ -59,6 +60,7 @@ from .pruning import (
 )
 from .recipes import RECIPES, resolve_config
 from .training import (
+    AttachedMask,
     DivergenceError,
     Evaluation,
     LoopSettings,
@@ -66,6 +68,7 @@ from .training import (
     TrainResult,
     TrainSettings,
     TrainState,
+    attach,
     evaluate,
     train,
 )
@@ -75,6 +78,7 @@ __version__ = "0.1.0"
 __all__ = [
     "RECIPES",
     "AnalysisSettings",
+    "AttachedMask",
     "Calibration",
     "Config",
     "ConfigError",
@@ -98,6 +102,7 @@ __all__ = [
     "TrainState",
     "__version__",
     "analyze_run",
+    "attach",
     "available_datasets",
     "available_models",
     "build_model",

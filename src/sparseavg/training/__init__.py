@@ -1,5 +1,7 @@
-"""Training one model under a mask: optimizer, schedules, SWA, rewind capture, evaluation."""
+"""Training one model under a mask: optimizer, schedules, SWA, rewind capture, evaluation, and
+:func:`attach` to keep a mask inside any other training loop."""
 
+from .attach import AttachedMask, attach
 from .custom import LoopSettings, TrainFn, run_user_loop
 from .evaluate import Evaluation, evaluate, evaluate_probabilities, model_device, predict_logits
 from .loop import (
@@ -27,6 +29,7 @@ __all__ = [
     "RETRAIN_SCHEDULES",
     "SCHEDULES",
     "SWA_SCHEDULES",
+    "AttachedMask",
     "DivergenceError",
     "Evaluation",
     "LoopSettings",
@@ -35,6 +38,7 @@ __all__ = [
     "TrainResult",
     "TrainSettings",
     "TrainState",
+    "attach",
     "build_optimizer",
     "evaluate",
     "evaluate_probabilities",

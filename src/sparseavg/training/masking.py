@@ -35,10 +35,7 @@ class MaskEnforcer:
         buffer of theirs (momentum, Adam moments), so nothing revives them. Returns the new
         enforcer."""
         new = MaskEnforcer(self.model, mask)
-        for p, f in zip(new.params, new.factors, strict=True):
-            for buf in optimizer.state.get(p, {}).values():
-                if isinstance(buf, Tensor) and buf.shape == p.shape:
-                    buf.mul_(f)
+        new.mask_optimizer_state(optimizer)
         new.mask_weights()
         return new
 
@@ -64,6 +61,25 @@ class MaskEnforcer:
         call before :meth:`mask_gradients` (mask schedules that grow weights need them)."""
         names = {id(p): n for n, p in self.model.named_parameters()}
         return {names[id(p)]: p.grad.detach().clone() for p in self.params if p.grad is not None}
+
+    @torch.no_grad()
+    def mask_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the pruned entries of every optimizer-state tensor shaped like its parameter
+        (SGD ``momentum_buffer``, Adam ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ...), in
+        place, in one ``torch._foreach_mul_``. Adam's ``step`` counter is left alone, even for a
+        0-d parameter; parameters without state yet (no step taken) are skipped."""
+        buffers: list[Tensor] = []
+        factors: list[Tensor] = []
+        for p, f in zip(self.params, self.factors, strict=True):
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for key, buf in state.items():
+                if key != "step" and isinstance(buf, Tensor) and buf.shape == p.shape:
+                    buffers.append(buf)
+                    factors.append(f)
+        if buffers:
+            torch._foreach_mul_(buffers, factors)
 
     @torch.no_grad()
     def mask_weights(self) -> None:

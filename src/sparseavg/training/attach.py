@@ -1,0 +1,177 @@
+"""Keeping a mask in any training loop: hooks on ``optimizer.step()``.
+
+:func:`attach` registers a step pre-hook and a step post-hook on a torch optimizer, so every
+``optimizer.step()`` keeps the pruned weights and their optimizer state at exactly zero, whoever
+calls it: a plain loop, ``GradScaler.step``, a Lightning ``Trainer`` or a Hugging Face
+``Trainer``. It is :class:`~sparseavg.training.masking.MaskEnforcer` run by the optimizer
+instead of by the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ..pruning import Mask, MaskError
+from .masking import MaskEnforcer
+
+
+class AttachedMask:
+    """A mask attached to an optimizer by :func:`attach`; :meth:`remove` detaches it.
+
+    Also a context manager: ``with attach(model, mask, optimizer): ...`` detaches on exit.
+    """
+
+    def __init__(
+        self,
+        enforcer: MaskEnforcer,
+        mask: Mask,
+        optimizer: torch.optim.Optimizer,
+    ) -> None:
+        self.mask = mask
+        self.optimizer = optimizer
+        self._enforcer = enforcer
+        self._handles: list[RemovableHandle] = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+        ]
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are still registered."""
+        return bool(self._handles)
+
+    def remove(self) -> None:
+        """Detach both hooks; later steps no longer touch the mask. Calling it again does
+        nothing. The weights and optimizer state are left as they are."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        """Zero the gradients of pruned weights now (the pre-step hook does this too; call it
+        where a loop reads gradients before ``step``, e.g. before clipping them by norm)."""
+        self._enforcer.mask_gradients()
+
+    def _before_step(
+        self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Mask the gradients; if ``step`` got a closure (it computes the gradients inside
+        ``step``, as Lightning's automatic optimization does), mask them after each call of it."""
+        self._enforcer.mask_gradients()
+        # args[0] is the optimizer itself; a closure comes second or as ``closure=``
+        if len(args) > 1 and callable(args[1]):
+            return (args[0], self._masked(args[1]), *args[2:]), kwargs
+        if callable(kwargs.get("closure")):
+            return args, {**kwargs, "closure": self._masked(kwargs["closure"])}
+        return None
+
+    def _masked(self, closure: Callable[[], Any]) -> Callable[[], Any]:
+        def masked_closure() -> Any:
+            loss = closure()
+            self._enforcer.mask_gradients()
+            return loss
+
+        return masked_closure
+
+    def _after_step(
+        self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self._enforcer.mask_weights()
+        self._enforcer.mask_optimizer_state(optimizer)
+
+    def __enter__(self) -> AttachedMask:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "removed"
+        return f"AttachedMask({self.mask!r}, {type(self.optimizer).__name__}, {state})"
+
+
+def attach(
+    model: nn.Module, mask: Mask | Mapping[str, Tensor], optimizer: torch.optim.Optimizer
+) -> AttachedMask:
+    """Keep ``mask`` through every ``optimizer.step()``, whoever calls it.
+
+    At once, the pruned weights of ``model`` and the pruned entries of any optimizer state they
+    already have (momentum, Adam moments: a mask attached mid-training) are set to zero. Then
+    before each step the gradients of pruned weights are zeroed (so momentum and Adam moments
+    stay zero; with a closure, after it ran), and after each step the pruned weights (weight
+    decay, numerical noise) and the pruned entries of every optimizer-state tensor shaped like
+    its parameter are zeroed again. Surviving weights train exactly as without the mask.
+
+    Works with any optimizer whose update is elementwise (SGD with momentum or Nesterov, Adam,
+    AdamW; ``foreach`` and ``fused``), with ``torch.amp.GradScaler`` (a skipped step stays
+    skipped; masking by 0/1 does not care whether gradients are scaled) and with gradient
+    accumulation (the hooks run once per step, on the summed gradients). Attach after the model
+    is on its device and after the optimizer exists; the hooks hold no global state.
+
+    Args:
+        model: the module whose parameters ``mask`` names (``model.named_parameters()``).
+        mask: ``name -> bool tensor`` of each parameter's shape, ``True`` = alive.
+        optimizer: the torch optimizer that holds those parameters. A wrapper whose ``step``
+            runs no step hooks (Lightning's ``LightningOptimizer``, accelerate's
+            ``AcceleratedOptimizer``) is unwrapped to the optimizer it holds.
+
+    Returns:
+        An :class:`AttachedMask`; its ``remove()`` detaches the hooks.
+
+    Raises:
+        MaskError: a mask entry is not a parameter of ``model``, has another shape, or is not a
+            parameter that ``optimizer`` updates.
+        TypeError: ``model`` is not a module, ``mask`` not a mapping, or ``optimizer`` not a
+            torch optimizer.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(mask, Mapping):
+        raise TypeError(f"mask must be a Mask or a name -> bool tensor mapping, got {mask!r}")
+    optimizer = _hookable(optimizer)
+    mask = mask if isinstance(mask, Mask) else Mask(mask)
+    mask.validate(model)
+    named = dict(model.named_parameters())
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name in mask if id(named[name]) not in held]
+    if missing:
+        raise MaskError(
+            "; ".join(
+                f"mask entry {name!r} is not a parameter of the optimizer" for name in missing
+            )
+        )
+    enforcer = MaskEnforcer(model, mask)
+    enforcer.mask_weights()
+    enforcer.mask_optimizer_state(optimizer)
+    return AttachedMask(enforcer, mask, optimizer)
+
+
+def _hookable(optimizer: object) -> torch.optim.Optimizer:
+    """``optimizer``, or the torch optimizer a wrapper holds when the wrapper's own ``step``
+    would run no step hooks (hooks registered on it would then never fire)."""
+    current = optimizer
+    for _ in range(4):  # wrappers of wrappers, but no endless loop
+        if isinstance(current, torch.optim.Optimizer) and getattr(
+            type(current).step, "hooked", False
+        ):
+            return current
+        inner = getattr(current, "optimizer", None) or getattr(current, "_optimizer", None)
+        if inner is None:
+            break
+        current = inner
+    raise TypeError(
+        f"optimizer must be a torch.optim.Optimizer whose step() runs step hooks, got "
+        f"{type(optimizer).__name__}"
+    )
