@@ -32,6 +32,7 @@ from ..averaging.batchnorm import Forward
 from ..config import Config, ConfigError
 from ..data import Dataset
 from ..parallel import FunctionTrainer, LoopTrainer, Trainer
+from ..pruning import Mask
 from ..training import Evaluation, TrainSettings, evaluate, steps_per_epoch, train
 from ..training.custom import TrainFn, run_user_loop
 from ..utils.seeding import make_generator
@@ -247,7 +248,8 @@ class UserTask:
     def train_ticket(
         self, model: nn.Module, settings: TrainSettings, seed: int, stop_step: int
     ) -> None:
-        run_user_loop(self.train_fn, model, None, seed, settings, stop_epoch=stop_step, index=-1)
+        dense = Mask({})  # nothing pruned: attach(model, mask, optimizer) holds no weight
+        run_user_loop(self.train_fn, model, dense, seed, settings, stop_epoch=stop_step, index=-1)
 
     def evaluate(self, model: nn.Module) -> Evaluation:
         values = _call_eval(self.eval_fn, model)

@@ -35,13 +35,13 @@ class TrainFn(Protocol):
     """``train_fn(model, mask, seed, settings) -> None``: train ``model`` in place.
 
     ``model`` is on its device with the start weights loaded (pruned weights already 0);
-    ``mask`` is the :class:`~sparseavg.Mask` to keep (``None`` in the dense ticket run), on the
-    model's device; ``seed`` fixes the run's batch order and augmentation (particles differ in
+    ``mask`` is the :class:`~sparseavg.Mask` to keep, on the model's device (empty in the
+    dense run that makes the ticket); keep it with ``sparseavg.attach(model, mask, optimizer)``; ``seed`` fixes the run's batch order and augmentation (particles differ in
     it); ``settings`` is a :class:`LoopSettings`.
     """
 
     def __call__(
-        self, model: nn.Module, mask: Mask | None, seed: int, settings: LoopSettings
+        self, model: nn.Module, mask: Mask, seed: int, settings: LoopSettings
     ) -> None: ...
 
 
