@@ -1,10 +1,11 @@
 """sparseavg: sparse networks by iterative magnitude pruning with weight averaging.
 
 The library layers (import them into an existing training loop; none touches disk except
-``Mask.save``/``Mask.load``):
+``Mask.save``/``Mask.load`` and ``save_sparse``/``load_sparse``):
 
 - pruning: :class:`Mask`, :func:`prunable_parameters`, :func:`magnitude_prune`,
-  :func:`random_prune`, :func:`shuffle_within_layers`, :class:`GradualMagnitudePruning`
+  :func:`random_prune`, :func:`shuffle_within_layers`, :class:`GradualMagnitudePruning`,
+  :func:`save_sparse` / :func:`load_sparse` (a pruned model's compact file)
 - training: :func:`train` (masked SGD/Adam with SWA, rewind capture, resume),
   :class:`TrainSettings`, :func:`evaluate`
 - averaging: :func:`uniform_average`, :func:`greedy_soup`, :func:`recalibrate_bn`,
@@ -48,10 +49,12 @@ from .pruning import (
     MaskError,
     MaskSchedule,
     fraction_per_cycle,
+    load_sparse,
     magnitude_prune,
     magnitude_prune_to,
     prunable_parameters,
     random_prune,
+    save_sparse,
     shuffle_within_layers,
 )
 from .recipes import RECIPES, resolve_config
@@ -107,6 +110,7 @@ __all__ = [
     "linear_path",
     "load_analysis",
     "load_dataset",
+    "load_sparse",
     "magnitude_prune",
     "magnitude_prune_to",
     "prunable_parameters",
@@ -116,6 +120,7 @@ __all__ = [
     "run",
     "run_distributed",
     "run_many",
+    "save_sparse",
     "shuffle_within_layers",
     "train",
     "uniform_average",
