@@ -10,7 +10,8 @@ The library layers (import them into an existing training loop; none touches dis
   :class:`TrainSettings`, :func:`evaluate`
 - averaging: :func:`uniform_average`, :func:`greedy_soup`, :func:`recalibrate_bn`,
   :func:`evaluate_ensemble`
-- data / models: :func:`load_dataset`, :func:`build_model`
+- data / models: :func:`load_dataset`, :func:`build_model`, :func:`sparse_linear` (CSR linear
+  layers for inference, where measured faster)
 - analysis: :func:`linear_path` (loss barriers), :func:`hessian_trace` (Hutchinson),
   :func:`distances`, :func:`calibration` (ECE)
 
@@ -42,7 +43,7 @@ from .config import Config, ConfigError
 from .data import Dataset, Split, available_datasets, load_dataset
 from .experiment import run, run_distributed, run_many
 from .experiment.analyze import AnalysisSettings, analyze_run, load_analysis
-from .models import available_models, build_model, count_parameters
+from .models import available_models, build_model, count_parameters, sparse_linear
 from .pruning import (
     GradualMagnitudePruning,
     Mask,
@@ -122,6 +123,7 @@ __all__ = [
     "run_many",
     "save_sparse",
     "shuffle_within_layers",
+    "sparse_linear",
     "train",
     "uniform_average",
 ]
