@@ -12,7 +12,7 @@ import torch
 from sparseavg.config import Config, to_toml
 from sparseavg.experiment.rundir import RunDir
 from sparseavg.models import build_model
-from sparseavg.pruning import Mask, prunable_parameters
+from sparseavg.pruning import Mask, magnitude_prune, prunable_parameters
 from sparseavg.recipes import get_recipe, resolve_config
 from sparseavg.utils.files import save_tensors
 
@@ -61,9 +61,13 @@ def make_run(
     complete: int = 1,
     run_id: str | None = None,
     name: str | None = None,
+    sparsity: float = 0.0,
 ) -> Path:
     """A run directory under ``parent`` named by its config (or ``name``) with ``complete``
-    complete cycles; ``run_id`` (default: the config's digest) goes into the manifests."""
+    complete cycles; ``run_id`` (default: the config's digest) goes into the manifests.
+    ``sparsity``: the share of each prunable layer's weights that every cycle's model has
+    pruned (by magnitude, zeroed by multiplication as training does, so that negative ones
+    become ``-0.0``)."""
     config = resolve_config(FAKE if values is None else values)
     run = parent / (name or config.run_name())
     run.mkdir(parents=True)
@@ -77,8 +81,10 @@ def make_run(
             d = rd.member_dir(cycle, lineage, members)
             d.mkdir(parents=True)
             model = member_model(config, lineage)
-            save_tensors(d / "combined.safetensors", model.state_dict())
-            Mask.ones_like(prunable_parameters(model)).save(d / "mask.safetensors")
+            params = prunable_parameters(model)
+            mask = magnitude_prune(params, Mask.ones_like(params), sparsity, scope="layerwise")
+            save_tensors(d / "combined.safetensors", mask.applied(model.state_dict()))
+            mask.save(d / "mask.safetensors")
             cycle_rows.append(fake_row(config, run.name, cycle, lineage, "combined"))
         if members > 1:
             cycle_rows.append(fake_row(config, run.name, cycle, 0, "ensemble"))

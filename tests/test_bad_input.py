@@ -927,6 +927,18 @@ CASES = [
         setup=chain(a_run(), mkdir("model.json")),
     ),
     case(
+        "export-sparse-path-is-a-directory",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/model.safetensors"],
+        f"{TMP}/model.sparse.safetensors", "is a directory",
+        setup=chain(a_run(), mkdir("model.sparse.safetensors")),
+    ),
+    case(
+        "export-onnx-path-is-a-directory",
+        ["export", RUN, "--cycle", "0", "--out", f"{TMP}/model.pt", "--onnx"],
+        f"{TMP}/model.onnx", "is a directory",
+        setup=chain(a_run(), mkdir("model.onnx")),
+    ),
+    case(
         "export-out-txt",
         ["export", RUN, "--cycle", "0", "--out", f"{TMP}/model.txt"],
         "model.txt", "ends in .safetensors or .pt", "'.txt'",

@@ -1,16 +1,18 @@
 """sparseavg: sparse networks by iterative magnitude pruning with weight averaging.
 
 The library layers (import them into an existing training loop; none touches disk except
-``Mask.save``/``Mask.load``):
+``Mask.save``/``Mask.load`` and ``save_sparse``/``load_sparse``):
 
 - pruning: :class:`Mask`, :func:`prunable_parameters`, :func:`magnitude_prune`,
-  :func:`random_prune`, :func:`shuffle_within_layers`, :class:`GradualMagnitudePruning`
+  :func:`random_prune`, :func:`shuffle_within_layers`, :class:`GradualMagnitudePruning`,
+  :func:`save_sparse` / :func:`load_sparse` (a pruned model's compact file)
 - training: :func:`train` (masked SGD/Adam with SWA, rewind capture, resume),
   :class:`TrainSettings`, :func:`evaluate`, and :func:`attach` (keeps a mask through every
   ``optimizer.step()`` of your own loop, or of a Lightning / Hugging Face Trainer)
 - averaging: :func:`uniform_average`, :func:`greedy_soup`, :func:`recalibrate_bn`,
   :func:`evaluate_ensemble`
-- data / models: :func:`load_dataset`, :func:`build_model`
+- data / models: :func:`load_dataset`, :func:`build_model`, :func:`sparse_linear` (CSR linear
+  layers for inference, where measured faster)
 - analysis: :func:`linear_path` (loss barriers), :func:`hessian_trace` (Hutchinson),
   :func:`distances`, :func:`calibration` (ECE)
 
@@ -45,17 +47,19 @@ from .config import Config, ConfigError
 from .data import Dataset, Split, available_datasets, load_dataset
 from .experiment import OwnRun, imp, prune, run, run_distributed, run_many, sms, swamp
 from .experiment.analyze import AnalysisSettings, analyze_run, load_analysis
-from .models import available_models, build_model, count_parameters
+from .models import available_models, build_model, count_parameters, sparse_linear
 from .pruning import (
     GradualMagnitudePruning,
     Mask,
     MaskError,
     MaskSchedule,
     fraction_per_cycle,
+    load_sparse,
     magnitude_prune,
     magnitude_prune_to,
     prunable_parameters,
     random_prune,
+    save_sparse,
     shuffle_within_layers,
 )
 from .recipes import RECIPES, resolve_config
@@ -119,6 +123,7 @@ __all__ = [
     "linear_path",
     "load_analysis",
     "load_dataset",
+    "load_sparse",
     "magnitude_prune",
     "magnitude_prune_to",
     "prunable_parameters",
@@ -130,8 +135,10 @@ __all__ = [
     "run",
     "run_distributed",
     "run_many",
+    "save_sparse",
     "shuffle_within_layers",
     "sms",
+    "sparse_linear",
     "swamp",
     "train",
     "uniform_average",

@@ -124,7 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--member", type=int, help="ensemble member (required when the run has several)"
     )
-    export.add_argument("--out", required=True, help="FILE.safetensors or FILE.pt")
+    export.add_argument(
+        "--out",
+        required=True,
+        help="FILE.safetensors or FILE.pt; FILE.mask.safetensors, FILE.sparse.safetensors "
+        "(compact: sparseavg.load_sparse reads it) and FILE.json are written beside it",
+    )
+    export.add_argument(
+        "--onnx",
+        action="store_true",
+        help='also write FILE.onnx, batch size free (needs pip install "sparseavg[onnx]")',
+    )
 
     analyze = sub.add_parser(
         "analyze",
@@ -309,11 +319,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..experiment.export import export_cycle
+    from ..experiment.export import export_cycle, size_line
 
-    paths = export_cycle(args.run_dir, args.cycle, args.out, member=args.member)
+    paths = export_cycle(args.run_dir, args.cycle, args.out, member=args.member, onnx=args.onnx)
     for kind, p in paths.items():
         print(f"{kind:<8} {p}")
+    print(size_line(paths["sparse"], paths["state"]))
     return EXIT_OK
 
 

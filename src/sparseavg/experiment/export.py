@@ -1,4 +1,5 @@
-"""Export a cycle's model as a plain state_dict that the bare model loads."""
+"""Export a cycle's model: a plain state_dict that the bare model loads, its mask, a compact
+sparse file, a summary, and optionally an ONNX model."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import Any
 
 import torch
 
-from ..pruning import Mask
-from ..utils.files import atomic_open, atomic_write_text, save_tensors
+from ..config import Config
+from ..pruning import Mask, compress
+from ..utils.files import atomic_open, atomic_write_bytes, atomic_write_text, save_tensors
+from .engine import load_data, make_model
+from .onnx_export import INSTALL, onnx_available, to_onnx
 from .runinfo import RunDirError, read_run
 
 #: what ``out`` may end in: safetensors, or ``torch.save`` of a dict of tensors
@@ -17,15 +21,17 @@ SUFFIXES = (".safetensors", ".pt")
 
 
 class ExportError(ValueError):
-    """An export that cannot be written as asked: a bad ``out`` path, or a member to choose."""
+    """An export that cannot be written as asked: a bad ``out`` path, a member to choose, or an
+    ONNX model that cannot be made."""
 
 
-def export_paths(out: str | Path) -> dict[str, Path]:
-    """The three files an export writes: ``state`` (``out``), ``mask``
-    (``<stem>.mask.safetensors``) and ``summary`` (``<stem>.json``).
+def export_paths(out: str | Path, *, onnx: bool = False) -> dict[str, Path]:
+    """The files an export writes: ``state`` (``out``), ``mask``
+    (``<stem>.mask.safetensors``), ``sparse`` (``<stem>.sparse.safetensors``), ``onnx``
+    (``<stem>.onnx``, only when ``onnx``) and ``summary`` (``<stem>.json``).
 
     Raises:
-        ExportError: ``out`` ends in neither ``.safetensors`` nor ``.pt``, or one of the three
+        ExportError: ``out`` ends in neither ``.safetensors`` nor ``.pt``, or one of the
             paths is an existing directory.
     """
     out = Path(out)
@@ -35,10 +41,16 @@ def export_paths(out: str | Path) -> dict[str, Path]:
             f"{repr(out.suffix) if out.suffix else 'no suffix'}"
         )
     stem = out.with_suffix("")
+
+    def beside(suffix: str) -> Path:
+        return stem.with_name(stem.name + suffix)
+
     paths = {
         "state": out,
-        "mask": stem.with_name(stem.name + ".mask.safetensors"),
-        "summary": stem.with_name(stem.name + ".json"),
+        "mask": beside(".mask.safetensors"),
+        "sparse": beside(".sparse.safetensors"),
+        **({"onnx": beside(".onnx")} if onnx else {}),
+        "summary": beside(".json"),
     }
     for p in paths.values():
         if p.is_dir():
@@ -46,27 +58,55 @@ def export_paths(out: str | Path) -> dict[str, Path]:
     return paths
 
 
+def format_bytes(n: int) -> str:
+    """``n`` bytes in decimal units: ``"812 B"``, ``"61.2 kB"``, ``"4.3 MB"``, ``"1.2 GB"``."""
+    if n < 1000:
+        return f"{n} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if round(n / scale, 1) < 1000 or unit == "GB":
+            break
+    return f"{n / scale:.1f} {unit}"
+
+
+def size_line(sparse: Path, dense: Path) -> str:
+    """``sparse file: 61.2 kB (14.8 % of the dense 413.5 kB)`` for two written files."""
+    s, d = sparse.stat().st_size, dense.stat().st_size
+    return f"sparse file: {format_bytes(s)} ({100 * s / d:.1f} % of the dense {format_bytes(d)})"
+
+
 def export_cycle(
-    run_dir: str | Path, cycle: int, out: str | Path, *, member: int | None = None
+    run_dir: str | Path,
+    cycle: int,
+    out: str | Path,
+    *,
+    member: int | None = None,
+    onnx: bool = False,
 ) -> dict[str, Path]:
-    """Write the combined model of ``cycle`` to ``out`` and its mask and summary beside it.
+    """Write the combined model of ``cycle`` to ``out`` and the other files beside it.
 
     ``out`` ending in ``.pt`` is written with ``torch.save`` (a dict of tensors),
     ``.safetensors`` as safetensors. Pruned weights are exact zeros in the dense tensors, so
     ``model.load_state_dict(state)`` works on the unmodified model. Also written:
-    ``<stem>.mask.safetensors`` and ``<stem>.json`` (config, cycle, sparsity per layer, test
-    accuracy). ``member`` picks an ensemble member; a run with more than one needs it.
+    ``<stem>.mask.safetensors``, ``<stem>.sparse.safetensors`` (the same state in compact form,
+    read back by :func:`sparseavg.load_sparse`), ``<stem>.json`` (config, cycle, sparsity per
+    layer, test accuracy) and, with ``onnx``, ``<stem>.onnx``: the run's model with these
+    weights, input ``"input"`` ``(batch, *input_shape)`` and output ``"logits"``, batch free.
+    ``member`` picks an ensemble member; a run with more than one needs it.
 
-    Everything is checked before the first file is written.
+    Everything is checked, and the ONNX model made, before the first file is written.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a run directory, or has no complete ``cycle``.
         ExportError: a bad ``out`` (see :func:`export_paths`); ``member`` missing for a run
-            with several members, or not one of them.
+            with several members, or not one of them; ``onnx`` without the ``onnx`` package,
+            or a model torch cannot export to ONNX.
         RunDirError, CorruptFileError: the run's config or the cycle's files are damaged,
             edited, or copied in from another run.
+        MaskError: the cycle's weights are not zero where its mask prunes.
     """
-    paths = export_paths(out)
+    paths = export_paths(out, onnx=onnx)
+    if onnx and not onnx_available():
+        raise ExportError(f"--onnx needs the onnx package: {INSTALL}")
     info = read_run(run_dir)
     members = info.members
     if member is None:
@@ -111,11 +151,32 @@ def export_cycle(
         ],
         "config": info.config.to_dict(),
     }
+    sparse = compress(state, mask)
+    onnx_model = _onnx_model(info.config, state) if onnx else None
     if paths["state"].suffix == ".pt":
         with atomic_open(paths["state"], "wb") as f:
             torch.save(state, f)
     else:
         save_tensors(paths["state"], state, metadata={"format": "sparseavg-export/1"})
     mask.save(paths["mask"])
+    save_tensors(paths["sparse"], sparse.tensors, sparse.metadata)
+    if onnx_model is not None:
+        atomic_write_bytes(paths["onnx"], onnx_model)
     atomic_write_text(paths["summary"], json.dumps(summary, indent=1) + "\n")
     return paths
+
+
+def _onnx_model(config: Config, state: dict[str, torch.Tensor]) -> bytes:
+    """The run's model (built as the engine builds it, for its data set's input shape) with
+    ``state`` loaded, as ONNX bytes."""
+    data = load_data(config, torch.device("cpu"))
+    model = make_model(config, data, 0)
+    model.load_state_dict(state)
+    example = torch.zeros(2, *data.input_shape)
+    try:
+        return to_onnx(model, example)
+    except Exception as err:  # torch's exporter and onnx's checker raise many kinds
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(
+            f"--onnx: {config.model.name} could not be exported to ONNX ({reason})"
+        ) from None

@@ -3,10 +3,19 @@ torchvision's ImageNet ResNets, built by name with ``build_model``.
 
 All models are plain ``nn.Conv*``/``nn.Linear``/``nn.BatchNorm*`` stacks (prunable by
 multiplying weights with masks, compatible with ``torch.func``), end in an ``nn.Linear``
-producing logits, and are initialised from the global torch RNG.
+producing logits, and are initialised from the global torch RNG. ``sparse_linear`` turns a
+pruned model's sparse enough linear layers into CSR ones for inference.
 """
 
 from sparseavg.models.counting import count_parameters
 from sparseavg.models.registry import available_models, build_model, register_model
+from sparseavg.models.sparse_linear import SparseLinear, sparse_linear
 
-__all__ = ["available_models", "build_model", "count_parameters", "register_model"]
+__all__ = [
+    "SparseLinear",
+    "available_models",
+    "build_model",
+    "count_parameters",
+    "register_model",
+    "sparse_linear",
+]
