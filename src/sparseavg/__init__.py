@@ -4,7 +4,9 @@ The library layers (import them into an existing training loop; none touches dis
 ``Mask.save``/``Mask.load``):
 
 - pruning: :class:`Mask`, :func:`prunable_parameters`, :func:`magnitude_prune`,
-  :func:`random_prune`, :func:`shuffle_within_layers`, :class:`GradualMagnitudePruning`
+  :func:`random_prune`, :func:`shuffle_within_layers`, :class:`GradualMagnitudePruning`,
+  :func:`nm_prune` (N:M masks such as 2:4), :func:`to_semi_structured` (2:4 linear layers
+  on a GPU's sparse tensor cores)
 - training: :func:`train` (masked SGD/Adam with SWA, rewind capture, resume),
   :class:`TrainSettings`, :func:`evaluate`
 - averaging: :func:`uniform_average`, :func:`greedy_soup`, :func:`recalibrate_bn`,
@@ -50,9 +52,11 @@ from .pruning import (
     fraction_per_cycle,
     magnitude_prune,
     magnitude_prune_to,
+    nm_prune,
     prunable_parameters,
     random_prune,
     shuffle_within_layers,
+    to_semi_structured,
 )
 from .recipes import RECIPES, resolve_config
 from .training import (
@@ -109,6 +113,7 @@ __all__ = [
     "load_dataset",
     "magnitude_prune",
     "magnitude_prune_to",
+    "nm_prune",
     "prunable_parameters",
     "random_prune",
     "recalibrate_bn",
@@ -117,6 +122,7 @@ __all__ = [
     "run_distributed",
     "run_many",
     "shuffle_within_layers",
+    "to_semi_structured",
     "train",
     "uniform_average",
 ]
