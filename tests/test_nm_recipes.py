@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine_helpers import tiny_run
-from sparseavg.config import ConfigError
+from sparseavg.config import ConfigError, parse_override
 from sparseavg.pruning import Mask, fraction_per_cycle, nm_prune, nonzeros_per_group
 from sparseavg.recipes import RECIPES, get_recipe, resolve_config
 from sparseavg.recipes.plan import LineageResult
@@ -36,6 +36,11 @@ def test_the_pattern_sets_the_target_sparsity_that_the_cycles_reach():
     # the same target given by hand is accepted, and the resolved config resolves to itself
     again = resolve_config(imp.to_dict())
     assert again == imp and again.run_name() == imp.run_name()
+
+
+def test_the_pattern_can_be_set_quoted_or_bare_on_the_command_line():
+    assert parse_override('pruning.pattern="2:4"') == {"pruning": {"pattern": "2:4"}}
+    assert parse_override("pruning.pattern=2:4") == {"pruning": {"pattern": "2:4"}}
 
 
 def test_unstructured_is_the_default_and_changes_no_run_name():
