@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/distributed.py --repeats 1
 	$(BIN)/python benchmarks/batch.py --repeats 3
 	$(BIN)/python benchmarks/sparse_inference.py --repeats 3
+	$(BIN)/python benchmarks/semi_structured.py --repeats 5
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

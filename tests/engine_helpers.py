@@ -60,17 +60,17 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 class TrainCalls:
-    """Records every call of ``train`` by the engine (the common run) and the sequential
-    executor (the ingredients): the model's weights when it starts, the settings, seed, start
-    and stop step, and the labels of the first batch it draws."""
+    """Records every call of ``train`` by the built-in task (the common run) and the
+    built-in trainer (the ingredients): the model's weights when it starts, the settings, seed,
+    start and stop step, and the labels of the first batch it draws."""
 
     def __init__(self, monkeypatch) -> None:
-        import sparseavg.experiment.engine as engine
-        import sparseavg.parallel.sequential as sequential
+        import sparseavg.experiment.task as task
+        import sparseavg.parallel.trainers as trainers
         from sparseavg.utils.state import clone_state
 
         self.calls: list[dict[str, Any]] = []
-        real = engine.train
+        real = task.train
 
         def spy(model, data, settings, *, seed, **kwargs):
             call = {
@@ -86,8 +86,8 @@ class TrainCalls:
             call["result"] = result
             return result
 
-        monkeypatch.setattr(engine, "train", spy)
-        monkeypatch.setattr(sequential, "train", spy)
+        monkeypatch.setattr(task, "train", spy)
+        monkeypatch.setattr(trainers, "train", spy)
 
     def ingredients(self) -> list[dict[str, Any]]:
         """The calls that trained an ingredient (not the common run to the ticket)."""

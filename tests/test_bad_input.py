@@ -163,6 +163,20 @@ def zero_mask(name: str) -> Setup:
     return write
 
 
+def short_group_mask(name: str) -> Setup:
+    """A mask of the default conv1d's layers after the first, with one group of 4 input
+    channels of ``features.3.weight`` down to 1 alive weight."""
+
+    def write(tmp: Path) -> None:
+        params = _prunable(_model())
+        del params["features.0.weight"]
+        tensors = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+        tensors["features.3.weight"][0, 1:4, 0] = False
+        Mask(tensors).save(tmp / name)
+
+    return write
+
+
 def chain(*setups: Setup) -> Setup:
     def run_all(tmp: Path) -> None:
         for setup in setups:
@@ -733,6 +747,44 @@ CASES = [
         run(*s("pruning.rewind_epochs=40"), *s("train.epochs=30")),
         "pruning.rewind_epochs (40) must be less than train.epochs (30)",
     ),
+    # ---- N:M pattern
+    case(
+        "pattern-malformed",
+        run(*s("pruning.pattern=2-4")),
+        "pruning.pattern", "'2-4'", "'N:M' with 0 < N < M <= 32",
+    ),
+    case("pattern-n-equals-m", run(*s("pruning.pattern=4:4")), "pruning.pattern", "'4:4'"),
+    case("pattern-m-too-large", run(*s("pruning.pattern=2:64")), "pruning.pattern", "'2:64'"),
+    case(
+        "pattern-not-a-string",
+        run(*s("pruning.pattern=2")),
+        "pruning.pattern", "a string", "2",
+    ),
+    case(
+        "pattern-contradicts-target",
+        run(*s("pruning.pattern=2:4"), *s("pruning.target_sparsity=0.9")),
+        "pruning.target_sparsity = 0.9 contradicts pruning.pattern = '2:4'", "0.5",
+    ),
+    case(
+        "pattern-without-cycles",
+        run(*s("pruning.pattern=2:4"), *s("pruning.cycles=0")),
+        "pruning.pattern = '2:4' needs pruning.cycles >= 1",
+    ),
+    case(
+        "pattern-with-shuffle",
+        run("--recipe", "shuffle", *s("pruning.pattern=2:4")),
+        "pruning.method = 'shuffle'", "pruning.pattern = '2:4'", "'random'",
+    ),
+    case(
+        "pattern-with-layer-fractions",
+        run(*s("pruning.pattern=2:4"), *s('pruning.layer_fractions={"fc.weight" = 0.1}')),
+        "pruning.layer_fractions", "pruning.pattern = '2:4'", "pruning.exclude",
+    ),
+    case(
+        "pattern-with-masks-from",
+        run(*s("pruning.pattern=2:4"), *s(f"pruning.masks_from='{TMP}/runs/x'")),
+        "pruning.masks_from", "pruning.pattern = '2:4'",
+    ),
     # ---- elements of lists and tables
     case(
         "milestone-past-the-end",
@@ -1018,8 +1070,35 @@ CASES = [
     ),
 ]  # fmt: skip
 
+# An N:M pattern that passes validation but not the model: refused in prepare(); no training.
+NM_PREPARE = (
+    "--set", "pruning.pattern=2:4",
+    "--set", "train.epochs=1",
+    "--set", "pruning.rewind_epochs=0",
+    "--set", "train.batch_size=4096",
+    "--quiet",
+)  # fmt: skip
+
 # The engine's side of item 5 of issue 8: refused in prepare() and before any write.
 ENGINE_CASES = [
+    case(
+        "engine-pattern-layer-with-one-input-channel",
+        run(*NM_PREPARE),
+        "pruning.pattern = '2:4' groups 4 consecutive input channels",
+        "features.0.weight has 1 input channel (shape (32, 1, 5))",
+        "pruning.exclude = ['features.0.weight']",
+    ),
+    case(
+        "engine-pattern-initial-mask-group-too-sparse",
+        run(
+            *NM_PREPARE,
+            *s("pruning.exclude_first=true"),
+            *s(f"pruning.initial_mask='{TMP}/short.safetensors'"),
+        ),
+        "pruning.initial_mask leaves 1 of 4 weights alive in a group of features.3.weight",
+        "fewer than the 2",
+        setup=short_group_mask("short.safetensors"),
+    ),
     case(
         "engine-batch-larger-than-the-training-split",
         run(*TINY, *s("train.batch_size=100000")),

@@ -6,6 +6,8 @@ The library layers (import them into an existing training loop; none touches dis
 - pruning: :class:`Mask`, :func:`prunable_parameters`, :func:`magnitude_prune`,
   :func:`random_prune`, :func:`shuffle_within_layers`, :class:`GradualMagnitudePruning`,
   :func:`save_sparse` / :func:`load_sparse` (a pruned model's compact file)
+  :func:`nm_prune` (N:M masks such as 2:4), :func:`to_semi_structured` (2:4 linear layers
+  on a GPU's sparse tensor cores)
 - training: :func:`train` (masked SGD/Adam with SWA, rewind capture, resume),
   :class:`TrainSettings`, :func:`evaluate`, and :func:`attach` (keeps a mask through every
   ``optimizer.step()`` of your own loop, or of a Lightning / Hugging Face Trainer)
@@ -57,10 +59,12 @@ from .pruning import (
     load_sparse,
     magnitude_prune,
     magnitude_prune_to,
+    nm_prune,
     prunable_parameters,
     random_prune,
     save_sparse,
     shuffle_within_layers,
+    to_semi_structured,
 )
 from .recipes import RECIPES, resolve_config
 from .training import (
@@ -126,6 +130,7 @@ __all__ = [
     "load_sparse",
     "magnitude_prune",
     "magnitude_prune_to",
+    "nm_prune",
     "prunable_parameters",
     "prune",
     "random_prune",
@@ -140,6 +145,7 @@ __all__ = [
     "sms",
     "sparse_linear",
     "swamp",
+    "to_semi_structured",
     "train",
     "uniform_average",
 ]

@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import tomli_w
 
 from .averaging import AcceptRule
-from .pruning import Scope, fraction_per_cycle
+from .pruning import Scope, fraction_per_cycle, parse_pattern
 from .training.settings import Optimizer, Precision, SwaSchedule
 
 #: Part of every run's hash. Bump it when a default changes (or what a value means), since a
@@ -199,6 +199,12 @@ class PruningConfig:
         "glob patterns of parameter names to prune, any parameter (embeddings, attention "
         "projections); empty = every conv and linear weight",
     )
+    pattern: str = _f(
+        "unstructured",
+        "'unstructured', or 'N:M' (e.g. '2:4', which GPU sparse kernels run): keep N of every M "
+        "consecutive input-channel weights; cycles reach it with the sparsity 1-N/M as "
+        "target_sparsity and the last cycle leaves exactly N per group (gmp: the last step)",
+    )
     exclude_first: bool = _f(False, "keep the first conv/linear layer dense")
     exclude_last: bool = _f(False, "keep the last (classifier) layer dense")
     exclude: list[str] = _f([], "glob patterns of parameter names to keep dense")
@@ -242,6 +248,18 @@ class PruningConfig:
         hi=1.0,
         lo_open=True,
     )
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        """``pattern`` as ``(N, M)``, or ``None`` for unstructured pruning.
+
+        Raises:
+            ConfigError: ``pattern`` is neither ``"unstructured"`` nor a valid ``"N:M"``.
+        """
+        try:
+            return parse_pattern(self.pattern)
+        except ValueError as err:
+            raise ConfigError(f"pruning.pattern: {err}") from None
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,11 @@ from ..parallel.distributed import serve as serve_jobs
 from ..pruning import (
     Mask,
     MaskError,
+    nonzeros_per_group,
     prunable_parameters,
     pruning_groups,
     relative_norm_drop,
+    ungroupable,
 )
 from ..recipes import (
     CyclePlan,
@@ -242,6 +244,7 @@ def prepare(
         raise ConfigError("pruning: the exclusions leave no layer to prune")
     pretrained = task.pretrained(model) if config.model.pretrained else None
     initial_mask = _load_initial_mask(p.initial_mask, names, model)
+    _check_groups(config, model, names, initial_mask)
     _check_weights_survive(config, {n: w.numel() for n, w in weights.items()}, initial_mask)
     source = _source_run(config, names, model)
     recipe = get_recipe(config.recipe)
@@ -298,6 +301,33 @@ def _check_weights_survive(config: Config, sizes: dict[str, int], initial: Mask 
                     f"leaves no weight alive in {_group_name(group)} by cycle {cycle}; use fewer "
                     "cycles or a smaller fraction"
                 )
+
+
+def _check_groups(config: Config, model: nn.Module, names: list[str], initial: Mask | None) -> None:
+    """Under an N:M ``pruning.pattern``: refuse prunable layers that cannot be cut into groups
+    of M input channels (the user keeps them dense with ``pruning.exclude``), and an initial
+    mask with a group of fewer than N alive weights (the last cycle could not keep N)."""
+    nm = config.pruning.n_m
+    if nm is None:
+        return
+    n, m = nm
+    what = f"pruning.pattern = {config.pruning.pattern!r}"
+    bad = ungroupable(model, names, m)
+    if bad:
+        listed = "; ".join(f"{name} {reason}" for name, reason in bad.items())
+        raise ConfigError(
+            f"{what} groups {m} consecutive input channels, but {listed}; keep such layers "
+            f"dense with pruning.exclude = {[*bad]} (or pruning.exclude_first/exclude_last)"
+        )
+    if initial is None:
+        return
+    for name in names:
+        fewest = int(nonzeros_per_group(initial[name], m).min())
+        if fewest < n:
+            raise ConfigError(
+                f"pruning.initial_mask leaves {fewest} of {m} weights alive in a group of "
+                f"{name}, fewer than the {n} that {what} keeps"
+            )
 
 
 def _group_name(group: list[str]) -> str:

@@ -4,6 +4,16 @@ compact file of a pruned model."""
 from .compress import Compressed, compress, decompress, load_sparse, save_sparse
 from .mask import LayerSparsity, Mask, MaskError
 from .measures import relative_norm_drop
+from .nm import (
+    is_nm,
+    nm_prune,
+    nm_prune_to,
+    nonzeros_per_group,
+    parse_pattern,
+    random_nm_prune,
+    to_groups,
+    ungroupable,
+)
 from .parameters import prunable_parameters
 from .schedule import (
     GradualMagnitudePruning,
@@ -11,6 +21,12 @@ from .schedule import (
     cubic_sparsity,
     fraction_per_cycle,
     sparsity_after,
+)
+from .semi_structured import (
+    SemiStructured,
+    SemiStructuredError,
+    semi_structured_problem,
+    to_semi_structured,
 )
 from .strategies import (
     SCOPES,
@@ -31,18 +47,30 @@ __all__ = [
     "MaskError",
     "MaskSchedule",
     "Scope",
+    "SemiStructured",
+    "SemiStructuredError",
     "compress",
     "cubic_sparsity",
     "decompress",
     "fraction_per_cycle",
+    "is_nm",
     "load_sparse",
     "magnitude_prune",
     "magnitude_prune_to",
+    "nm_prune",
+    "nm_prune_to",
+    "nonzeros_per_group",
+    "parse_pattern",
     "prunable_parameters",
     "pruning_groups",
+    "random_nm_prune",
     "random_prune",
     "relative_norm_drop",
     "save_sparse",
+    "semi_structured_problem",
     "shuffle_within_layers",
     "sparsity_after",
+    "to_groups",
+    "to_semi_structured",
+    "ungroupable",
 ]

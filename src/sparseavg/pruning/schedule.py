@@ -9,6 +9,7 @@ from typing import Protocol
 from torch import Tensor
 
 from .mask import Mask
+from .nm import nm_prune_to
 from .strategies import Scope, magnitude_prune_to
 
 
@@ -77,13 +78,28 @@ class MaskSchedule(Protocol):
 @dataclass(frozen=True)
 class GradualMagnitudePruning:
     """Zhu & Gupta's gradual magnitude pruning: at each epoch end between ``start_epoch`` and
-    ``end_epoch``, prune by magnitude to :func:`cubic_sparsity` of the epochs done."""
+    ``end_epoch``, prune by magnitude to :func:`cubic_sparsity` of the epochs done.
+
+    With ``pattern = (n, m)`` every step keeps the ``n`` largest alive weights of each group of
+    ``m`` (:func:`~sparseavg.pruning.nm_prune_to`); ``final_sparsity`` must then be
+    ``1 - n / m``, so the mask at ``end_epoch`` is exactly N:M.
+    """
 
     start_epoch: int
     end_epoch: int
     final_sparsity: float
     scope: Scope = "global"
+    pattern: tuple[int, int] | None = None
     needs_gradients: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            n, m = self.pattern
+            if abs(self.final_sparsity - (1 - n / m)) > 1e-12:
+                raise ValueError(
+                    f"final_sparsity {self.final_sparsity} is not that of the {n}:{m} pattern, "
+                    f"{1 - n / m:g}"
+                )
 
     def update(
         self,
@@ -102,4 +118,6 @@ class GradualMagnitudePruning:
         )
         if target <= mask.sparsity:
             return None
+        if self.pattern is not None:
+            return nm_prune_to(weights, mask, *self.pattern, target, scope=self.scope)
         return magnitude_prune_to(weights, mask, target, scope=self.scope)

@@ -72,11 +72,14 @@ def _prune_by_scores(
     scope: str,
     target_sparsity: float | None = None,
     layer_fractions: Mapping[str, float] | None = None,
+    protected: Mapping[str, Tensor] | None = None,
 ) -> Mask:
     """Remove the lowest-scoring alive weights; scores are float tensors shaped like the mask.
 
     Each group (see :func:`pruning_groups`) loses ``round(fraction * alive)`` weights, or, with
     ``target_sparsity``, as many as make ``round(target_sparsity * total)`` of it pruned.
+    ``protected`` (bool tensors shaped like the mask) marks weights that are never pruned: a
+    group then loses at most its alive weights that are not protected.
     """
     names = list(mask)
     new = {n: mask[n].clone() for n in names}
@@ -87,6 +90,10 @@ def _prune_by_scores(
             k = round(group_fraction * alive)
         else:
             k = max(0, round(target_sparsity * flat_mask.numel()) - (flat_mask.numel() - alive))
+        candidates = flat_mask
+        if protected is not None:
+            candidates = flat_mask & ~torch.cat([protected[n].reshape(-1).cpu() for n in group])
+            k = min(k, int(candidates.sum()))
         if k == 0:
             continue
         flat_scores = torch.cat([scores[n].detach().reshape(-1).float().cpu() for n in group])
@@ -94,7 +101,7 @@ def _prune_by_scores(
             raise ValueError(
                 f"cannot prune: non-finite weights in {group if len(group) < 4 else 'the model'}"
             )
-        flat_scores = flat_scores.masked_fill(~flat_mask, float("inf"))
+        flat_scores = flat_scores.masked_fill(~candidates, float("inf"))
         order = torch.sort(flat_scores, stable=True).indices
         flat_new = flat_mask.clone()
         flat_new[order[:k]] = False

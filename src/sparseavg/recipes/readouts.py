@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..averaging import uniform_average
-from ..pruning import Mask, Scope, magnitude_prune_to
+from ..pruning import Mask, Scope, magnitude_prune_to, nm_prune_to
 from .plan import LineageResult, ReadoutTools, Row
 
 
@@ -138,10 +138,12 @@ class LineageAverage:
 class LineageReprune:
     """IMP-RePrune: the lineages' average pruned by magnitude back to their sparsity (the
     sparsity of lineage 0's mask, which every lineage shares), BatchNorm recalibrated, not
-    retrained."""
+    retrained. Under an N:M ``pattern`` the re-pruning keeps the ``n`` largest of every group
+    (:func:`~sparseavg.pruning.nm_prune_to`), so the last cycle's is exactly N:M."""
 
     headline: bool = True
     scope: Scope = "global"
+    pattern: tuple[int, int] | None = None
 
     def __call__(
         self, cycle: int, results: Sequence[LineageResult], tools: ReadoutTools
@@ -149,7 +151,10 @@ class LineageReprune:
         union = _union([r.mask for r in results])
         average = uniform_average([r.combined for r in results], mask=union)
         target = results[0].mask.sparsity
-        mask = magnitude_prune_to(average, union, target, scope=self.scope)
+        if self.pattern is None:
+            mask = magnitude_prune_to(average, union, target, scope=self.scope)
+        else:
+            mask = nm_prune_to(average, union, *self.pattern, target, scope=self.scope)
         state = tools.recalibrate(mask.applied(average))
         row = tools.row("reprune", 0, mask, tools.evaluate(state))
         row["members"] = len(results)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config, ConfigError, build_config, merge
+from ..pruning import parse_pattern
 from .plan import CyclePlan, RunPlan
 from .standard import (
     ensemble_of_ingredients_run,
@@ -258,9 +259,58 @@ def resolve_config(values: dict[str, Any]) -> Config:
     conflicts = _conflicts(recipe.fixed, values)
     if conflicts:
         raise ConfigError(f"recipe {name}: {conflicts[0]}")
+    values = _pattern_target(values)
     config = build_config(merge(merge(recipe.defaults, values), recipe.fixed))
     check_config(config)
     return config
+
+
+def _pattern_target(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``pruning.target_sparsity = 1 - N/M`` filled in for an N:M
+    ``pruning.pattern`` that comes without one: the pattern decides the final sparsity, so it
+    replaces a recipe's default target (one-shot's and gmp's 0.9). A target the user gives is
+    left for :func:`check_config` to compare; a malformed pattern for it to refuse."""
+    pruning = values.get("pruning")
+    if not isinstance(pruning, dict) or "target_sparsity" in pruning:
+        return values
+    pattern = pruning.get("pattern")
+    try:
+        nm = parse_pattern(pattern) if isinstance(pattern, str) else None
+    except ValueError:
+        return values
+    if nm is None:
+        return values
+    return merge(values, {"pruning": {"target_sparsity": 1 - nm[0] / nm[1]}})
+
+
+def _check_pattern(config: Config, n: int, m: int) -> None:
+    """What an N:M ``pruning.pattern`` cannot be combined with."""
+    p = config.pruning
+    what = f"pruning.pattern = {p.pattern!r}"
+    final = 1 - n / m
+    if abs(p.target_sparsity - final) > 1e-12:
+        raise ConfigError(
+            f"pruning.target_sparsity = {p.target_sparsity:g} contradicts {what}, which ends "
+            f"with {n} of every {m} weights alive (sparsity {final:g}); leave target_sparsity "
+            f"unset or set it to {final!r}"
+        )
+    if p.cycles == 0 and config.recipe != "gmp":
+        raise ConfigError(f"{what} needs pruning.cycles >= 1 to reach it (or recipe gmp)")
+    if p.method == "shuffle":
+        raise ConfigError(
+            f"pruning.method = 'shuffle' moves alive weights anywhere in a layer, which breaks "
+            f"the groups of {what}; pruning.method = 'random' draws random N:M masks"
+        )
+    if p.masks_from:
+        raise ConfigError(
+            f"pruning.masks_from takes every mask from another run, with that run's pattern; "
+            f"leave {what} unset"
+        )
+    if p.layer_fractions:
+        raise ConfigError(
+            f"pruning.layer_fractions sets per-layer rates, but {what} ends every pruned layer "
+            f"with {n} of {m} alive; keep a layer dense with pruning.exclude instead"
+        )
 
 
 def check_config(config: Config) -> None:
@@ -313,6 +363,9 @@ def check_config(config: Config) -> None:
             "train.swa_schedule = 'switch' (the step schedule over all epochs, then a constant "
             "swa_lr from swa_start) or use a cosine or llr schedule"
         )
+    nm = p.n_m  # a malformed pattern raises ConfigError here
+    if nm is not None:
+        _check_pattern(config, *nm)
     if t.epochs == 0 and not config.model.pretrained:
         raise ConfigError("train.epochs = 0 needs a model.pretrained checkpoint")
     if p.rewind_epochs >= config.train.epochs and not config.model.pretrained:

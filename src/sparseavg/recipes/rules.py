@@ -14,6 +14,8 @@ from ..pruning import (
     Mask,
     Scope,
     magnitude_prune,
+    nm_prune,
+    random_nm_prune,
     random_prune,
     shuffle_within_layers,
 )
@@ -66,6 +68,42 @@ class RandomPrune:
             generator=generator,
             scope=self.scope,
             layer_fractions=self.layer_fractions,
+        )
+
+
+@dataclass(frozen=True)
+class NMPrune:
+    """Prune the previous model by magnitude towards an N:M mask
+    (:func:`~sparseavg.pruning.nm_prune`): remove ``fraction`` of the survivors but never one
+    of the ``n`` largest of its group of ``m``; ``fraction = None`` (the last cycle) keeps
+    exactly those ``n``."""
+
+    n: int
+    m: int
+    fraction: float | None
+    scope: Scope = "global"
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        state, mask = sources.previous()
+        return nm_prune(state, mask, self.n, self.m, self.fraction, self.scope)
+
+
+@dataclass(frozen=True)
+class RandomNMPrune:
+    """:class:`NMPrune` with random scores (:func:`~sparseavg.pruning.random_nm_prune`):
+    the random-mask baseline under an N:M pattern; ``seed`` fixes the draw."""
+
+    n: int
+    m: int
+    fraction: float | None
+    seed: tuple[object, ...]
+    scope: Scope = "global"
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        _, mask = sources.previous()
+        generator = make_generator(*self.seed)
+        return random_nm_prune(
+            mask, self.n, self.m, self.fraction, generator=generator, scope=self.scope
         )
 
 

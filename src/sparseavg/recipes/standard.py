@@ -34,7 +34,9 @@ from .rules import (
     FineTune,
     Greedy,
     MagnitudePrune,
+    NMPrune,
     Pretrained,
+    RandomNMPrune,
     RandomPrune,
     Reinit,
     Rewind,
@@ -141,15 +143,24 @@ def make_ingredients(
 
 
 def prune_rule(config: Config, lineage: int, cycle: int) -> MaskRule:
-    """How cycle ``cycle`` derives its mask, from ``pruning.*``."""
+    """How cycle ``cycle`` derives its mask, from ``pruning.*``. Under an N:M
+    ``pruning.pattern`` the last cycle keeps exactly N of every M weights, the earlier ones
+    remove ``prune_fraction`` of the survivors with N per group kept."""
     p = config.pruning
     scope = cast(Scope, p.scope)
     seed: tuple[object, ...] = (config.seed, "lineage", lineage, "cycle", cycle, "prune")
+    nm = p.n_m
     base: MaskRule
     if p.masks_from:
         base = SourceMask()
     elif cycle == 0:
         base = DenseMask()
+    elif nm is not None:
+        fraction = None if cycle >= p.cycles else config.prune_fraction
+        if p.method == "random":
+            base = RandomNMPrune(*nm, fraction, seed, scope)
+        else:
+            base = NMPrune(*nm, fraction, scope)
     elif p.method == "random":
         base = RandomPrune(config.prune_fraction, seed, scope, dict(p.layer_fractions))
     else:
@@ -245,7 +256,11 @@ def gradual_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> 
     first = round(config.pruning.gmp_start * epochs)
     last = min(max(first + 1, round(config.pruning.gmp_end * epochs)), epochs)
     schedule = GradualMagnitudePruning(
-        first, last, config.pruning.target_sparsity, cast(Scope, config.pruning.scope)
+        first,
+        last,
+        config.pruning.target_sparsity,
+        cast(Scope, config.pruning.scope),
+        pattern=config.pruning.n_m,
     )
     return replace(plan, during=schedule)
 
@@ -286,6 +301,6 @@ def lineage_average_run(config: Config, headline: str) -> RunPlan:
     readouts = (
         CombinedRows(headline=False),
         LineageAverage(headline=headline == "average"),
-        LineageReprune(headline=headline == "reprune", scope=scope),
+        LineageReprune(headline=headline == "reprune", scope=scope, pattern=config.pruning.n_m),
     )
     return RunPlan(config.ingredients.count, readouts, _common(config))

@@ -36,13 +36,12 @@ class TrainFn(Protocol):
 
     ``model`` is on its device with the start weights loaded (pruned weights already 0);
     ``mask`` is the :class:`~sparseavg.Mask` to keep, on the model's device (empty in the
-    dense run that makes the ticket); keep it with ``sparseavg.attach(model, mask, optimizer)``; ``seed`` fixes the run's batch order and augmentation (particles differ in
+    dense run that makes the ticket): keep it with ``sparseavg.attach(model, mask,
+    optimizer)``; ``seed`` fixes the run's batch order and augmentation (particles differ in
     it); ``settings`` is a :class:`LoopSettings`.
     """
 
-    def __call__(
-        self, model: nn.Module, mask: Mask, seed: int, settings: LoopSettings
-    ) -> None: ...
+    def __call__(self, model: nn.Module, mask: Mask, seed: int, settings: LoopSettings) -> None: ...
 
 
 @dataclass
@@ -160,7 +159,7 @@ def check_mask_kept(model: nn.Module, mask: Mask | None, when: str) -> None:
 def run_user_loop(
     train_fn: TrainFn,
     model: nn.Module,
-    mask: Mask | None,
+    mask: Mask,
     seed: int,
     settings: TrainSettings,
     *,
