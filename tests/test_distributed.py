@@ -255,3 +255,78 @@ def test_execution_timeout_reaches_the_process_group(monkeypatch, tmp_path: Path
         launch.run_distributed(tiny_config({"execution": {"timeout": 12.5}}), tmp_path)
     assert seen == {"timeout": 12.5, "cuda": False}
     assert not any(tmp_path.iterdir())
+
+
+OWN_SCRIPT = """
+import sys
+
+import torch
+from torch import nn
+
+import sparseavg
+
+g = torch.Generator().manual_seed(0)
+X = torch.randn(96, 6, generator=g)
+Y = (X[:, 0] > 0).long() + (X[:, 1] > 0.5).long()
+
+
+def model_fn():
+    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def train_fn(model, mask, seed, settings):
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9)
+    sparseavg.attach(model, mask, opt)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in settings.epoch_range:
+        order = torch.randperm(96, generator=gen)
+        for i in range(3):
+            idx = order[32 * i : 32 * (i + 1)]
+            loss = nn.functional.cross_entropy(model(X[idx]), Y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        settings.end_epoch(model, loss.item())
+
+
+def eval_fn(model):
+    return {"accuracy": float((model(X).argmax(1) == Y).float().mean())}
+
+
+mode = sys.argv[2]
+sparseavg.swamp(
+    model_fn, train_fn, eval_fn, particles=3, runs_dir=sys.argv[1], bn_batches=[X[:48], X[48:]],
+    config={"train": {"epochs": 4, "lr": 0.05}, "pruning": {"cycles": 1, "rewind_epochs": 1},
+            "execution": {"mode": mode}},
+    progress=False,
+)
+"""
+
+
+def test_own_model_and_loop_under_torchrun_reproduce_the_sequential_run_bitwise(
+    tmp_path: Path,
+) -> None:
+    """sparseavg.swamp(model_fn, train_fn, ...) in a user's script, launched by torchrun
+    with 2 processes: 3 particles dealt over the ranks, the same files as one process."""
+    script = tmp_path / "own.py"
+    script.write_text(OWN_SCRIPT)
+    seq = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "seq"), "sequential"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert seq.returncode == 0, seq.stderr
+    launcher = (
+        [str(TORCHRUN)] if TORCHRUN.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    )
+    dist = subprocess.run(
+        [*launcher, "--nproc-per-node", "2", str(script), str(tmp_path / "dist"), "distributed"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    _assert_bitwise_equal(only_run(tmp_path / "seq"), only_run(tmp_path / "dist"))
