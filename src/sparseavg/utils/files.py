@@ -27,7 +27,10 @@ class CorruptFileError(ValueError):
 
 @contextlib.contextmanager
 def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on a clean exit fsync it and ``os.replace`` it."""
+    """Open a temporary file beside ``path``; on a clean exit fsync it and ``os.replace`` it.
+
+    The file gets the permissions a plain ``open`` would give it (0666 less the umask), not
+    the 0600 of the temporary file: exported models are files to ship."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open supports 'w' and 'wb', not {mode!r}")
     target = Path(path)
@@ -37,6 +40,7 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
+            os.chmod(handle.fileno(), 0o666 & ~_umask())
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
@@ -44,6 +48,20 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
+
+
+def _umask() -> int:
+    """The process's umask: from /proc where Linux has it, else read by setting it and
+    setting it back (there is no getter)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
