@@ -312,3 +312,25 @@ def test_ensemble_module_of_identical_models_is_the_model():
     model = TiedLM()
     ens = EnsembleModule([model, model, model])
     assert torch.allclose(ens(XT).softmax(-1), model(XT).softmax(-1), atol=1e-6)
+
+
+def test_report_inspect_and_export_read_an_own_run_and_analyze_says_what_it_cannot(
+    tmp_path, capsys
+):
+    from sparseavg.cli.main import main
+
+    result = sparseavg.imp(
+        TiedLM, loop, accuracy, runs_dir=tmp_path, config=OWN, prunable=PRUNABLE, progress=False
+    )
+    assert main(["report", str(result.path), "--out", str(tmp_path / "report")]) == 0
+    assert "| 35.8 |" in (tmp_path / "report" / "report.md").read_text()
+    assert main(["inspect", str(result.path)]) == 0
+    out = tmp_path / "model.safetensors"
+    assert main(["export", str(result.path), "--cycle", "2", "--out", str(out)]) == 0
+    state, mask = result.load(2)
+    exported = load_tensors(out)
+    assert all(torch.equal(exported[k], state[k]) for k in state)
+    capsys.readouterr()
+    assert main(["analyze", str(result.path)]) == 2
+    assert "'TiedLM' are not built in (a run of your own model)" in capsys.readouterr().err
+    assert not (result.path / "analysis").exists()

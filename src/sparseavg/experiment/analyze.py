@@ -51,6 +51,7 @@ from ..analysis import (
     parameter_names,
 )
 from ..averaging import ensemble_probabilities, has_batchnorm, uniform_average
+from ..config import Config, ConfigError
 from ..data import Dataset
 from ..pruning import Mask
 from ..training.evaluate import EVAL_BATCH_SIZE
@@ -355,6 +356,21 @@ def _choose_cycles(info: RunInfo, cycles: Sequence[int] | None) -> list[int]:
     return sorted(set(cycles))
 
 
+def _check_built_in(config: Config) -> None:
+    """Refuse a run of the user's own model (``sparseavg.swamp(model_fn, ...)``): its data
+    and model are not ours to rebuild."""
+    from ..data import available_datasets
+    from ..models import available_models
+
+    if config.data.dataset in available_datasets() and config.model.name in available_models():
+        return
+    raise ConfigError(
+        f"analyze rebuilds a run's data set and model, and {config.data.dataset!r} / "
+        f"{config.model.name!r} are not built in (a run of your own model): call "
+        "sparseavg.linear_path, hessian_trace, distances and calibration on your model and data"
+    )
+
+
 def analyze_run(
     run_dir: PathLike,
     *,
@@ -396,6 +412,7 @@ def analyze_run(
     for c in sorted(set(chosen) - set(todo)):
         reporter.message(f"cycle {c}: analysed before with these settings; skipped")
     if todo:
+        _check_built_in(info.config)
         torch_device = resolve_device(device or info.config.execution.device)
         data = load_data(info.config, torch_device)
         model = make_model(info.config, data, 0).to(torch_device)
