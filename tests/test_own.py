@@ -275,16 +275,25 @@ def test_swa_needs_end_epoch_every_epoch(tmp_path):
 
 
 def test_refused_before_anything_is_written(tmp_path):
-    def refused(match: str, recipe: str = "swamp", **kw) -> None:
+    def refused(match: str, recipe: str = "swamp", model_fn=TiedLM, **kw) -> None:
         base = {"runs_dir": tmp_path, "config": OWN, "prunable": PRUNABLE, "progress": False}
         with pytest.raises(ConfigError, match=match):
-            sparseavg.prune(recipe, TiedLM, loop, accuracy, **{**base, **kw})
+            sparseavg.prune(recipe, model_fn, loop, accuracy, **{**base, **kw})
         assert not list(tmp_path.iterdir())
 
     refused("whole epochs", config={**OWN, "pruning": {"rewind_epochs": 0.5}})
     refused("include pattern 'nope' matches no parameter", prunable=["nope"])
     refused("'model' is set by", config={**OWN, "model": {"name": "x"}})
     refused("one-shot iterator", bn_batches=iter([X]))
+    refused("score_fn", recipe="sms", config={**OWN, "ingredients": {"combine": "greedy"}})
+
+    def with_bn() -> nn.Module:
+        return nn.Sequential(
+            nn.Embedding(12, 8), nn.Flatten(), nn.BatchNorm1d(40), nn.Linear(40, 12)
+        )
+
+    prunable = {"prunable": ["0.weight", "3.weight"]}
+    refused("BatchNorm layers.*pass bn_batches", **prunable, model_fn=with_bn)
     gmp = {**OWN, "pruning": {"cycles": 0, "target_sparsity": 0.5, "rewind_epochs": 0.0}}
     refused("cannot run your own train_fn", recipe="gmp", config=gmp)
 
@@ -327,7 +336,7 @@ def test_report_inspect_and_export_read_an_own_run_and_analyze_says_what_it_cann
     assert main(["inspect", str(result.path)]) == 0
     out = tmp_path / "model.safetensors"
     assert main(["export", str(result.path), "--cycle", "2", "--out", str(out)]) == 0
-    state, mask = result.load(2)
+    state, _ = result.load(2)
     exported = load_tensors(out)
     assert all(torch.equal(exported[k], state[k]) for k in state)
     capsys.readouterr()

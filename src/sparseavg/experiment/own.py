@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from ..averaging import default_forward
+from ..averaging import default_forward, has_batchnorm
 from ..averaging.batchnorm import Forward
 from ..config import Config, ConfigError, merge
 from ..pruning import Mask
@@ -38,7 +38,7 @@ from .engine import run
 from .launch import run_distributed
 from .progress import NullReporter, PlainReporter, Reporter
 from .runinfo import read_run
-from .task import EvalFn, ScoreFn, UserTask
+from .task import NEEDS_SCORE_FN, EvalFn, ScoreFn, UserTask, needs_bn_batches
 
 
 @dataclass(frozen=True)
@@ -173,9 +173,10 @@ def prune(
             },
         },
     )
-    del probe
     resolved = resolve_config(values)
     _check_own(resolved)
+    _check_task(resolved, probe, bn_batches, score_fn)
+    del probe
     reporter: Reporter
     if isinstance(progress, bool):
         reporter = PlainReporter() if progress else NullReporter()
@@ -221,6 +222,20 @@ def _check_own(config: Config) -> None:
             f"recipe {config.recipe!r} changes the mask inside the built-in training loop; it "
             "cannot run your own train_fn"
         )
+
+
+def _check_task(config: Config, model: nn.Module, bn_batches: Any, score_fn: Any) -> None:
+    """What the recipe will ask of the user's callables, asked before anything is written."""
+    bn = config.bn
+    averages = config.train.swa or config.ingredients.count > 1
+    if (
+        has_batchnorm(model)
+        and bn_batches is None
+        and (bn.recalibrate == "always" or (bn.recalibrate == "averaged" and averages))
+    ):
+        raise ConfigError(needs_bn_batches(model))
+    if config.ingredients.combine == "greedy" and score_fn is None:
+        raise ConfigError(NEEDS_SCORE_FN)
 
 
 def swamp(

@@ -199,6 +199,20 @@ def _logits(output: Any) -> Tensor:
     )
 
 
+NEEDS_SCORE_FN = (
+    "ingredients.combine = 'greedy' ranks candidate soups on held-out data: pass score_fn "
+    "(never the test metrics of eval_fn)"
+)
+
+
+def needs_bn_batches(model: nn.Module) -> str:
+    return (
+        f"{type(model).__name__} has BatchNorm layers, whose statistics the averaged models "
+        "need recomputed: pass bn_batches (e.g. your training DataLoader), or set "
+        "bn.recalibrate = 'never' to keep the statistics training left"
+    )
+
+
 @dataclass(frozen=True)
 class UserTask:
     """A run of the user's own model and loop.
@@ -268,10 +282,7 @@ class UserTask:
 
     def score(self, model: nn.Module) -> float:
         if self.score_fn is None:
-            raise ConfigError(
-                "ingredients.combine = 'greedy' ranks candidate soups on held-out data: pass "
-                "score_fn (never the test metrics of eval_fn)"
-            )
+            raise ConfigError(NEEDS_SCORE_FN)
         was = model.training
         model.eval()
         try:
@@ -287,10 +298,7 @@ class UserTask:
         if not has_batchnorm(model):
             return
         if self.bn_batches is None:
-            raise ConfigError(
-                "the model has BatchNorm layers, whose statistics averaged weights need "
-                "recomputed: pass bn_batches (e.g. your training DataLoader)"
-            )
+            raise ConfigError(needs_bn_batches(model))
         batches = self.bn_batches() if callable(self.bn_batches) else self.bn_batches
         if self.bn_limit is not None:
             batches = itertools.islice(batches, self.bn_limit)
