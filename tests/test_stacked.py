@@ -531,7 +531,7 @@ def test_engine_swamp_run_stacked_equals_sequential(tmp_path, monkeypatch):
             data = ctx.task.data
             splits = {k: _float64(getattr(data, k)) for k in ("train", "val", "test")}
             data = dataclasses.replace(data, **splits)
-            task = DataTask(ctx.config, data, ctx.device)
+            task = DataTask(ctx.config, data, ctx.task.device)
             return dataclasses.replace(ctx, task=task, executor=executor)
 
         return patched

@@ -178,7 +178,6 @@ class Context:
     store: RunStore
     task: Task
     model: nn.Module
-    device: torch.device
     reporter: Reporter
     rewind_step: int
     prunable: list[str]
@@ -225,8 +224,7 @@ def prepare(
             )
         task = DataTask(config, data, device)
     model = task.build(derive_seed(config.seed, "lineage", 0, "init"))
-    device = model_device(model)
-    executor = executor or choose_executor(config, device)
+    executor = executor or choose_executor(config, model_device(model))
     p = config.pruning
     try:
         weights = prunable_parameters(
@@ -260,7 +258,6 @@ def prepare(
         ),
         task=task,
         model=model,
-        device=device,
         reporter=reporter or NullReporter(),
         # a pretrained model is its own ticket: cycles rewind to it and restart the schedule
         rewind_step=0 if pretrained is not None else round(rewind),
