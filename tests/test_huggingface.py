@@ -8,6 +8,8 @@ import itertools
 import json
 import math
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -310,3 +312,19 @@ def test_mask_callback_keeps_tied_embeddings_pruned_in_a_trainer_fit(tmp_path, o
     fresh = transformers.BertForMaskedLM(config)
     fresh.load_state_dict(model.state_dict(), strict=True)
     assert torch.equal(fresh.cls.predictions.decoder.weight, decoder)
+
+
+def test_the_readme_block_runs(tmp_path, monkeypatch, one_thread, hf):
+    """README's Hugging Face block, as written, with this file's model_fn, eval_fn and data."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```py\n(from transformers import Trainer.*?)```", readme, flags=re.S)
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    rows = [{k: v[i] for k, v in TRAIN.items()} for i in range(SPE * BATCH)]
+    namespace = {"sparseavg": sparseavg, "model_fn": model_fn, "eval_fn": eval_fn}
+    namespace["train_dataset"] = rows
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.path.resolve().parent == (tmp_path / "runs").resolve()
+    _check_swamp_run(result, particles=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf-out", "runs"]
