@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-import pytest
 import torch
 
 from sparseavg import Mask
@@ -20,15 +19,6 @@ def _load(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread (as the examples' timings were measured); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_every_example_has_a_main_and_is_tested():

@@ -116,16 +116,6 @@ def plain_loop(model, mask, seed, settings):
             settings.end_epoch(model, total / SPE)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on a busy 2-core machine two threads make these tiny steps ~5x
-    slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _check_swamp_run(result, particles: int) -> None:
     """What every SWAMP run of this model must satisfy, whichever loop trained it."""
     headline = result.headline

@@ -3,8 +3,6 @@
 import re
 from pathlib import Path
 
-import torch
-
 from sparseavg.config import field_help
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -14,18 +12,13 @@ def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
+def test_readme_python_examples_run(capsys, tmp_path, monkeypatch, one_thread):
     blocks = _python_blocks()
     assert len(blocks) >= 4
     monkeypatch.chdir(tmp_path)  # the sparseavg.swamp block writes runs/ where it runs
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only waits on a busy machine
     namespace: dict = {}
-    try:
-        for block in blocks:  # later blocks continue from the earlier ones
-            exec(compile(block, str(README), "exec"), namespace)
-    finally:
-        torch.set_num_threads(threads)
+    for block in blocks:  # later blocks continue from the earlier ones
+        exec(compile(block, str(README), "exec"), namespace)
     out = capsys.readouterr().out
     assert re.search(r"0\.\d{3} at 20% sparsity", out)
     mask, model = namespace["mask"], namespace["model"]

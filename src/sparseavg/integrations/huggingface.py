@@ -139,10 +139,12 @@ class _RecipeCallback(TrainerCallback):
     ) -> None:
         settings = self.settings
         epochs = len(settings.epoch_range)
-        if optimizer is None or state.max_steps % epochs:
+        if optimizer is None:
+            raise RuntimeError("the Trainer passed no optimizer to its callbacks")
+        if state.max_steps % epochs:
             raise RuntimeError(
-                f"the Trainer plans {state.max_steps} steps for {epochs} epochs; "
-                "trainer_train_fn needs whole epochs (no max_steps)"
+                f"the Trainer plans {state.max_steps} optimizer steps for {epochs} epochs; "
+                "trainer_train_fn needs the same number of steps in every epoch"
             )
         per_epoch = state.max_steps // epochs
         first = settings.start_epoch * per_epoch  # the schedule counts from epoch 0
