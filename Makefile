@@ -33,8 +33,8 @@ study: $(STAMP)
 	SPARSEAVG_DATA=$${SPARSEAVG_DATA:-$(STUDY_DATA)} $(BIN)/sparseavg study
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
