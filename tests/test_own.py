@@ -343,3 +343,27 @@ def test_report_inspect_and_export_read_an_own_run_and_analyze_says_what_it_cann
     assert main(["analyze", str(result.path)]) == 2
     assert "'TiedLM' are not built in (a run of your own model)" in capsys.readouterr().err
     assert not (result.path / "analysis").exists()
+
+
+def test_ensemble_module_gives_a_hugging_face_output_the_ensembles_loss():
+    from types import SimpleNamespace
+
+    from sparseavg.experiment import EnsembleModule
+
+    class Out(nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.value = logits
+
+        def forward(self, labels=None):
+            return SimpleNamespace(logits=self.value.clone(), loss=torch.tensor(99.0))
+
+    a = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 2.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 1])
+    out = EnsembleModule([Out(a), Out(b)])(labels=labels)
+    probs = (a.softmax(-1) + b.softmax(-1)) / 2
+    assert torch.allclose(out.logits.softmax(-1), probs)
+    expected = -torch.log(probs[torch.arange(2), labels]).mean()
+    assert torch.allclose(out.loss, expected)
+    assert EnsembleModule([Out(a), Out(b)])().loss is None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..averaging import (
@@ -164,8 +165,9 @@ class EnsembleModule(nn.Module):
     """The prediction ensemble of ``models`` as one module, for a user's ``eval_fn``: its
     output is the log of the members' averaged softmax probabilities (valid logits: their
     softmax is the averaged probabilities). A member whose output has ``.logits`` (Hugging Face
-    model outputs) gets them replaced in the first member's output, whose ``loss`` is then
-    dropped."""
+    model outputs) gets them replaced in the first member's output, and its ``loss`` becomes
+    the ensemble's mean negative log-likelihood of the ``labels`` passed to the call (``None``
+    without labels)."""
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -183,7 +185,12 @@ class EnsembleModule(nn.Module):
             return averaged
         first.logits = averaged
         if getattr(first, "loss", None) is not None:
-            first.loss = None
+            labels = kwargs.get("labels")
+            first.loss = (
+                None
+                if labels is None
+                else F.nll_loss(averaged.reshape(-1, averaged.shape[-1]), labels.reshape(-1))
+            )
         return first
 
 
