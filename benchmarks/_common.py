@@ -115,6 +115,16 @@ def random_cifar(
     return Split(x.to(device), y.to(device), Augmentation(crop_padding=4, horizontal_flip=True))
 
 
+def block(step: Callable[[], object], steps: int) -> Callable[[], None]:
+    """``steps`` calls of ``step``: one timed block."""
+
+    def run() -> None:
+        for _ in range(steps):
+            step()
+
+    return run
+
+
 def median(values: list[float]) -> float:
     """The median of ``values``."""
     return statistics.median(values)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import describe, interleave, median, paired_ratio, parser, setup, table
+from _common import block, describe, interleave, median, paired_ratio, parser, setup, table
 
 from sparseavg import Mask, MaskEnforcer, attach, build_model, magnitude_prune, prunable_parameters
 
@@ -81,16 +81,6 @@ def make_step(
             enforcer.mask_weights()
 
     return step
-
-
-def block(step: Callable[[], object], steps: int) -> Callable[[], None]:
-    """``steps`` calls of ``step``."""
-
-    def run() -> None:
-        for _ in range(steps):
-            step()
-
-    return run
 
 
 def main() -> None:

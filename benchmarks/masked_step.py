@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import describe, interleave, paired_ratio, parser, setup, table
+from _common import block, describe, interleave, paired_ratio, parser, setup, table
 from torch.nn.utils import prune
 
 from sparseavg import Mask, MaskEnforcer, build_model, magnitude_prune, prunable_parameters
@@ -75,16 +75,6 @@ def make_step(
             enforcer.mask_weights()
 
     return step
-
-
-def block(step: Callable[[], None], steps: int) -> Callable[[], None]:
-    """``steps`` calls of ``step``."""
-
-    def run() -> None:
-        for _ in range(steps):
-            step()
-
-    return run
 
 
 def main() -> None:
