@@ -1,16 +1,22 @@
 """Logs where users look: each epoch's training loss, accuracy and learning rate (``train``,
-the stacked executor, a user's loop), kept through checkpoints."""
+the stacked executor, a user's loop), ``epochs.jsonl``/``epochs.csv`` and ``results.csv``, rebuilt
+so that a resumed run logs what an uninterrupted one does."""
 
 from __future__ import annotations
 
+import csv
 import io
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+from engine_helpers import TrainCalls, tiny_config
 from sparseavg.data import Split
+from sparseavg.experiment import logs, run
 from sparseavg.training import (
     EPOCH_KEYS,
     EpochLog,
@@ -21,6 +27,28 @@ from sparseavg.training import (
     train,
 )
 from sparseavg.training.custom import run_user_loop
+
+SWAMP = {"recipe": "swamp", "ingredients": {"count": 2}}
+
+
+def without_seconds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def as_cells(row: dict[str, Any]) -> dict[str, str]:
+    """A jsonl row as its CSV cells are expected to read (nested dicts flattened)."""
+    return {k: logs.csv_cell(v) for k, v in logs.flatten(row).items()}
+
 
 # -- train(): one record per finished epoch ------------------------------------------------------
 
@@ -129,3 +157,161 @@ def test_end_epoch_records_the_loss_and_accuracy_a_user_loop_reports():
 def test_end_epoch_refuses_an_accuracy_that_is_not_a_share(accuracy):
     with pytest.raises(ValueError, match="between 0 and 1"):
         _user_loop_history([(0.5, accuracy)])
+
+
+def test_a_run_of_a_user_loop_logs_its_reports_and_its_eval_metrics(tmp_path):
+    import sparseavg
+
+    def model_fn() -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    def train_fn(model: nn.Module, mask: Any, seed: int, loop: LoopSettings) -> None:
+        for epoch in loop.epoch_range:  # trains nothing: reports made-up numbers
+            loop.end_epoch(model, 1 / (epoch + 1), accuracy=epoch / 4)
+
+    def eval_fn(model: nn.Module) -> dict[str, float]:
+        return {"accuracy": 0.5, "loss": 0.75, "f1": 0.25}
+
+    config = {"train": {"epochs": 2}, "pruning": {"cycles": 1, "rewind_epochs": 0}}
+    own = sparseavg.imp(
+        model_fn, train_fn, eval_fn, runs_dir=tmp_path, config=config, progress=False
+    )
+    assert without_seconds(jsonl(own.path / "epochs.jsonl")) == [
+        {"run": own.path.name, "cycle": c, "lineage": 0, "ingredient": 0, "epoch": e,
+         "step": e + 1, "train_loss": 1 / (e + 1), "train_accuracy": e / 4, "lr": None}
+        for c in (0, 1)
+        for e in (0, 1)
+    ]  # fmt: skip
+    columns, cells = read_csv(own.path / "results.csv")
+    assert [c for c in columns if c.startswith("metrics.")] == [
+        "metrics.accuracy",
+        "metrics.f1",
+        "metrics.loss",
+    ]
+    assert [(r["cycle"], r["metrics.f1"], r["metrics.loss"]) for r in cells] == [
+        ("0", "0.25", "0.75"),
+        ("1", "0.25", "0.75"),
+    ]
+
+
+# -- CSV cells -----------------------------------------------------------------------------------
+
+
+def test_csv_cells_and_columns():
+    assert [logs.csv_cell(v) for v in (None, True, False, 3, 0.1, 1e-05, [0, 2], "a,b")] == [
+        "",
+        "true",
+        "false",
+        "3",
+        "0.1",
+        "1e-05",
+        "[0, 2]",
+        "a,b",
+    ]
+    rows = [
+        {"cycle": 0, "role": "combined", "metrics": {"f1": 0.5, "accuracy": 0.75}},
+        {"cycle": 1, "role": "combined", "members": 2, "selected": [1]},
+    ]
+    text = logs.csv_text(rows, logs.RESULT_COLUMNS)
+    assert text == (
+        "cycle,role,selected,members,metrics.accuracy,metrics.f1\n"
+        "0,combined,,,0.75,0.5\n"
+        "1,combined,[1],2,,\n"
+    )
+
+
+# -- a run directory -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def swamp_run(tmp_path_factory) -> tuple[Path, list[dict[str, Any]]]:
+    """A tiny 2-particle SWAMP run of cycles 0 and 1, and every ingredient's ``train`` call
+    as the spy saw it, in order."""
+    runs = tmp_path_factory.mktemp("swamp")
+    values = SWAMP
+    with pytest.MonkeyPatch.context() as mp:
+        calls = TrainCalls(mp)
+        path = run(tiny_config(values), runs)
+    return path, calls.ingredients()
+
+
+def test_epochs_jsonl_holds_every_epoch_that_train_returned(swamp_run):
+    path, calls = swamp_run
+    rows = jsonl(path / "epochs.jsonl")
+    assert len(calls) == 4  # 2 cycles x 2 particles, in order
+    expected = []
+    for i, call in enumerate(calls):
+        cycle, ingredient = divmod(i, 2)
+        for record in call["result"].history:
+            expected.append(
+                {"run": path.name, "cycle": cycle, "lineage": 0, "ingredient": ingredient}
+                | record.to_dict()
+            )
+    assert rows == expected
+    # the particles start at the rewind point (step 28, half of epoch 0) and train 2 epochs
+    assert [(r["epoch"], r["step"]) for r in rows[:2]] == [(0, 56), (1, 112)]
+    assert all(0 < r["train_accuracy"] < 1 and r["lr"] > 0 for r in rows)
+    for cycle, ingredient in ((0, 0), (1, 1)):
+        info = json.loads((path / f"cycle_0{cycle}/ingredient_{ingredient}/info.json").read_text())
+        mine = [r for r in rows if (r["cycle"], r["ingredient"]) == (cycle, ingredient)]
+        assert info["epochs"] == [{k: r[k] for k in EPOCH_KEYS} for r in mine]
+
+
+def test_the_csv_files_hold_what_the_jsonl_files_hold(swamp_run):
+    path, _ = swamp_run
+    for name, first in (("results", logs.RESULT_COLUMNS), ("epochs", logs.EPOCH_COLUMNS)):
+        rows = jsonl(path / f"{name}.jsonl")
+        columns, cells = read_csv(path / f"{name}.csv")
+        assert set(columns) == {k for r in rows for k in logs.flatten(r)}, name
+        assert columns[: len(first)] == [c for c in first if c in columns]
+        assert cells == [{c: as_cells(r).get(c, "") for c in columns} for r in rows], name
+    columns, _ = read_csv(path / "epochs.csv")
+    assert columns == list(logs.EPOCH_COLUMNS)
+
+
+class _StopAfter:
+    """A reporter that interrupts the run at its ``n``-th progress update (one per step)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def message(self, text: str) -> None:
+        pass
+
+    def task(self, label: str, total: int) -> int:
+        return 0
+
+    def update(self, task: int, completed: int, info: str = "") -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+    def finish(self, task: int) -> None:
+        pass
+
+
+def _checkpoint_history(path: Path) -> list[tuple[int, int]]:
+    state = TrainState.from_dict(torch.load(path, weights_only=True))
+    return [(e.epoch, e.step) for e in state.history]
+
+
+def test_an_interrupted_run_resumes_to_the_same_logs(swamp_run, tmp_path):
+    reference, _ = swamp_run
+    config = tiny_config(SWAMP)
+    # inside cycle 0's first particle, after its first epoch's checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path, _StopAfter(50))
+    path = tmp_path / reference.name
+    assert _checkpoint_history(path / "cycle_00/ingredient_0/checkpoint.pt") == [(0, 56)]
+    # resumed there; then inside cycle 1's second particle, after its first epoch
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path, _StopAfter(270))
+    assert _checkpoint_history(path / "cycle_01/ingredient_1/checkpoint.pt") == [(0, 56)]
+    assert [r["cycle"] for r in jsonl(path / "epochs.jsonl")] == [0] * 4  # cycle 0 only
+    run(config, tmp_path)
+    for name in ("epochs.jsonl", "results.jsonl"):
+        assert without_seconds(jsonl(path / name)) == without_seconds(jsonl(reference / name))
+    for name in ("epochs.csv", "results.csv"):
+        mine, theirs = read_csv(path / name), read_csv(reference / name)
+        assert mine[0] == theirs[0]
+        assert without_seconds(mine[1]) == without_seconds(theirs[1])  # type: ignore[arg-type]

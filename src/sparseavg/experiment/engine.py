@@ -657,6 +657,7 @@ def finish_ingredient(
         "seed": job.seed,
         "lr": job.settings.lr,
         "final_loss": result.losses[-1] if result.losses else None,
+        "epochs": [e.to_dict() for e in result.history],
     }
     final_mask = result.mask.to("cpu") if work.during is not None and result.mask else None
     return Outcome(final, info, final_mask)
