@@ -1,12 +1,15 @@
 """Logs where users look: each epoch's training loss, accuracy and learning rate (``train``,
-the stacked executor, a user's loop), ``epochs.jsonl``/``epochs.csv`` and ``results.csv``, rebuilt
-so that a resumed run logs what an uninterrupted one does."""
+the stacked executor, a user's loop), ``epochs.jsonl``/``epochs.csv``, ``results.csv`` and
+TensorBoard scalars, rebuilt so that a resumed run logs what an uninterrupted one does."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import shutil
+import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +18,9 @@ import torch
 from torch import nn
 
 from engine_helpers import TrainCalls, tiny_config
+from sparseavg.config import ConfigError
 from sparseavg.data import Split
-from sparseavg.experiment import logs, run
+from sparseavg.experiment import logs, prepare, run
 from sparseavg.training import (
     EPOCH_KEYS,
     EpochLog,
@@ -48,6 +52,11 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def as_cells(row: dict[str, Any]) -> dict[str, str]:
     """A jsonl row as its CSV cells are expected to read (nested dicts flattened)."""
     return {k: logs.csv_cell(v) for k, v in logs.flatten(row).items()}
+
+
+def f32(value: float) -> float:
+    """``value`` rounded to float32, as TensorBoard stores a scalar."""
+    return float(struct.unpack("f", struct.pack("f", value))[0])
 
 
 # -- train(): one record per finished epoch ------------------------------------------------------
@@ -225,10 +234,10 @@ def test_csv_cells_and_columns():
 
 @pytest.fixture(scope="module")
 def swamp_run(tmp_path_factory) -> tuple[Path, list[dict[str, Any]]]:
-    """A tiny 2-particle SWAMP run of cycles 0 and 1, and every ingredient's ``train`` call
-    as the spy saw it, in order."""
+    """A tiny 2-particle SWAMP run of cycles 0 and 1 (TensorBoard on where it is installed),
+    and every ingredient's ``train`` call as the spy saw it, in order."""
     runs = tmp_path_factory.mktemp("swamp")
-    values = SWAMP
+    values = {**SWAMP, "execution": {"tensorboard": logs.tensorboard_available()}}
     with pytest.MonkeyPatch.context() as mp:
         calls = TrainCalls(mp)
         path = run(tiny_config(values), runs)
@@ -297,7 +306,7 @@ def _checkpoint_history(path: Path) -> list[tuple[int, int]]:
 
 def test_an_interrupted_run_resumes_to_the_same_logs(swamp_run, tmp_path):
     reference, _ = swamp_run
-    config = tiny_config(SWAMP)
+    config = tiny_config({**SWAMP, "execution": {"tensorboard": logs.tensorboard_available()}})
     # inside cycle 0's first particle, after its first epoch's checkpoint
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path, _StopAfter(50))
@@ -315,3 +324,100 @@ def test_an_interrupted_run_resumes_to_the_same_logs(swamp_run, tmp_path):
         mine, theirs = read_csv(path / name), read_csv(reference / name)
         assert mine[0] == theirs[0]
         assert without_seconds(mine[1]) == without_seconds(theirs[1])  # type: ignore[arg-type]
+    if logs.tensorboard_available():
+        assert scalars(path) == scalars(reference)
+
+
+# -- TensorBoard ---------------------------------------------------------------------------------
+
+
+def scalars(run_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Every TensorBoard run under ``run_dir/tensorboard``: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = run_dir / logs.TENSORBOARD_DIR
+    out = {}
+    for directory in [board, *sorted(p for p in board.iterdir() if p.is_dir())]:
+        events = EventAccumulator(str(directory))
+        events.Reload()
+        out[directory.name] = {
+            tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]
+        }
+    return out
+
+
+def test_tensorboard_scalars_are_the_rows_and_the_epochs(swamp_run):
+    pytest.importorskip("tensorboard")
+    path, _ = swamp_run
+    found = scalars(path)
+    assert sorted(found) == ["cycle_00", "cycle_01", "tensorboard"]
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for row in jsonl(path / "results.jsonl"):
+        role = row["role"]
+        prefix = f"ingredient_{row['ingredient']}" if role == "ingredient" else role
+        for column in ("accuracy", "loss", "sparsity"):
+            expected.setdefault(f"{prefix}/{column}", []).append((row["cycle"], f32(row[column])))
+    assert found["tensorboard"] == expected
+    assert {"combined/accuracy", "ensemble/accuracy", "ingredient_1/sparsity"} <= set(expected)
+    epochs = jsonl(path / "epochs.jsonl")
+    for cycle in (0, 1):
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for row in (r for r in epochs if r["cycle"] == cycle):
+            for column in ("train_loss", "train_accuracy", "lr"):
+                tag = f"ingredient_{row['ingredient']}/{column}"
+                curves.setdefault(tag, []).append((row["step"], f32(row[column])))
+        assert found[f"cycle_0{cycle}"] == curves
+        assert len(curves["ingredient_0/train_loss"]) == 2
+
+
+def test_tensorboard_files_missing_are_written_and_present_ones_kept(swamp_run, tmp_path):
+    pytest.importorskip("tensorboard")
+    reference, _ = swamp_run
+    path = tmp_path / reference.name
+    shutil.copytree(reference, path)
+    shutil.rmtree(path / logs.TENSORBOARD_DIR / "cycle_01")
+    (path / logs.TENSORBOARD_DIR / "events.out.tfevents.cycle_01").unlink()
+    kept = (path / logs.TENSORBOARD_DIR / "events.out.tfevents.cycle_00").read_bytes()
+    config = tiny_config({**SWAMP, "execution": {"tensorboard": True}})
+    run(config, tmp_path)  # every cycle complete: nothing trains, cycle 1's files come back
+    assert scalars(path) == scalars(reference)
+    assert (path / logs.TENSORBOARD_DIR / "events.out.tfevents.cycle_00").read_bytes() == kept
+
+
+def test_tensorboard_tags_of_runs_with_several_lineages_name_the_member():
+    rows = [
+        {"cycle": 2, "lineage": 1, "role": "combined", "ingredient": None, "accuracy": 0.5,
+         "loss": 1.0, "sparsity": 0.36, "metrics": {"f1": 0.25}},
+        {"cycle": 2, "lineage": 0, "role": "ensemble", "ingredient": None, "accuracy": 0.75,
+         "loss": None, "sparsity": 0.36},
+        {"cycle": 2, "lineage": 1, "role": "ingredient", "ingredient": 3, "accuracy": None,
+         "loss": None, "sparsity": 0.36, "dropped": True},
+    ]  # fmt: skip
+    assert logs.cycle_scalars(rows, lineages=2) == [
+        ("member_1/combined/accuracy", 0.5, 2),
+        ("member_1/combined/loss", 1.0, 2),
+        ("member_1/combined/sparsity", 0.36, 2),
+        ("member_1/combined/metrics.f1", 0.25, 2),
+        ("ensemble/accuracy", 0.75, 2),
+        ("ensemble/sparsity", 0.36, 2),
+        ("member_1/ingredient_3/sparsity", 0.36, 2),
+    ]
+    epochs = [{"lineage": 1, "ingredient": 0, "step": 40, "train_loss": 0.5,
+               "train_accuracy": 0.75, "lr": None}]  # fmt: skip
+    assert logs.epoch_scalars(epochs, lineages=2) == [
+        ("member_1/ingredient_0/train_loss", 0.5, 40),
+        ("member_1/ingredient_0/train_accuracy", 0.75, 40),
+    ]
+    assert logs.epoch_scalars(epochs, lineages=1)[0][0] == "ingredient_0/train_loss"
+
+
+def test_tensorboard_without_the_package_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    config = tiny_config({"execution": {"tensorboard": True}})
+    with pytest.raises(ConfigError, match=r'pip install "sparseavg\[tensorboard\]"'):
+        prepare(config, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+    prepare(tiny_config({}), tmp_path / "runs")  # the option off: no tensorboard needed

@@ -13,6 +13,7 @@ Layout (one lineage; the ensemble recipe nests ``member_<l>/`` inside each cycle
     <run>/cycle_03/manifest.json           SHA-256 of every file above; marks the cycle complete
     <run>/results.jsonl, results.csv       every complete cycle's rows
     <run>/epochs.jsonl, epochs.csv         every epoch of their ingredients (see .logs)
+    <run>/tensorboard/                     with execution.tensorboard (see .logs)
 
 Every file is written atomically (temporary file, fsync, ``os.replace``).
 """

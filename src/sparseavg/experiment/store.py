@@ -188,3 +188,13 @@ class RunStore:
         below ``cycles``, and ``epochs.jsonl`` and ``epochs.csv`` from their ingredients."""
         self.rundir.write_results([r for c in range(cycles) for r in self.rows(c)])
         logs.write_epochs(self.path, [r for c in range(cycles) for r in self.epoch_rows(c)])
+
+    def write_tensorboard(self, cycles: int) -> None:
+        """Write the TensorBoard files of every complete cycle below ``cycles`` that has none
+        yet (a cycle finished while ``execution.tensorboard`` was off is written later)."""
+        for c in range(cycles):
+            marker, _ = logs.cycle_event_paths(self.path, c)
+            if self.is_complete(c) and not marker.is_file():
+                logs.write_cycle_events(
+                    self.path, c, self.rows(c), self.epoch_rows(c), self.lineages
+                )
