@@ -87,7 +87,7 @@ def stacked_step(device: torch.device, k: int, batch: int, compile: bool) -> Cal
     momentum: list[torch.Tensor | None] = [None]
 
     def step(momentum_buffer: torch.Tensor | None) -> torch.Tensor | None:
-        loss = loss_fn(stack.flat, stack.stacked_buffers(), x, y)
+        loss, _ = loss_fn(stack.flat, stack.stacked_buffers(), x, y)
         stack.flat.grad = None
         loss.sum().backward()
         assert stack.flat.grad is not None

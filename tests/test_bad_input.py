@@ -8,6 +8,8 @@ trains: they all fail in validation or in ``prepare()``.
 Argument templates use ``@TMP@`` for the test's ``tmp_path`` and ``@RUN@`` for the one run
 directory a case's setup made under ``@TMP@/runs``; a case's ``setup`` writes its input files
 there before ``main`` runs, and "nothing written" then means no file added, removed or changed.
+A case's ``missing`` packages cannot be imported while it runs (an optional extra not
+installed).
 A case must be refused within :data:`DEADLINE` seconds (a bad input that hangs fails). Cases
 that document a known source bug are marked ``xfail(strict=True)`` (``bug=...``) so that the
 fix turns them into failures to un-mark; :data:`ENGINE_CASES` are those the engine fixes.
@@ -19,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -277,14 +280,15 @@ def case(
     absent: tuple[str, ...] = (),
     bug: str | None = None,
     marks: tuple[pytest.MarkDecorator, ...] = (),
+    missing: tuple[str, ...] = (),
 ):
     """One bad input: ``argv`` for ``main`` (``run`` cases without their own ``--runs-dir``
-    get one appended), the fragments the error line must contain and those it must not.
-    ``bug`` marks a known source bug (strict xfail)."""
+    get one appended), the fragments the error line must contain and those it must not, the
+    packages made unimportable for it. ``bug`` marks a known source bug (strict xfail)."""
     all_marks = list(marks)
     if bug:
         all_marks.append(pytest.mark.xfail(strict=True, reason=bug))
-    return pytest.param(list(argv), fragments, setup, absent, id=id, marks=all_marks)
+    return pytest.param(list(argv), fragments, setup, absent, missing, id=id, marks=all_marks)
 
 
 def run(*args: str) -> list[str]:
@@ -496,6 +500,12 @@ CASES = [
         "distributed-without-torchrun",
         run(*s("execution.mode=distributed")),
         "execution.mode = 'distributed' runs under torchrun", "--nproc-per-node",
+    ),
+    case(
+        "tensorboard-not-installed",
+        run(*s("execution.tensorboard=true"), *TINY),
+        "execution.tensorboard", 'pip install "sparseavg[tensorboard]"',
+        missing=("tensorboard",),
     ),
     case(
         "unknown-recipe",
@@ -1233,8 +1243,12 @@ def test_cases_are_many_and_named_uniquely():
     assert len(set(ids)) == len(ids)
 
 
-@pytest.mark.parametrize(("argv", "fragments", "setup", "absent"), CASES + ENGINE_CASES)
-def test_bad_input_is_refused_cleanly(argv, fragments, setup, absent, sandbox, capsys):
+@pytest.mark.parametrize(("argv", "fragments", "setup", "absent", "missing"), CASES + ENGINE_CASES)
+def test_bad_input_is_refused_cleanly(
+    argv, fragments, setup, absent, missing, sandbox, capsys, monkeypatch
+):
+    for package in missing:
+        monkeypatch.setitem(sys.modules, package, None)  # an import of it fails
     runs = sandbox / "runs"
     if setup is not None:
         setup(sandbox)

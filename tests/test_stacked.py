@@ -24,7 +24,7 @@ from sparseavg.data import Augmentation, Split
 from sparseavg.experiment.task import DataTask
 from sparseavg.parallel import Job, LoopTrainer, Outcome, Sequential, Stacked, Work
 from sparseavg.pruning import Mask
-from sparseavg.training import DivergenceError, TrainResult, TrainSettings, TrainState
+from sparseavg.training import DivergenceError, EpochLog, TrainResult, TrainSettings, TrainState
 from sparseavg.utils.state import clone_state
 
 F64 = {"atol": 1e-12, "rtol": 0.0}
@@ -196,6 +196,8 @@ def assert_results_close(a: Recorder, b: Recorder, tol: dict) -> None:
         ra, rb = a.results[i], b.results[i]
         assert (ra.steps, ra.swa_count) == (rb.steps, rb.swa_count)
         torch.testing.assert_close(ra.losses, rb.losses, **LOSS)
+        assert [e.loss for e in ra.history] == ra.losses  # one record per epoch's loss
+        assert_histories_close(ra.history, rb.history)
         assert_states_close(ra.state, rb.state, tol)
         assert (ra.swa_state is None) == (rb.swa_state is None)
         if ra.swa_state is not None:
@@ -203,10 +205,20 @@ def assert_results_close(a: Recorder, b: Recorder, tol: dict) -> None:
         assert ra.mask == rb.mask
 
 
+def assert_histories_close(a: list[EpochLog], b: list[EpochLog]) -> None:
+    """The same epochs, steps, learning rates and training accuracies (the predictions of
+    these small runs are nowhere near a tie), losses as ``LOSS``; wall clocks left out."""
+    assert [(e.epoch, e.step, e.lr, e.accuracy) for e in a] == [
+        (e.epoch, e.step, e.lr, e.accuracy) for e in b
+    ]
+    torch.testing.assert_close([e.loss for e in a], [e.loss for e in b], **LOSS)
+
+
 def assert_checkpoints_close(a: TrainState, b: TrainState, tol: dict) -> None:
     assert a.step == b.step
     assert_states_close(a.model, b.model, tol)
     torch.testing.assert_close(a.losses, b.losses, **LOSS)
+    assert_histories_close(a.history, b.history)
     assert a.optimizer["param_groups"] == b.optimizer["param_groups"]
     assert a.optimizer["state"].keys() == b.optimizer["state"].keys()
     for i, entry in a.optimizer["state"].items():

@@ -70,6 +70,7 @@ from .recipes import RECIPES, resolve_config
 from .training import (
     AttachedMask,
     DivergenceError,
+    EpochLog,
     Evaluation,
     LoopSettings,
     MaskEnforcer,
@@ -93,6 +94,7 @@ __all__ = [
     "Dataset",
     "Distance",
     "DivergenceError",
+    "EpochLog",
     "Evaluation",
     "GradualMagnitudePruning",
     "LoopSettings",

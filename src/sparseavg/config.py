@@ -343,6 +343,12 @@ class ExecutionConfig:
         lo=0.0,
         lo_open=True,
     )
+    tensorboard: bool = _f(
+        False,
+        "write TensorBoard scalars under RUN_DIR/tensorboard/ as each cycle completes: its "
+        "rows (step = cycle) and its ingredients' training curves (step = global step); "
+        'needs pip install "sparseavg[tensorboard]"',
+    )
 
 
 @dataclass(frozen=True)

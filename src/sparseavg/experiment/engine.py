@@ -51,6 +51,7 @@ from ..training.evaluate import model_device
 from ..utils.files import CorruptFileError, load_tensors, safe_torch_load
 from ..utils.seeding import derive_seed
 from ..utils.state import State, clone_state
+from .logs import TENSORBOARD_INSTALL, tensorboard_available
 from .progress import NullReporter, Reporter
 from .rundir import RunDir
 from .runinfo import RunDirError, RunInfo, read_run
@@ -214,6 +215,11 @@ def prepare(
     pretrained checkpoint, masks, and that every cycle has steps and weights to train.
     ``task`` is the user's model and loop (default: the config's data set, model and the
     built-in loop). Raises ConfigError / MaskError / DataUnavailableError; writes nothing."""
+    if config.execution.tensorboard and not tensorboard_available():
+        raise ConfigError(
+            "execution.tensorboard = true needs the tensorboard package, which is not "
+            f"installed: {TENSORBOARD_INSTALL}"
+        )
     if task is None:
         device = resolve_device(config.execution.device)
         data = load_data(config, device)
@@ -420,6 +426,8 @@ def run(
                 _run_cycle(ctx, cycle)
             rep.update(bar, cycle + 1)
             store.write_results(cycle + 1)
+            if config.execution.tensorboard:
+                store.write_tensorboard(cycle + 1)
         rep.finish(bar)
     return store.path
 
@@ -654,6 +662,7 @@ def finish_ingredient(
         "seed": job.seed,
         "lr": job.settings.lr,
         "final_loss": result.losses[-1] if result.losses else None,
+        "epochs": [e.to_dict() for e in result.history],
     }
     final_mask = result.mask.to("cpu") if work.during is not None and result.mask else None
     return Outcome(final, info, final_mask)

@@ -10,7 +10,7 @@ user's (:class:`~.task.UserTask`)::
         sparseavg.attach(model, mask, opt)           # pruned weights stay exactly 0
         for epoch in settings.epoch_range:
             ...                                      # your loop, batches drawn from seed
-            settings.end_epoch(model, loss)          # SWA snapshots, progress, checks
+            settings.end_epoch(model, loss, accuracy=acc)  # SWA, progress, checks, log
 
     result = sparseavg.swamp(make_model, train_fn, eval_fn, runs_dir="runs",
                              config={"train": {"epochs": 10}, "pruning": {"cycles": 5}})
@@ -109,7 +109,7 @@ def prune(
         train_fn: ``train_fn(model, mask, seed, settings) -> None`` trains one ingredient in
             place; see :class:`~sparseavg.LoopSettings` for ``settings``. It keeps the mask
             (:func:`sparseavg.attach`) and calls ``settings.end_epoch(model, loss)`` after
-            every epoch.
+            every epoch (``accuracy=`` too, for the training accuracy in ``epochs.jsonl``).
         eval_fn: ``eval_fn(model) -> dict`` of test metrics (eval mode, no gradients),
             holding ``metric`` and optionally ``"loss"``.
         runs_dir: where the run directory goes (``<recipe>-<name>-<Model>-<hash8>``).

@@ -7,11 +7,13 @@ Layout (one lineage; the ensemble recipe nests ``member_<l>/`` inside each cycle
     <run>/cycle_00/ticket.safetensors      θ_T0, the shared rewind point
     <run>/cycle_03/mask.safetensors        the cycle's mask
     <run>/cycle_03/ingredient_2/checkpoint.pt   epoch-level, while it trains
-    <run>/cycle_03/ingredient_2/final.safetensors + info.json
+    <run>/cycle_03/ingredient_2/final.safetensors + info.json (with its epochs' records)
     <run>/cycle_03/combined.safetensors    the cycle's combined model (BN recalibrated)
     <run>/cycle_03/rows.json               the cycle's evaluation rows
     <run>/cycle_03/manifest.json           SHA-256 of every file above; marks the cycle complete
-    <run>/results.jsonl                    every complete cycle's rows
+    <run>/results.jsonl, results.csv       every complete cycle's rows
+    <run>/epochs.jsonl, epochs.csv         every epoch of their ingredients (see .logs)
+    <run>/tensorboard/                     with execution.tensorboard (see .logs)
 
 Every file is written atomically (temporary file, fsync, ``os.replace``).
 """
@@ -39,6 +41,7 @@ from ..utils.files import (
     save_tensors,
 )
 from ..utils.state import State
+from .logs import RESULT_COLUMNS, RESULTS_CSV, write_csv
 
 LOCK_NAME = "run.lock"
 MANIFEST = "manifest.json"
@@ -239,6 +242,8 @@ class RunDir:
 
     # -- results ------------------------------------------------------------------------------
     def write_results(self, rows: list[dict[str, Any]]) -> None:
-        """Rewrite ``results.jsonl`` from all complete cycles' rows (atomically)."""
+        """Rewrite ``results.jsonl`` and its twin ``results.csv`` from all complete cycles'
+        rows (atomically)."""
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
         atomic_write_text(self.results_path, text)
+        write_csv(self.path / RESULTS_CSV, rows, RESULT_COLUMNS)

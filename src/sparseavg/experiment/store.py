@@ -18,6 +18,7 @@ from ..pruning import Mask
 from ..training import TrainState
 from ..utils.files import atomic_write_text
 from ..utils.state import State
+from . import logs
 from .rundir import RunDir
 from .runinfo import read_run_config
 
@@ -79,6 +80,16 @@ class LineageFiles:
 
     def ingredient(self, index: int) -> IngredientFiles:
         return IngredientFiles(self.rundir, self.dir / f"ingredient_{index}")
+
+    def infos(self) -> list[tuple[int, dict[str, Any]]]:
+        """``(index, info)`` of every ingredient with an ``info.json`` (finished or dropped),
+        by index."""
+        found = []
+        for path in self.dir.glob("ingredient_*/info.json"):
+            index = path.parent.name.removeprefix("ingredient_")
+            if index.isdigit():
+                found.append((int(index), self.rundir.read_json(path)))
+        return sorted(found, key=lambda item: item[0])
 
     def mask(self) -> Mask | None:
         path = self.dir / "mask.safetensors"
@@ -153,11 +164,37 @@ class RunStore:
         self.rundir.write_json(cdir / "rows.json", rows)
         self.rundir.write_manifest(cdir)
 
+    def rows(self, cycle: int) -> list[dict[str, Any]]:
+        """The rows of ``cycle`` if it is complete, else none."""
+        path = self.rundir.cycle_dir(cycle) / "rows.json"
+        if self.is_complete(cycle) and path.is_file():
+            rows: list[dict[str, Any]] = self.rundir.read_json(path)
+            return rows
+        return []
+
+    def epoch_rows(self, cycle: int) -> list[dict[str, Any]]:
+        """The ``epochs.jsonl`` rows of ``cycle`` if it is complete (every lineage's
+        ingredients in index order, each one's epochs in order), else none."""
+        if not self.is_complete(cycle):
+            return []
+        rows = []
+        for lineage in range(self.lineages):
+            for index, info in self.lineage(cycle, lineage).infos():
+                rows.extend(logs.epoch_rows(self.path.name, cycle, lineage, index, info))
+        return rows
+
     def write_results(self, cycles: int) -> None:
-        """Rewrite ``results.jsonl`` from the rows of the complete cycles below ``cycles``."""
-        rows: list[dict[str, Any]] = []
+        """Rewrite ``results.jsonl`` and ``results.csv`` from the rows of the complete cycles
+        below ``cycles``, and ``epochs.jsonl`` and ``epochs.csv`` from their ingredients."""
+        self.rundir.write_results([r for c in range(cycles) for r in self.rows(c)])
+        logs.write_epochs(self.path, [r for c in range(cycles) for r in self.epoch_rows(c)])
+
+    def write_tensorboard(self, cycles: int) -> None:
+        """Write the TensorBoard files of every complete cycle below ``cycles`` that has none
+        yet (a cycle finished while ``execution.tensorboard`` was off is written later)."""
         for c in range(cycles):
-            path = self.rundir.cycle_dir(c) / "rows.json"
-            if self.is_complete(c) and path.is_file():
-                rows.extend(self.rundir.read_json(path))
-        self.rundir.write_results(rows)
+            marker, _ = logs.cycle_event_paths(self.path, c)
+            if self.is_complete(c) and not marker.is_file():
+                logs.write_cycle_events(
+                    self.path, c, self.rows(c), self.epoch_rows(c), self.lineages
+                )

@@ -139,22 +139,30 @@ class StackedModel(nn.Module):
 # -- one step ------------------------------------------------------------------------------------
 
 
-LossFn = Callable[[Tensor, Sequence[Tensor], Tensor, Tensor], Tensor]
+LossFn = Callable[[Tensor, Sequence[Tensor], Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def make_loss(model: nn.Module, layout: Layout) -> LossFn:
     """The stacked loss: ``(flat (K, P), buffers [(K, ...)], x (K, B, ...), y (K, B))`` ->
-    ``(K,)`` mean cross-entropies, copy k's loss of its own batch under its own parameters.
-    Running statistics of the buffers are updated in place (``model`` must be in train mode).
+    ``(losses, hits)``: ``(K,)`` mean cross-entropies, copy k's loss of its own batch under
+    its own parameters, and ``(K,)`` int64 counts of copy k's samples whose argmax prediction
+    was the label. Running statistics of the buffers are updated in place (``model`` must be
+    in train mode).
     """
 
-    def one(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
+    def one(
+        params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        logits = functional_call(model, (params, buffers), (x,))
+        hits = (logits.detach().argmax(dim=1) == y).sum()
+        return F.cross_entropy(logits, y), hits
 
     batched = torch.vmap(one, randomness="different")
 
-    def loss(flat: Tensor, buffers: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
-        out: Tensor = batched(
+    def loss(
+        flat: Tensor, buffers: Sequence[Tensor], x: Tensor, y: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        out: tuple[Tensor, Tensor] = batched(
             layout.views(flat), dict(zip(layout.buffers, buffers, strict=True)), x, y
         )
         return out

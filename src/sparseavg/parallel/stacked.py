@@ -23,7 +23,7 @@ Differences from :class:`~.sequential.Sequential`, none of which change what is 
 - an ingredient whose loss became NaN/inf in an epoch is reported through ``hooks.diverged`` at
   that epoch's end and dropped from the stack; the others go on;
 - every ingredient's ``seconds`` is the wall time of the stack (all of them trained during all
-  of it), plus the seconds of the checkpoint it resumed;
+  of it), plus the seconds of the checkpoint it resumed; so are its epochs' ``seconds``;
 - under dropout, vmap draws independent masks per ingredient from the global generator
   (``randomness="different"``), as separate runs would, but not the same draws.
 """
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,7 @@ from ..data import BatchSource
 from ..pruning import Mask
 from ..training import (
     DivergenceError,
+    EpochLog,
     TrainResult,
     TrainSettings,
     TrainState,
@@ -205,13 +206,14 @@ class Plan:
 @dataclass
 class Member:
     """One job of the stack and what :func:`~sparseavg.train` keeps for it besides its
-    weights, buffers, momentum and SWA average: its epoch losses, its rewind state (carried
-    from a checkpoint) and the training seconds spent before this call."""
+    weights, buffers, momentum and SWA average: its epoch losses and records, its rewind
+    state (carried from a checkpoint) and the training seconds spent before this call."""
 
     job: Job
     losses: list[float]
     rewind: State | None = None
     before: float = 0.0
+    history: list[EpochLog] = field(default_factory=list)
 
 
 @dataclass
@@ -267,7 +269,9 @@ class Stack:
             if resume.swa is not None:
                 average, n_averaged = swa_copy(model, layout, resume.swa)
             averages.append(average)
-            members.append(Member(job, list(resume.losses), resume.rewind, seconds))
+            members.append(
+                Member(job, list(resume.losses), resume.rewind, seconds, list(resume.history))
+            )
             step = resume.step
         swa = None
         if plan.swa_start_step is not None:
@@ -300,6 +304,7 @@ class Stack:
             swa=None if self.swa is None else _swa_of(self.swa, self.layout, k),
             rewind=member.rewind,
             losses=list(member.losses),
+            history=list(member.history),
         )
 
     def result(self, k: int, mask: Mask) -> TrainResult:
@@ -317,6 +322,7 @@ class Stack:
             steps=self.step,
             swa_count=swa_count,
             mask=mask,
+            history=list(self.members[k].history),
         )
 
 
@@ -341,6 +347,23 @@ def epoch_batches(
         yield x.to(plan.device, non_blocking=True), y.to(plan.device, non_blocking=True)
 
 
+@dataclass(frozen=True)
+class EpochSteps:
+    """What :func:`train_epoch` leaves for the epoch's end, on the device.
+
+    Attributes:
+        losses: ``(steps, K)`` the steps' losses (default float dtype, as ``train``).
+        hits: ``(steps, K)`` int64 counts of each copy's samples predicted right.
+        samples: samples per copy in all of the steps.
+        started: ``time.perf_counter()`` when the epoch's training began.
+    """
+
+    losses: Tensor
+    hits: Tensor
+    samples: int
+    started: float
+
+
 def train_epoch(
     stack: Stack,
     data: BatchSource,
@@ -348,12 +371,9 @@ def train_epoch(
     loss_fn: LossFn,
     factors: Tensor | None,
     tracker: Tracker,
-) -> Tensor:
-    """Train the stack to the end of the epoch of ``stack.step`` (or ``plan.stop``).
-
-    Returns:
-        ``(steps, K)`` the steps' losses, on the device (default float dtype, as ``train``).
-    """
+) -> EpochSteps:
+    """Train the stack to the end of the epoch of ``stack.step`` (or ``plan.stop``)."""
+    started = time.perf_counter()
     first = stack.step
     epoch, offset = divmod(first, plan.spe)
     end = min((epoch + 1) * plan.spe, plan.stop)
@@ -366,6 +386,8 @@ def train_epoch(
     weight_decay = decay.to(device) if bool(decay.any()) else None
     nesterov = plan.settings.nesterov and plan.settings.momentum > 0
     losses = torch.empty(end - first, len(jobs), device=device)
+    hits = torch.empty(end - first, len(jobs), dtype=torch.int64, device=device)
+    samples = 0
     flat = stack.weights.flat
     for i, (x, y) in enumerate(epoch_batches(data, plan, jobs, epoch)):
         if i < offset:
@@ -373,7 +395,7 @@ def train_epoch(
         if stack.step >= end:
             break
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=plan.bf16):
-            loss = loss_fn(flat, stack.weights.stacked_buffers(), x, y)
+            loss, hit = loss_fn(flat, stack.weights.stacked_buffers(), x, y)
         flat.grad = None
         loss.sum().backward()
         assert flat.grad is not None
@@ -388,21 +410,26 @@ def train_epoch(
             nesterov=nesterov,
         )
         losses[stack.step - first] = loss.detach()
+        hits[stack.step - first] = hit
+        samples += y[0].numel()
         stack.step += 1
         tracker(stack.step, plan.stop, None)
     flat.grad = None
-    return losses[: stack.step - first]
+    done = stack.step - first
+    return EpochSteps(losses[:done], hits[:done], samples, started)
 
 
-def end_epoch(stack: Stack, plan: Plan, losses: Tensor, hooks: Hooks) -> dict[int, Outcome]:
-    """:func:`~sparseavg.train` 's epoch end for every copy, after ``losses`` ``(steps, K)``
-    of an epoch that began at step ``stack.step - steps``: diverged copies go to
+def end_epoch(stack: Stack, plan: Plan, steps: EpochSteps, hooks: Hooks) -> dict[int, Outcome]:
+    """:func:`~sparseavg.train` 's epoch end for every copy, after the ``steps`` of an epoch
+    that began at step ``stack.step - len(steps.losses)``: diverged copies go to
     ``hooks.diverged`` (and ``hooks.save``) and out of the stack; the others record their
-    mean loss, update their SWA average and write their checkpoint.
+    mean loss and the epoch (:class:`~sparseavg.training.EpochLog`) and update their SWA
+    average.
 
     Returns:
         The outcomes of the diverged copies, by job index.
     """
+    losses, hits = steps.losses, steps.hits
     first = stack.step - losses.shape[0]
     epoch = first // plan.spe
     finite = torch.isfinite(losses).cpu()
@@ -416,13 +443,18 @@ def end_epoch(stack: Stack, plan: Plan, losses: Tensor, hooks: Hooks) -> dict[in
         outcomes[job.index] = outcome
     if gone:
         stack.drop(gone)
-        losses = losses[:, [k for k in range(losses.shape[1]) if k not in gone]]
+        kept = [k for k in range(losses.shape[1]) if k not in gone]
+        losses, hits = losses[:, kept], hits[:, kept]
     if not stack.members or stack.step != (epoch + 1) * plan.spe:
         return outcomes
     # per column, as train() takes the mean of its (steps,) losses
     means = torch.stack([losses[:, k].contiguous().mean() for k in range(losses.shape[1])])
-    for member, mean in zip(stack.members, means.tolist(), strict=True):
+    right = hits.sum(dim=0).tolist()
+    seconds = time.perf_counter() - steps.started
+    for member, mean, count in zip(stack.members, means.tolist(), right, strict=True):
         member.losses.append(mean)
+        lr = plan.rate(member.job.settings, stack.step - 1)
+        member.history.append(EpochLog(epoch, stack.step, mean, count / steps.samples, lr, seconds))
     start = plan.swa_start_epoch
     if stack.swa is not None and start is not None and epoch >= start:
         stack.swa.update_parameters(stack.weights)
@@ -459,8 +491,8 @@ def train_stacked(
     model.train()
     outcomes: dict[int, Outcome] = {}
     while stack.step < plan.stop and stack.members:
-        losses = train_epoch(stack, data, plan, loss_fn, factors, tracker)
-        outcomes.update(end_epoch(stack, plan, losses, hooks))
+        steps = train_epoch(stack, data, plan, loss_fn, factors, tracker)
+        outcomes.update(end_epoch(stack, plan, steps, hooks))
         if stack.step % plan.spe == 0:
             seconds = time.perf_counter() - t0
             for k, member in enumerate(stack.members):

@@ -4,6 +4,7 @@
 from .attach import AttachedMask, attach
 from .custom import LoopSettings, TrainFn, run_user_loop
 from .evaluate import Evaluation, evaluate, evaluate_probabilities, model_device, predict_logits
+from .history import EPOCH_KEYS, EpochLog
 from .loop import (
     DivergenceError,
     TrainResult,
@@ -24,6 +25,7 @@ from .settings import (
 )
 
 __all__ = [
+    "EPOCH_KEYS",
     "OPTIMIZERS",
     "PRECISIONS",
     "RETRAIN_SCHEDULES",
@@ -31,6 +33,7 @@ __all__ = [
     "SWA_SCHEDULES",
     "AttachedMask",
     "DivergenceError",
+    "EpochLog",
     "Evaluation",
     "LoopSettings",
     "MaskEnforcer",

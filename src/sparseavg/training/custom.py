@@ -17,6 +17,7 @@ again from its start when the run resumes).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..pruning import Mask, MaskError
 from ..utils.state import clone_state
+from .history import EpochLog
 from .loop import DivergenceError, Progress, TrainResult
 from .schedules import learning_rate
 from .settings import TrainSettings
@@ -57,6 +59,8 @@ class LoopSettings:
             in the dense run that makes the ticket).
         cycle: the pruning cycle (0 = dense).
         index: the ingredient's index in its cycle (-1 for the ticket run).
+        history: one :class:`~.history.EpochLog` per :meth:`end_epoch` call (its loss and
+            accuracy as reported, no learning rate: the loop's optimizer is its own).
     """
 
     train: TrainSettings
@@ -69,6 +73,8 @@ class LoopSettings:
     swa: AveragedModel | None = field(default=None, repr=False)
     losses: list[float] = field(default_factory=list)
     epochs_done: int = 0
+    history: list[EpochLog] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
     def epochs(self) -> int:
@@ -103,16 +109,28 @@ class LoopSettings:
         total = self.train.epochs * steps_per_epoch
         return learning_rate(self.train, step, total, self.train.swa_start_step(steps_per_epoch))
 
-    def end_epoch(self, model: nn.Module, loss: float | None = None) -> None:
+    def end_epoch(
+        self, model: nn.Module, loss: float | None = None, accuracy: float | None = None
+    ) -> None:
         """Call once after every epoch of :attr:`epoch_range`, with the epoch's mean training
-        loss if known: checks that the pruned weights are still exactly 0, takes the SWA
-        snapshot when the recipe averages this epoch, reports progress.
+        loss (nats) and training accuracy (the share of correct predictions, 0 to 1) if
+        known: checks that the pruned weights are still exactly 0, takes the SWA snapshot
+        when the recipe averages this epoch, records the epoch (the run's ``epochs.jsonl``),
+        reports progress. ``loss`` and ``accuracy`` may be 0-d tensors.
 
         Raises:
             MaskError: a pruned weight is nonzero (keep the mask with :func:`sparseavg.attach`).
             DivergenceError: ``loss`` or a weight is NaN/inf.
+            ValueError: ``accuracy`` is not a share between 0 and 1.
             RuntimeError: called more often than the epochs to train.
         """
+        if accuracy is not None:
+            accuracy = float(accuracy)
+            if not 0.0 <= accuracy <= 1.0:
+                raise ValueError(
+                    f"end_epoch: accuracy = {accuracy!r}; pass the share of correct "
+                    "predictions, between 0 and 1"
+                )
         epoch = self.start_epoch + self.epochs_done
         if epoch >= self.stop_epoch:
             raise RuntimeError(
@@ -126,6 +144,18 @@ class LoopSettings:
         self.epochs_done += 1
         if loss is not None:
             self.losses.append(float(loss))
+        now = time.perf_counter()
+        self.history.append(
+            EpochLog(
+                epoch,
+                epoch + 1,
+                None if loss is None else float(loss),
+                accuracy,
+                None,
+                now - self.started,
+            )
+        )
+        self.started = now
         start = self.train.swa_start_epoch
         if self.swa is not None and start is not None and epoch >= start:
             self.swa.update_parameters(model)
@@ -209,6 +239,7 @@ def run_user_loop(
         steps=stop,
         swa_count=swa_count,
         mask=mask,
+        history=loop.history,
     )
 
 

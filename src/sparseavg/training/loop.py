@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from ..pruning import Mask, MaskSchedule
 from ..utils.seeding import make_generator
 from ..utils.state import State, clone_state
 from .evaluate import model_device
+from .history import EpochLog
 from .masking import MaskEnforcer
 from .schedules import learning_rate
 from .settings import TrainSettings
@@ -51,6 +53,7 @@ class TrainState:
     rewind: State | None = None
     losses: list[float] = field(default_factory=list)
     mask: dict[str, Tensor] | None = None
+    history: list[EpochLog] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict for ``torch.save``."""
@@ -62,6 +65,7 @@ class TrainState:
             "rewind": self.rewind,
             "losses": list(self.losses),
             "mask": self.mask,
+            "history": [e.to_dict() for e in self.history],
         }
 
     @classmethod
@@ -75,6 +79,8 @@ class TrainState:
             rewind=d.get("rewind"),
             losses=[float(v) for v in d.get("losses", [])],
             mask=d.get("mask"),
+            # checkpoints written before the history was kept resume with the later epochs'
+            history=[EpochLog.from_dict(e) for e in d.get("history", [])],
         )
 
 
@@ -91,6 +97,8 @@ class TrainResult:
         steps: optimizer steps taken in total (``start_step`` included).
         swa_count: snapshots in the SWA average.
         mask: the mask at the end (differs from the given one only under ``mask_schedule``).
+        history: one :class:`~.history.EpochLog` per finished epoch (loss, training
+            accuracy, learning rate, seconds), those of a resumed checkpoint included.
     """
 
     state: State
@@ -100,6 +108,7 @@ class TrainResult:
     steps: int
     swa_count: int = 0
     mask: Mask | None = None
+    history: list[EpochLog] = field(default_factory=list)
 
     @property
     def final_state(self) -> State:
@@ -182,7 +191,7 @@ def train(
         rewind_step: capture the weights after this many global steps as ``rewind_state``.
         resume: continue from a :class:`TrainState` given to ``on_epoch_end`` earlier.
         on_epoch_end: called with a CPU :class:`TrainState` at every epoch boundary (to save
-            a checkpoint).
+            a checkpoint); it carries the epochs' records so far (``history``).
         progress: called after every step with ``(step, total, None)`` and at every epoch end
             with the epoch's mean loss (see :class:`Progress`).
         mask_schedule: changes the mask during training (e.g. gradual magnitude pruning): its
@@ -213,6 +222,7 @@ def train(
     enforcer = MaskEnforcer(model, mask)
     swa = AveragedModel(model, use_buffers=False) if swa_start_step is not None else None
     losses: list[float] = []
+    history: list[EpochLog] = []
     rewind_state: State | None = None
 
     step = start_step
@@ -223,6 +233,7 @@ def train(
             swa.load_state_dict(resume.swa)
         rewind_state = resume.rewind
         losses = list(resume.losses)
+        history = list(resume.history)
         step = resume.step
         if resume.mask is not None:
             mask = Mask(resume.mask).to(device)
@@ -242,8 +253,11 @@ def train(
         epoch, offset = divmod(step, spe)
         epoch_end = min((epoch + 1) * spe, stop)
         generator = make_generator(seed, "epoch", epoch)
-        # 0-d loss tensors on the device, read once at the epoch end: no host-device sync
+        started = time.perf_counter()
+        # 0-d losses and (batch,) hits (argmax == label) on the device, read once at the
+        # epoch end: no host-device sync inside the epoch
         step_losses: list[Tensor] = []
+        step_hits: list[Tensor] = []
         batches = data.batches(
             settings.batch_size, generator=generator, augment=settings.augment, drop_last=True
         )
@@ -263,7 +277,8 @@ def train(
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast():
-                loss = F.cross_entropy(forward(x), y)
+                logits = forward(x)
+                loss = F.cross_entropy(logits, y)
             _clear_gradients(trained)
             loss.backward()
             if schedule_gradients and step + 1 == (epoch + 1) * spe:
@@ -272,16 +287,19 @@ def train(
             optimizer.step()
             enforcer.mask_weights()
             step_losses.append(loss.detach())
+            step_hits.append(_hits(logits.detach(), y))
             step += 1
             if rewind_step is not None and step == rewind_step:
                 rewind_state = clone_state(model, device="cpu")
             if progress is not None:
                 progress(step, stop, None)
-        bad, mean_loss = _epoch_summary(step_losses, device)
+        bad, mean_loss, accuracy = _epoch_summary(step_losses, step_hits)
         if bad is not None:
             raise DivergenceError(first + bad, epoch)
         if step == epoch_end and epoch_end == (epoch + 1) * spe:
             losses.append(mean_loss)
+            seconds = time.perf_counter() - started
+            history.append(EpochLog(epoch, step, mean_loss, accuracy, current_lr, seconds))
             if mask_schedule is not None and mask is not None:
                 weights = {n: p.detach() for n, p in model.named_parameters() if n in mask}
                 new_mask = mask_schedule.update(epoch + 1, weights, dense_gradients, mask)
@@ -303,6 +321,7 @@ def train(
                         mask=None
                         if mask_schedule is None or mask is None
                         else dict(mask.to("cpu")),
+                        history=list(history),
                     )
                 )
         if progress is not None:
@@ -325,6 +344,7 @@ def train(
         steps=step,
         swa_count=swa_count,
         mask=mask,
+        history=history,
     )
 
 
@@ -351,21 +371,36 @@ def _compiled(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return torch.compile(model)
 
 
-def _epoch_summary(step_losses: list[Tensor], device: torch.device) -> tuple[int | None, float]:
-    """Read an epoch's step losses from the device once.
+def _hits(logits: Tensor, y: Tensor) -> Tensor:
+    """True where the argmax prediction (over dim 1, the classes, as ``cross_entropy`` reads
+    them) is the label; class-probability targets count their argmax as the label."""
+    target = y.argmax(dim=1) if y.is_floating_point() else y
+    return logits.argmax(dim=1) == target
+
+
+def _epoch_summary(
+    step_losses: list[Tensor], step_hits: list[Tensor]
+) -> tuple[int | None, float, float]:
+    """Read an epoch's step losses and hits from the device, once per epoch.
+
+    Args:
+        step_losses: each step's 0-d loss.
+        step_hits: each step's bool tensor, True where the argmax prediction was the label.
 
     Returns:
-        ``(bad, mean)``: the index of the first non-finite loss (``None`` if all are finite)
-        and the mean loss in nats (NaN for no steps), computed in the default float dtype as
-        the losses were always stored.
+        ``(bad, mean, accuracy)``: the index of the first non-finite loss (``None`` if all
+        are finite), the mean loss in nats (NaN for no steps or a non-finite loss), computed
+        in the default float dtype as the losses were always stored, and the share of hits
+        (NaN for no steps).
     """
     if not step_losses:
-        return None, float("nan")
+        return None, float("nan"), float("nan")
     done = torch.stack(step_losses).to(torch.get_default_dtype())
     finite = torch.isfinite(done)
+    hits = torch.cat([h.reshape(-1) for h in step_hits])
     if not bool(finite.all()):
-        return int((~finite).nonzero()[0, 0]), float("nan")
-    return None, float(done.mean())
+        return int((~finite).nonzero()[0, 0]), float("nan"), float("nan")
+    return None, float(done.mean()), int(hits.sum()) / hits.numel()
 
 
 def optimizer_state_to_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
