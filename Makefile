@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 #   make test TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126'
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# The optional integrations the suite tests (each of their tests skips without its package);
+# `make test TEST_EXTRAS=` tests without them.
+TEST_EXTRAS ?= lightning,onnx,transformers,tensorboard
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test study lint typecheck bench clean install
 
@@ -19,10 +23,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	@test -z "$(TEST_EXTRAS)" || $(BIN)/python -m pip install -q -e ".[dev,$(TEST_EXTRAS)]"
+	@touch $(TEST_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/sparseavg demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 # The reproduction study: every method of two settings over 5 seeds, then docs/RESULTS.md.
