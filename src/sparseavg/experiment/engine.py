@@ -254,7 +254,6 @@ def prepare(
     recipe = get_recipe(config.recipe)
     run_plan = recipe.run(config)
     spe = task.steps_per_epoch(config.train.batch_size)
-    rewind = p.rewind_epochs * spe
     return Context(
         config=config,
         recipe=recipe,
@@ -266,7 +265,7 @@ def prepare(
         model=model,
         reporter=reporter or NullReporter(),
         # a pretrained model is its own ticket: cycles rewind to it and restart the schedule
-        rewind_step=0 if pretrained is not None else round(rewind),
+        rewind_step=0 if pretrained is not None else round(p.rewind_epochs * spe),
         prunable=names,
         pretrained=pretrained,
         initial_mask=initial_mask,
