@@ -531,11 +531,12 @@ def test_engine_swamp_run_stacked_equals_sequential(tmp_path, monkeypatch):
     start moves the trained weights by O(1) under either executor), so only float64 can tell a
     stacking error from rounding."""
     import sparseavg.experiment.engine as engine
+    import sparseavg.experiment.task as task_module
     from engine_helpers import rows, tiny_run
     from sparseavg.utils.files import load_tensors
 
-    build, prepare = engine.make_model, engine.prepare
-    monkeypatch.setattr(engine, "make_model", lambda *a, **k: build(*a, **k).double())
+    build, prepare = task_module.make_model, engine.prepare
+    monkeypatch.setattr(task_module, "make_model", lambda *a, **k: build(*a, **k).double())
 
     def prepare_with(executor):
         def patched(*args, **kwargs):

@@ -4,8 +4,6 @@ from .batch import run_many
 from .engine import (
     RunError,
     choose_executor,
-    load_pretrained,
-    make_model,
     prepare,
     resolve_device,
     run,
@@ -15,7 +13,7 @@ from .launch import run_distributed
 from .own import OwnRun, imp, prune, sms, swamp
 from .progress import NullReporter, PlainReporter, Reporter
 from .rundir import InsufficientDiskError, RunDir, RunLockedError
-from .task import DataTask, EnsembleModule, Task, UserTask
+from .task import DataTask, EnsembleModule, Task, UserTask, load_pretrained, make_model
 
 __all__ = [
     "DataTask",

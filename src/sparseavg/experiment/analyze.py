@@ -57,10 +57,11 @@ from ..pruning import Mask
 from ..training.evaluate import EVAL_BATCH_SIZE
 from ..utils.files import CorruptFileError, atomic_open, atomic_write_text
 from ..utils.state import State
-from .engine import load_data, make_model, resolve_device
+from .engine import resolve_device
 from .progress import NullReporter, Reporter
 from .rundir import RunDir
 from .runinfo import RunInfo, read_run
+from .task import load_data, make_model
 
 PathLike = str | os.PathLike[str]
 

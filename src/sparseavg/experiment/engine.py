@@ -24,8 +24,6 @@ from torch import nn
 
 from ..averaging import has_batchnorm
 from ..config import Config, ConfigError
-from ..data import Dataset, available_datasets, load_dataset
-from ..models import build_model
 from ..parallel import Auto, Executor, Job, Outcome, Sequential, Stacked, Work
 from ..parallel.distributed import NEEDS_TORCHRUN, Team
 from ..parallel.distributed import serve as serve_jobs
@@ -48,7 +46,7 @@ from ..recipes import (
 )
 from ..training import DivergenceError, Evaluation, TrainResult, TrainState
 from ..training.evaluate import model_device
-from ..utils.files import CorruptFileError, load_tensors, safe_torch_load
+from ..utils.files import CorruptFileError
 from ..utils.seeding import derive_seed
 from ..utils.state import State, clone_state
 from .logs import TENSORBOARD_INSTALL, tensorboard_available
@@ -56,7 +54,7 @@ from .progress import NullReporter, Reporter
 from .rundir import RunDir
 from .runinfo import RunDirError, RunInfo, read_run
 from .store import LineageFiles, RunStore
-from .task import DataTask, Task
+from .task import DataTask, Task, load_data
 
 
 class RunError(RuntimeError):
@@ -93,80 +91,6 @@ def resolve_device(name: str) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"execution.device: {name!r} is not supported (cpu, cuda, mps, auto)")
     return device
-
-
-def load_data(config: Config, device: torch.device) -> Dataset:
-    """The config's data set with its splits (validation part included) on ``device``."""
-    known = available_datasets()
-    if config.data.dataset not in known:
-        raise ConfigError(f"data.dataset: {config.data.dataset!r} is not one of {', '.join(known)}")
-    return load_dataset(
-        config.data.dataset,
-        data_dir=config.execution.data_dir or None,
-        device=device,
-        val_fraction=config.data.val_fraction,
-        split_seed=config.data.split_seed,
-        download=config.execution.download,
-    )
-
-
-def make_model(config: Config, data: Dataset, seed: int) -> nn.Module:
-    """The config's model, initialised from ``seed`` without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            return build_model(
-                config.model.name, data.num_classes, data.input_shape, **config.model.options
-            )
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"model: {err}") from None
-        except (RuntimeError, MemoryError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ConfigError(
-                f"model: {config.model.name} with options {config.model.options} cannot be "
-                f"allocated ({reason})"
-            ) from None
-
-
-def load_pretrained(path: str, model: nn.Module) -> State:
-    """Read a pretrained state dict (safetensors, or a ``.pt`` read with ``weights_only``) and
-    check it fits ``model``; a misfit lists the missing, unexpected and mis-shaped entries."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise ConfigError(f"model.pretrained: {p} is a directory, not a state_dict file")
-    if not p.is_file():
-        raise ConfigError(f"model.pretrained: {p} does not exist")
-    if p.suffix == ".safetensors":
-        state = load_tensors(p)
-    else:
-        try:
-            obj = safe_torch_load(p)
-        except CorruptFileError as err:
-            raise ConfigError(f"model.pretrained: {err}") from None
-        for key in ("state_dict", "model"):
-            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-                obj = obj[key]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise ConfigError(f"model.pretrained: {p} does not hold a state_dict of tensors")
-        state = dict(obj)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:6]}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:6]}")
-        if shapes:
-            parts.append(f"shapes differ {shapes[:6]}")
-        raise ConfigError(f"model.pretrained: {p} does not fit the model: " + "; ".join(parts))
-    return {k: state[k].to(expected[k].dtype) for k in expected}
 
 
 @dataclass
@@ -821,8 +745,6 @@ class _Readouts:
 __all__ = [
     "RunError",
     "choose_executor",
-    "load_pretrained",
-    "make_model",
     "prepare",
     "resolve_device",
     "run",

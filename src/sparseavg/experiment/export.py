@@ -12,9 +12,9 @@ import torch
 from ..config import Config
 from ..pruning import Mask, compress
 from ..utils.files import atomic_open, atomic_write_bytes, atomic_write_text, save_tensors
-from .engine import load_data, make_model
 from .onnx_export import INSTALL, onnx_available, to_onnx
 from .runinfo import RunDirError, read_run
+from .task import load_data, make_model
 
 #: what ``out`` may end in: safetensors, or ``torch.save`` of a dict of tensors
 SUFFIXES = (".safetensors", ".pt")

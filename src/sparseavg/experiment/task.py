@@ -16,6 +16,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -31,11 +32,13 @@ from ..averaging import (
 )
 from ..averaging.batchnorm import Forward
 from ..config import Config, ConfigError
-from ..data import Dataset
+from ..data import Dataset, available_datasets, load_dataset
+from ..models import build_model
 from ..parallel import FunctionTrainer, LoopTrainer, Trainer
 from ..pruning import Mask
 from ..training import Evaluation, TrainSettings, evaluate, steps_per_epoch, train
 from ..training.custom import TrainFn, run_user_loop
+from ..utils.files import CorruptFileError, load_tensors, safe_torch_load
 from ..utils.seeding import make_generator
 from ..utils.state import State, clone_state
 
@@ -100,6 +103,80 @@ def build_seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
 # -- the built-in models, data sets and loop -----------------------------------------------------
 
 
+def load_data(config: Config, device: torch.device) -> Dataset:
+    """The config's data set with its splits (validation part included) on ``device``."""
+    known = available_datasets()
+    if config.data.dataset not in known:
+        raise ConfigError(f"data.dataset: {config.data.dataset!r} is not one of {', '.join(known)}")
+    return load_dataset(
+        config.data.dataset,
+        data_dir=config.execution.data_dir or None,
+        device=device,
+        val_fraction=config.data.val_fraction,
+        split_seed=config.data.split_seed,
+        download=config.execution.download,
+    )
+
+
+def make_model(config: Config, data: Dataset, seed: int) -> nn.Module:
+    """The config's model, initialised from ``seed`` without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return build_model(
+                config.model.name, data.num_classes, data.input_shape, **config.model.options
+            )
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model: {err}") from None
+        except (RuntimeError, MemoryError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(
+                f"model: {config.model.name} with options {config.model.options} cannot be "
+                f"allocated ({reason})"
+            ) from None
+
+
+def load_pretrained(path: str, model: nn.Module) -> State:
+    """Read a pretrained state dict (safetensors, or a ``.pt`` read with ``weights_only``) and
+    check it fits ``model``; a misfit lists the missing, unexpected and mis-shaped entries."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"model.pretrained: {p} is a directory, not a state_dict file")
+    if not p.is_file():
+        raise ConfigError(f"model.pretrained: {p} does not exist")
+    if p.suffix == ".safetensors":
+        state = load_tensors(p)
+    else:
+        try:
+            obj = safe_torch_load(p)
+        except CorruptFileError as err:
+            raise ConfigError(f"model.pretrained: {err}") from None
+        for key in ("state_dict", "model"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise ConfigError(f"model.pretrained: {p} does not hold a state_dict of tensors")
+        state = dict(obj)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:6]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:6]}")
+        if shapes:
+            parts.append(f"shapes differ {shapes[:6]}")
+        raise ConfigError(f"model.pretrained: {p} does not fit the model: " + "; ".join(parts))
+    return {k: state[k].to(expected[k].dtype) for k in expected}
+
+
 class DataTask:
     """The config's data set (on ``device``), model and :func:`~sparseavg.train`."""
 
@@ -112,13 +189,9 @@ class DataTask:
         return self._trainer
 
     def build(self, seed: int) -> nn.Module:
-        from .engine import make_model
-
         return make_model(self.config, self.data, seed).to(self.device)
 
     def pretrained(self, model: nn.Module) -> State:
-        from .engine import load_pretrained
-
         return load_pretrained(self.config.model.pretrained, model)
 
     def steps_per_epoch(self, batch_size: int) -> int:
