@@ -13,10 +13,10 @@ from fake_runs import FAKE, make_run, member_model
 from sparseavg.cli.main import main
 from sparseavg.config import Config
 from sparseavg.data import Split
-from sparseavg.experiment.engine import load_data, make_model
 from sparseavg.experiment.export import format_bytes
 from sparseavg.experiment.rundir import RunDir
 from sparseavg.experiment.runinfo import read_run
+from sparseavg.experiment.task import load_data, make_model
 from sparseavg.pruning import load_sparse
 from sparseavg.utils.files import load_tensors, save_tensors
 

@@ -13,7 +13,7 @@ import sparseavg
 from engine_helpers import rows, tiny_config
 from sparseavg.config import ConfigError
 from sparseavg.experiment import PlainReporter, run
-from sparseavg.experiment.engine import load_data
+from sparseavg.experiment.task import load_data
 from sparseavg.models import build_model
 from sparseavg.pruning import MaskError
 from sparseavg.training import evaluate, steps_per_epoch, train
