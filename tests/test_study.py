@@ -125,7 +125,8 @@ def test_a_tiny_study_writes_tables_tests_and_plots_and_resumes(tmp_path: Path) 
     assert "**SWAMP (N=4)** vs **IMP** (2 seeds" in text
     assert (docs / "results" / "tiny_accuracy.png").stat().st_size > 0
     # each group's config file reruns its runs: the same run directory names
-    runs = sorted((tmp_path / "runs").iterdir())
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert "trained 4 of 4 runs on " in text and "rewritten" not in text
     files = sorted((docs / "results" / "configs").glob("*.toml"))
     assert [f.name for f in files] == ["tiny--imp.toml", "tiny--swamp-n-4.toml"]
     assert f"`results/configs/{files[0].name}` | 0,1 |" in text
@@ -146,3 +147,41 @@ def test_a_tiny_study_writes_tables_tests_and_plots_and_resumes(tmp_path: Path) 
         return [line for line in t.splitlines() if line.startswith("|")]
 
     assert tables(again.read_text()) == tables(text)
+    # the header still names the call that trained, and says this one only rewrote it
+    header = again.read_text().split("\n\n")[1]
+    assert header.count("trained 4 of 4 runs") == 1 and "trained 0 of" not in header
+    assert "This document was rewritten from the finished runs by `make study` in" in header
+
+
+def _comparison(diffs_by_cycle: list[list[float]]):
+    from sparseavg.study.write import Comparison
+
+    tests = [paired_test(d, [0.0] * len(d)) for d in diffs_by_cycle]
+    return Comparison(
+        "A",
+        "B",
+        list(range(len(tests))),
+        [0.1 * c for c in range(len(tests))],
+        tests,
+        holm([t.p for t in tests]),
+    )
+
+
+def test_verdict_says_where_seeds_agree_when_the_corrected_test_cannot_tell() -> None:
+    from sparseavg.study.write import verdict
+
+    # cycle 0: large and consistent (significant); 1: every seed below but small n; 2: mixed
+    text = verdict(
+        _comparison(
+            [
+                [0.10, 0.11, 0.12, 0.10, 0.11],
+                [-0.01, -0.03, -0.002, -0.05, -0.01],
+                [0.01, -0.02, 0.03, -0.01, 0.0],
+            ]
+        )
+    )
+    assert "higher at 0.0 % sparsity" in text
+    assert "not distinguishable from it at the other 2 of 3 sparsities after correction" in text
+    assert "uncorrected, lower in every seed at 10.0 %" in text
+    none = verdict(_comparison([[0.01, -0.02, 0.03], [0.02, -0.01, 0.0]]))
+    assert "at any of the 2 sparsities" in none and "uncorrected" not in none

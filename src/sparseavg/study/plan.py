@@ -188,7 +188,11 @@ LENET = Setting(
         "plateau of this model (the lottery-ticket paper trains 50,000 steps with Adam for "
         "0.1-0.3 % more); layer-wise pruning with the output layer at half the rate follows "
         "that paper, at 50 % per cycle instead of 20 % to reach 96.8 % in 5 cycles on 2 CPU "
-        "cores; SWA averages the snapshots of epochs 4 (the last 25 %)."
+        "cores. What this budget cannot show: the last 25 % of 4 epochs is one epoch, so SWA "
+        "takes a single snapshot and averages nothing; IMP+SWA and SWAMP's SWA part differ "
+        "from IMP here only by their learning rate (annealed to swa_lr = 0.05 in 3 epochs, "
+        "then constant for the last), and SWAMP's averaging is over its 4 particles alone. "
+        "12 epochs (3 snapshots, as in MNIST-1D) would triple the setting's 50 core-minutes."
     ),
     groups=_main_methods({"IMP": ("hessian",), "SWAMP (N=4)": ("hessian",)}),
 )

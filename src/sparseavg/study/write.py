@@ -6,6 +6,8 @@ cannot claim more than the seeds of the run that wrote it support.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from typing import Any
 
 from ..utils.files import atomic_open, atomic_write_text
 from .collect import SeedRun
-from .plan import EXPERIMENTS, PAIRED_TESTS, Setting
+from .plan import PAIRED_TESTS, Setting
 from .stats import PairedTest, Spread, holm, paired_test
 
 Results = dict[str, list[SeedRun]]  # group label -> its runs, one per seed
@@ -22,7 +24,8 @@ Results = dict[str, list[SeedRun]]  # group label -> its runs, one per seed
 
 @dataclass(frozen=True)
 class StudyRecord:
-    """What the header of RESULTS.md says about how the numbers were made."""
+    """One call of the study: where and how long it ran, what it trained, how busy the
+    machine was (1-minute load average at its start and end), and a note where one is due."""
 
     command: str
     machine: str
@@ -31,6 +34,32 @@ class StudyRecord:
     seconds: float
     train_seconds: float
     analysis_seconds: float
+    runs: int = 0
+    trained: int = 0
+    load: tuple[float | None, float | None] = (None, None)
+    finished: str = ""
+    note: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudyRecord:
+        values = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "load" in values:
+            values["load"] = tuple(values["load"])
+        return cls(**values)
+
+
+def record_call(path: Path, record: StudyRecord) -> list[StudyRecord]:
+    """Append ``record`` to the calls file at ``path`` (JSON lines) and return every call in
+    it, oldest first."""
+    calls = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                calls.append(StudyRecord.from_dict(json.loads(line)))
+    calls.append(record)
+    text = "".join(json.dumps(dataclasses.asdict(c)) + "\n" for c in calls)
+    atomic_write_text(path, text)
+    return calls
 
 
 def _pct(x: float, digits: int = 2) -> str:
@@ -130,32 +159,38 @@ def comparison_table(
 
 
 def verdict(cmp: Comparison, higher: str = "higher", scale: float = 100.0) -> str:
-    """One sentence: where ``a`` is significantly above / below ``b`` and where the seeds
-    cannot tell."""
-    up = [
-        _pct(s, 1)
-        for s, t, g in zip(cmp.sparsities, cmp.tests, cmp.significant, strict=True)
-        if g and t.mean > 0
-    ]
-    down = [
-        _pct(s, 1)
-        for s, t, g in zip(cmp.sparsities, cmp.tests, cmp.significant, strict=True)
-        if g and t.mean < 0
-    ]
-    rest = len(cmp.tests) - len(up) - len(down)
+    """One sentence: where ``a`` is significantly above / below ``b`` after Holm's
+    correction, where every seed agrees on the sign without it, and where the seeds cannot
+    tell."""
+    rows = list(zip(cmp.sparsities, cmp.tests, cmp.significant, strict=True))
+    up = [_pct(s, 1) for s, t, g in rows if g and t.mean > 0]
+    down = [_pct(s, 1) for s, t, g in rows if g and t.mean < 0]
+    opposite = "lower" if higher == "higher" else "higher"
     n = min(t.n for t in cmp.tests)
+    total = len(cmp.tests)
     parts = []
     if up:
         parts.append(f"{higher} at {', '.join(up)} % sparsity")
     if down:
-        opposite = "lower" if higher == "higher" else "higher"
-        parts.append(f"{opposite} at {', '.join(down)} %")
+        parts.append(f"{opposite} at {', '.join(down)} % sparsity")
+    rest = total - len(up) - len(down)
     if rest:
-        parts.append(f"not distinguishable from it at the other {rest} of {len(cmp.tests)}")
+        where = f"the other {rest} of {total}" if rest < total else f"any of the {total}"
+        parts.append(f"not distinguishable from it at {where} sparsities after correction")
+        # where the test cannot tell, say whether every seed still points the same way
+        same_up = [_pct(s, 1) for s, t, g in rows if not g and t.wins == t.n and t.mean > 0]
+        same_down = [_pct(s, 1) for s, t, g in rows if not g and t.wins == 0 and t.mean < 0]
+        agree = []
+        if same_up:
+            agree.append(f"{higher} in every seed at {', '.join(same_up)} %")
+        if same_down:
+            agree.append(f"{opposite} in every seed at {', '.join(same_down)} %")
+        if agree:
+            parts.append("uncorrected, " + " and ".join(agree))
     means = ", ".join(f"{t.mean * scale:+.2f}" for t in cmp.tests)
     return (
         f"**{cmp.a}** vs **{cmp.b}** ({n} seeds, paired t-test, Holm-corrected over "
-        f"{len(cmp.tests)} sparsities): " + "; ".join(parts) + f". Mean differences by cycle: "
+        f"{total} sparsities): " + "; ".join(parts) + f". Mean differences by cycle: "
         f"{means}."
     )
 
@@ -273,30 +308,54 @@ def main_section(setting: Setting, results: Results, figure: str) -> list[str]:
         comparison_table(comparisons),
         "**What held here:**\n\n" + "\n".join(f"- {verdict(c)}" for c in comparisons),
         "**Budget per method** (epochs of every model trained, the common run to the rewind "
-        "point included; seconds of training on one thread, evaluation excluded):",
+        "point included; seconds of training on one thread, evaluation excluded, on the "
+        "machine and under the load the header names: compare epochs, not seconds, across "
+        "methods that ran at different times):",
         budget_table(results, labels),
     ]
     return out
 
 
-def experiments_header() -> str:
+def experiments_header(titles: Sequence[str]) -> str:
+    """The experiments' heading and the list of their sections."""
     return "## The experiments each paper proposes first (MNIST-1D)\n\n" + "\n".join(
-        f"- {title}" for title in EXPERIMENTS.values()
+        f"- {title}" for title in titles
     )
 
 
-def section_title(key: str) -> str:
-    return f"### {EXPERIMENTS[key]}"
+def describe_calls(calls: Sequence[StudyRecord]) -> str:
+    """Where and how long the study's numbers took: every call that trained runs (its wall
+    time, machine and load), and the call that wrote this document."""
 
+    def one(c: StudyRecord) -> str:
+        load = [x for x in c.load if x is not None]
+        busy = (
+            f", 1-min load average {load[0]:.1f} at its start and {load[-1]:.1f} at its end"
+            if load
+            else ""
+        )
+        when = f" (finished {c.finished})" if c.finished else ""
+        note = f"; {c.note}" if c.note else ""
+        return (
+            f"`{c.command}`{when} trained {c.trained} of {c.runs} runs on {c.machine} (torch "
+            f"{c.torch}), {c.workers} runs at a time with one torch thread each: "
+            f"{c.seconds / 60:.1f} min wall time ({c.train_seconds / 60:.1f} min training, "
+            f"{c.analysis_seconds / 60:.1f} min analyses){busy}{note}"
+        )
 
-def describe_record(record: StudyRecord) -> str:
-    return (
-        f"Made by `{record.command}` on {record.machine} (torch {record.torch}), "
-        f"{record.workers} runs at a time with one torch thread each: "
-        f"{record.seconds / 60:.1f} min wall time in all for this call "
-        f"({record.train_seconds / 60:.1f} min training, {record.analysis_seconds / 60:.1f} min "
-        "analyses; runs finished by an earlier call are reused and take no time here)."
+    training = [c for c in calls if c.trained]
+    last = calls[-1]
+    parts = (
+        ["The runs were computed by " + "; ".join(one(c) for c in training) + "."]
+        if training
+        else ["No recorded call trained these runs (they were there before the calls file)."]
     )
+    if not last.trained:
+        parts.append(
+            f"This document was rewritten from the finished runs by `{last.command}` in "
+            f"{last.seconds / 60:.1f} min."
+        )
+    return " ".join(parts)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
