@@ -192,7 +192,7 @@ LENET = Setting(
         "takes a single snapshot and averages nothing; IMP+SWA and SWAMP's SWA part differ "
         "from IMP here only by their learning rate (annealed to swa_lr = 0.05 in 3 epochs, "
         "then constant for the last), and SWAMP's averaging is over its 4 particles alone. "
-        "12 epochs (3 snapshots, as in MNIST-1D) would triple the setting's 50 core-minutes."
+        "12 epochs (3 snapshots, as in MNIST-1D) would triple the setting's training time."
     ),
     groups=_main_methods({"IMP": ("hessian",), "SWAMP (N=4)": ("hessian",)}),
 )
