@@ -185,3 +185,46 @@ def test_verdict_says_where_seeds_agree_when_the_corrected_test_cannot_tell() ->
     assert "uncorrected, lower in every seed at 10.0 %" in text
     none = verdict(_comparison([[0.01, -0.02, 0.03], [0.02, -0.01, 0.0]]))
     assert "at any of the 2 sparsities" in none and "uncorrected" not in none
+
+
+def test_the_tiny_budget_verdict_follows_the_numbers() -> None:
+    from sparseavg.study.collect import SeedRun
+    from sparseavg.study.run import _tiny_verdict
+
+    tiny = {"recipe": "sms", "train": {"epochs": 1}}
+    setting = Setting(
+        "s",
+        "s",
+        TINY,
+        "",
+        (
+            Group("a", "sms-tiny", tiny),
+            Group("b", "sms-tiny", tiny),
+            Group("long", "sms-tiny", {**tiny, "train": {"epochs": 10}}),
+        ),
+    )
+
+    def runs(soups: list[float], stall: bool = True) -> list[SeedRun]:
+        out = []
+        for seed, soup in enumerate(soups):
+            ings = [0.64, 0.63, 0.44] if seed == 0 and stall else [0.60, 0.61, 0.62]
+            out.append(SeedRun(Path("."), seed, {1: soup}, {1: 0.4}, {1: ings}))
+        return out
+
+    long = runs([0.95, 0.95], stall=False)
+    for r in long:
+        r.ingredients[1] = [0.95, 0.95, 0.95]
+    ok = _tiny_verdict(
+        setting,
+        {"a": runs([0.45, 0.612]), "b": runs([0.451, 0.61]), "long": long},
+        ["a", "b", "long"],
+    )
+    assert "seed 0: ingredients 64.0, 63.0, 44.0 %, soup 45.0 %, 1.0 points" in ok[0]
+    assert "+0.20 ± 0.00 points" in ok[1] and "at most 0.20 points" in ok[2]
+    assert ok[-1].startswith("**Verdict: the method at a tiny budget")
+    moved = _tiny_verdict(
+        setting,
+        {"a": runs([0.45, 0.612]), "b": runs([0.50, 0.61]), "long": long},
+        ["a", "b", "long"],
+    )
+    assert moved[-1].startswith("**Verdict: the recalibration changes the soup")

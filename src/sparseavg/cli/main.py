@@ -403,7 +403,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             workers=workers,
             data_dir=args.data_dir or "",
             reporter=reporter,
-            command="sparseavg study " + " ".join(sys.argv[2:])
+            command=" ".join(["sparseavg study", *sys.argv[2:]])
             if sys.argv[1:2] == ["study"]
             else "sparseavg study",
         )

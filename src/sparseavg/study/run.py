@@ -467,13 +467,13 @@ def _tiny_verdict(
     if stalled:
         told = "; ".join(
             f"seed {seed}: ingredients {', '.join(f'{100 * a:.1f}' for a in ings)} %, soup "
-            f"{100 * soup:.1f} %"
-            for seed, soup, _, ings in stalled
+            f"{100 * soup:.1f} %, {100 * abs(soup - worst):.1f} points from the stalled one "
+            f"and {100 * abs(soup - sum(ings[:-1]) / (len(ings) - 1)):.1f} from the others' mean"
+            for seed, soup, worst, ings in stalled
         )
         lines.append(
             f"- **{len(stalled)} of {len(first)} seeds had an ingredient that stalled** (ended "
-            f"more than {100 * STALLED:.0f} points below the best after its one epoch): {told}. "
-            "The uniform soup gives it a third of the weight and lands near it."
+            f"more than {100 * STALLED:.0f} points below the best after its one epoch): {told}."
         )
     if steady:
         gap = Spread.of(steady)
@@ -508,17 +508,21 @@ def _tiny_verdict(
             f"- **With {epochs(long[0])} epochs** the soup is {100 * g.mean:+.2f} ± "
             f"{100 * g.std:.2f} points from its ingredients' mean."
         )
-    one_gap = Spread.of([d for d in steady])
+    one_gap = Spread.of(steady)
     recal_small = bool(spread) and max(spread) < 0.01
     budget = bool(long_gaps) and abs(Spread.of(long_gaps).mean) < 0.005
-    explained = bool(stalled) and (not steady or one_gap.mean > -0.005)
+    followed = all(
+        abs(soup - worst) < abs(soup - sum(ings[:-1]) / (len(ings) - 1))
+        for _, soup, worst, ings in stalled
+    )
+    explained = bool(stalled) and followed and (not steady or one_gap.mean > -0.005)
     if recal_small and budget and explained:
         lines.append(
             "**Verdict: the method at a tiny budget, not a defect in BatchNorm recalibration.** "
             "The shortfall of the mean soup comes from seeds where one 1-epoch ingredient "
-            "stalled; recalibrating otherwise, or not at all, leaves the soups as they are; "
-            "where no ingredient stalled, and with a longer budget, the soup matches its "
-            "ingredients."
+            "stalled and the uniform average followed it; the other recalibrations move a soup "
+            "by under a point; where no ingredient stalled, and with a longer budget, the soup "
+            "matches its ingredients."
         )
     elif not recal_small and spread:
         lines.append(

@@ -337,16 +337,17 @@ def describe_calls(calls: Sequence[StudyRecord]) -> str:
         when = f" (finished {c.finished})" if c.finished else ""
         note = f"; {c.note}" if c.note else ""
         return (
-            f"`{c.command}`{when} trained {c.trained} of {c.runs} runs on {c.machine} (torch "
-            f"{c.torch}), {c.workers} runs at a time with one torch thread each: "
+            f"`{c.command}`{when}, which trained {c.trained} of {c.runs} runs on {c.machine} "
+            f"(torch {c.torch}), {c.workers} runs at a time with one torch thread each: "
             f"{c.seconds / 60:.1f} min wall time ({c.train_seconds / 60:.1f} min training, "
             f"{c.analysis_seconds / 60:.1f} min analyses){busy}{note}"
         )
 
     training = [c for c in calls if c.trained]
     last = calls[-1]
+    how_many = "one call" if len(training) == 1 else f"{len(training)} calls"
     parts = (
-        ["The runs were computed by " + "; ".join(one(c) for c in training) + "."]
+        [f"The runs were computed by {how_many}: " + "; ".join(one(c) for c in training) + "."]
         if training
         else ["No recorded call trained these runs (they were there before the calls file)."]
     )
