@@ -71,10 +71,18 @@ class LoopSettings:
     mask: Mask | None = None
     progress: Progress | None = None
     swa: AveragedModel | None = field(default=None, repr=False)
-    losses: list[float] = field(default_factory=list)
-    epochs_done: int = 0
     history: list[EpochLog] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter, repr=False)
+
+    @property
+    def epochs_done(self) -> int:
+        """How many times :meth:`end_epoch` was called."""
+        return len(self.history)
+
+    @property
+    def losses(self) -> list[float]:
+        """The losses the loop reported, one per epoch that reported one."""
+        return [e.loss for e in self.history if e.loss is not None]
 
     @property
     def epochs(self) -> int:
@@ -141,9 +149,6 @@ class LoopSettings:
         if (loss is not None and not math.isfinite(loss)) or not _finite(model):
             raise DivergenceError(epoch, epoch)
         check_mask_kept(model, self.mask, f"after epoch {epoch}")
-        self.epochs_done += 1
-        if loss is not None:
-            self.losses.append(float(loss))
         now = time.perf_counter()
         self.history.append(
             EpochLog(
@@ -160,7 +165,8 @@ class LoopSettings:
         if self.swa is not None and start is not None and epoch >= start:
             self.swa.update_parameters(model)
         if self.progress is not None:
-            self.progress(epoch + 1, self.stop_epoch, self.losses[-1] if self.losses else None)
+            losses = self.losses
+            self.progress(epoch + 1, self.stop_epoch, losses[-1] if losses else None)
 
 
 def _finite(model: nn.Module) -> bool:
