@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import pytest
@@ -367,3 +368,70 @@ def test_ensemble_module_gives_a_hugging_face_output_the_ensembles_loss():
     expected = -torch.log(probs[torch.arange(2), labels]).mean()
     assert torch.allclose(out.loss, expected)
     assert EnsembleModule([Out(a), Out(b)])().loss is None
+
+
+def test_a_pretrained_batchnorm_model_souped_greedily_on_a_metric_of_choice(tmp_path):
+    """sms(pretrained=True, combine="greedy", score_fn=..., metric=..., forward=...): cycle 0
+    is the factory's model as it is; greedy soups rank on score_fn; BatchNorm is recomputed
+    through forward on the user's dict batches; the rows report the chosen metric."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(96, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    torch.manual_seed(123)
+    trained = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    weights = {k: v.clone() for k, v in trained.state_dict().items()}
+
+    def model_fn():
+        model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+        model.load_state_dict(weights)
+        return model
+
+    def train_fn(model, mask, seed, settings):
+        opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9)
+        sparseavg.attach(model, mask, opt)
+        for _ in settings.epoch_range:
+            loss = nn.functional.cross_entropy(model(x[:64]), y[:64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            settings.end_epoch(model, loss.item())
+
+    def eval_fn(model):
+        logits = model(x[64:])
+        top2 = (logits.topk(2).indices == y[64:, None]).any(1).float().mean()
+        return {"accuracy": float((logits.argmax(1) == y[64:]).float().mean()), "top2": top2}
+
+    calls = {"forward": 0, "score": 0}
+
+    def forward(model, batch):
+        calls["forward"] += 1
+        return model(batch["features"])
+
+    def score_fn(model):
+        calls["score"] += 1
+        return float((model(x[32:64]).argmax(1) == y[32:64]).float().mean())
+
+    result = sparseavg.sms(
+        model_fn,
+        train_fn,
+        eval_fn,
+        combine="greedy",
+        runs_dir=tmp_path,
+        pretrained=True,
+        metric="top2",
+        forward=forward,
+        score_fn=score_fn,
+        bn_batches=[{"features": x[:48]}, {"features": x[48:]}],
+        config={"train": {"epochs": 3, "lr": 0.05}, "pruning": {"cycles": 1}},
+        progress=False,
+    )
+    rows = result.rows
+    assert all(r["accuracy"] == r["metrics"]["top2"] for r in rows if r["accuracy"] is not None)
+    model = model_fn()
+    model.eval()
+    with torch.no_grad():
+        expected = float(eval_fn(model)["top2"])
+    assert [r["accuracy"] for r in result.headline if r["cycle"] == 0] == [expected]
+    assert calls["score"] > 0 and calls["forward"] > 0
+    soup = json.loads((result.path / "cycle_01" / "soup.json").read_text())
+    assert soup["selected"] and set(soup["selected"]) <= {0, 1, 2}
