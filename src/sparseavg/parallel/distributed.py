@@ -90,11 +90,22 @@ def connect(timeout_s: float, cuda: bool) -> Team:
     timeout = timedelta(seconds=timeout_s)
     local_rank = int(os.environ["LOCAL_RANK"])
     if not dist.is_initialized():
+        _bind_world_defaults_to_none()
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
     group = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
     return Team(dist.get_rank(), dist.get_world_size(), local_rank, group)
+
+
+def _bind_world_defaults_to_none() -> None:
+    """Import, before the default group exists, the torch modules whose functions take
+    ``group=group.WORLD`` as a default argument. Imported later (the first optimizer step
+    does, through ``torch.distributed._shard``), they would bind the default group for good:
+    ``destroy_process_group`` could then not free it, gloo's worker threads would outlive the
+    run, and one still releasing a collective's tensor when the interpreter shuts down aborts
+    the process ("terminate called without an active exception")."""
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 def disconnect(team: Team | None = None) -> None:
