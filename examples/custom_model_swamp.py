@@ -111,15 +111,16 @@ def main(
                 order = torch.randperm(len(train_x), generator=g)
                 total = 0.0
                 for i in range(steps):
+                    lr = settings.learning_rate(epoch * steps + i, steps)
                     for group in opt.param_groups:
-                        group["lr"] = settings.learning_rate(epoch * steps + i, steps)
+                        group["lr"] = lr
                     idx = order[i * BATCH : (i + 1) * BATCH]
                     loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
                     total += loss.item()
-                settings.end_epoch(model, total / steps)  # SWA snapshot, mask check
+                settings.end_epoch(model, total / steps, lr=lr)  # SWA snapshot, mask check, log
 
     def eval_fn(model: nn.Module) -> dict[str, float]:
         logits = model(test_x)

@@ -139,14 +139,16 @@ def test_epoch_log_round_trips_under_the_column_names():
 # -- a user's loop reports through end_epoch -----------------------------------------------------
 
 
-def _user_loop_history(reports: list[tuple[Any, Any]]) -> list[EpochLog]:
+def _user_loop_history(reports: list[tuple[Any, ...]]) -> list[EpochLog]:
+    """(loss, accuracy) or (loss, accuracy, lr) per epoch, passed to end_epoch."""
     model, _ = _margin_problem()
     settings = TrainSettings(epochs=len(reports), lr=0.1)
 
     def train_fn(model: nn.Module, mask: Any, seed: int, loop: LoopSettings) -> None:
-        for epoch, (loss, accuracy) in zip(loop.epoch_range, reports, strict=True):
+        for epoch, report in zip(loop.epoch_range, reports, strict=True):
             assert epoch == loop.start_epoch + loop.epochs_done
-            loop.end_epoch(model, loss, accuracy=accuracy)
+            loss, accuracy, *lr = report
+            loop.end_epoch(model, loss, accuracy=accuracy, **({"lr": lr[0]} if lr else {}))
 
     from sparseavg.pruning import Mask
 
@@ -160,6 +162,17 @@ def test_end_epoch_records_the_loss_and_accuracy_a_user_loop_reports():
         (1, 2, 0.25, 0.5, None),
         (2, 3, None, 1.0, None),
     ]
+
+
+def test_end_epoch_records_the_learning_rate_a_user_loop_reports():
+    history = _user_loop_history([(0.5, None, 0.1), (0.25, None, torch.tensor(0.0)), (0.2, None)])
+    assert [e.lr for e in history] == [0.1, 0.0, None]
+
+
+@pytest.mark.parametrize("lr", [-0.1, float("nan"), float("inf")])
+def test_end_epoch_refuses_a_learning_rate_that_is_negative_or_not_finite(lr):
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        _user_loop_history([(0.5, None, lr)])
 
 
 @pytest.mark.parametrize("accuracy", [97.5, -0.1, float("nan")])
@@ -176,7 +189,7 @@ def test_a_run_of_a_user_loop_logs_its_reports_and_its_eval_metrics(tmp_path):
 
     def train_fn(model: nn.Module, mask: Any, seed: int, loop: LoopSettings) -> None:
         for epoch in loop.epoch_range:  # trains nothing: reports made-up numbers
-            loop.end_epoch(model, 1 / (epoch + 1), accuracy=epoch / 4)
+            loop.end_epoch(model, 1 / (epoch + 1), accuracy=epoch / 4, lr=0.5 / (epoch + 1))
 
     def eval_fn(model: nn.Module) -> dict[str, float]:
         return {"accuracy": 0.5, "loss": 0.75, "f1": 0.25}
@@ -187,7 +200,7 @@ def test_a_run_of_a_user_loop_logs_its_reports_and_its_eval_metrics(tmp_path):
     )
     assert without_seconds(jsonl(own.path / "epochs.jsonl")) == [
         {"run": own.path.name, "cycle": c, "lineage": 0, "ingredient": 0, "epoch": e,
-         "step": e + 1, "train_loss": 1 / (e + 1), "train_accuracy": e / 4, "lr": None}
+         "step": e + 1, "train_loss": 1 / (e + 1), "train_accuracy": e / 4, "lr": 0.5 / (e + 1)}
         for c in (0, 1)
         for e in (0, 1)
     ]  # fmt: skip

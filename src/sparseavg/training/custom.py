@@ -118,18 +118,24 @@ class LoopSettings:
         return learning_rate(self.train, step, total, self.train.swa_start_step(steps_per_epoch))
 
     def end_epoch(
-        self, model: nn.Module, loss: float | None = None, accuracy: float | None = None
+        self,
+        model: nn.Module,
+        loss: float | None = None,
+        accuracy: float | None = None,
+        lr: float | None = None,
     ) -> None:
         """Call once after every epoch of :attr:`epoch_range`, with the epoch's mean training
-        loss (nats) and training accuracy (the share of correct predictions, 0 to 1) if
-        known: checks that the pruned weights are still exactly 0, takes the SWA snapshot
-        when the recipe averages this epoch, records the epoch (the run's ``epochs.jsonl``),
-        reports progress. ``loss`` and ``accuracy`` may be 0-d tensors.
+        loss (nats), training accuracy (the share of correct predictions, 0 to 1) and the
+        learning rate of its last step, each if known: checks that the pruned weights are
+        still exactly 0, takes the SWA snapshot when the recipe averages this epoch, records
+        the epoch (the run's ``epochs.jsonl``), reports progress. ``loss``, ``accuracy`` and
+        ``lr`` may be 0-d tensors.
 
         Raises:
             MaskError: a pruned weight is nonzero (keep the mask with :func:`sparseavg.attach`).
             DivergenceError: ``loss`` or a weight is NaN/inf.
-            ValueError: ``accuracy`` is not a share between 0 and 1.
+            ValueError: ``accuracy`` is not a share between 0 and 1, or ``lr`` is negative or
+                not finite.
             RuntimeError: called more often than the epochs to train.
         """
         if accuracy is not None:
@@ -138,6 +144,13 @@ class LoopSettings:
                 raise ValueError(
                     f"end_epoch: accuracy = {accuracy!r}; pass the share of correct "
                     "predictions, between 0 and 1"
+                )
+        if lr is not None:
+            lr = float(lr)
+            if not (math.isfinite(lr) and lr >= 0.0):
+                raise ValueError(
+                    f"end_epoch: lr = {lr!r}; pass the learning rate of the epoch's last "
+                    "step, a finite number >= 0"
                 )
         epoch = self.start_epoch + self.epochs_done
         if epoch >= self.stop_epoch:
@@ -156,7 +169,7 @@ class LoopSettings:
                 epoch + 1,
                 None if loss is None else float(loss),
                 accuracy,
-                None,
+                lr,
                 now - self.started,
             )
         )
