@@ -250,6 +250,11 @@ def test_swamp_with_the_users_trainer(tmp_path, monkeypatch, one_thread, hf):
     assert all(math.isclose(a, b, rel_tol=1e-12) for a, b in zip(spy.lrs, expected, strict=True))
     assert spy.lrs[0] == 1e-2 and spy.lrs[-SPE:] == [5e-3] * SPE  # peak; SWA's constant rate
     assert all(spy.zero_grads_of_zeros)  # masked before clipping, not only before the step
+    # epochs.jsonl: each particle epoch logs the rate its last optimizer step ran at
+    logged = [r["lr"] for r in map(json.loads, (result.path / "epochs.jsonl").open())]
+    last_steps = spy.lrs[SPE + SPE - 1 :: SPE]
+    assert len(logged) == len(last_steps) == 3 * 2 * 3
+    assert all(math.isclose(a, b, rel_tol=1e-12) for a, b in zip(logged, last_steps, strict=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "hf", "runs"]
     assert list(cwd.iterdir()) == [] and list((tmp_path / "hf").iterdir()) == []
 

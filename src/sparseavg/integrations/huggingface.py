@@ -128,6 +128,9 @@ class _RecipeCallback(TrainerCallback):
         self.trainer = trainer
         self.settings = settings
         self._pending: nn.Module | None = None
+        self._pending_lr: float | None = None
+        self._first = 0  # the schedule's step at this call's first optimizer step
+        self._per_epoch = 1
 
     def on_train_begin(
         self,
@@ -148,6 +151,7 @@ class _RecipeCallback(TrainerCallback):
             )
         per_epoch = state.max_steps // epochs
         first = settings.start_epoch * per_epoch  # the schedule counts from epoch 0
+        self._first, self._per_epoch = first, per_epoch
         peak = settings.lr
 
         def factor(step: int) -> float:
@@ -168,6 +172,9 @@ class _RecipeCallback(TrainerCallback):
     ) -> None:
         self.flush()  # an earlier epoch whose loss was never logged
         self._pending = model  # end_epoch once the Trainer logs this epoch's loss
+        self._pending_lr = self.settings.learning_rate(
+            self._first + state.global_step - 1, self._per_epoch
+        )  # the rate of the epoch's last optimizer step (the Trainer logs the next one's)
 
     def on_log(
         self,
@@ -179,7 +186,7 @@ class _RecipeCallback(TrainerCallback):
     ) -> None:
         if self._pending is not None and logs is not None and "loss" in logs:
             model, self._pending = self._pending, None
-            self.settings.end_epoch(model, float(logs["loss"]))
+            self.settings.end_epoch(model, float(logs["loss"]), lr=self._pending_lr)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -190,7 +197,7 @@ class _RecipeCallback(TrainerCallback):
         """``end_epoch`` without a loss for an epoch whose loss was not logged."""
         if self._pending is not None:
             model, self._pending = self._pending, None
-            self.settings.end_epoch(model)
+            self.settings.end_epoch(model, lr=self._pending_lr)
 
 
 def trainer_train_fn(make_trainer: MakeTrainer, args: TrainingArguments) -> TrainFn:
@@ -208,7 +215,8 @@ def trainer_train_fn(make_trainer: MakeTrainer, args: TrainingArguments) -> Trai
     - ``weight_decay`` (``train.weight_decay``: SMS may vary it per ingredient),
     - ``seed`` and ``data_seed``: the ingredient's seed modulo 2**32 (batch order, dropout:
       SWAMP's particles differ in it),
-    - ``logging_strategy = "epoch"`` (the epoch's mean loss goes to ``settings.end_epoch``),
+    - ``logging_strategy = "epoch"`` (the epoch's mean loss goes to ``settings.end_epoch``,
+      with the rate of its last optimizer step),
       ``save_strategy = "no"`` (sparseavg saves whole ingredients; the Trainer's checkpoints
       would be overwritten by the next ingredient and never read).
 
