@@ -294,27 +294,38 @@ def eval_fn(model):
     return {"accuracy": float((model(X).argmax(1) == Y).float().mean())}
 
 
-mode = sys.argv[2]
+mode, own_group = sys.argv[2], sys.argv[3:] == ["own-group"]
+if own_group:  # the script uses torch.distributed itself, before and after the run
+    torch.distributed.init_process_group("gloo")
 sparseavg.swamp(
     model_fn, train_fn, eval_fn, particles=3, runs_dir=sys.argv[1], bn_batches=[X[:48], X[48:]],
     config={"train": {"epochs": 4, "lr": 0.05}, "pruning": {"cycles": 1, "rewind_epochs": 1},
             "execution": {"mode": mode}},
     progress=False,
 )
+if own_group:
+    ones = torch.ones(1)
+    torch.distributed.all_reduce(ones)
+    sys.stdout.write(f"the script's group still works: {ones.item()}\\n")  # one write: ranks
+    sys.stdout.flush()  # share the pipe
+    torch.distributed.destroy_process_group()
 # gloo's worker threads: joined once the run returns, so none can still be releasing a
 # collective's tensor when the interpreter shuts down (that aborts the process)
 tasks = "/proc/self/task"
 if os.path.isdir(tasks):
     names = [open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks)]
-    print("gloo threads left:", sum("gloo" in n for n in names))
+    sys.stdout.write(f"gloo threads left: {sum('gloo' in n for n in names)}\\n")
+    sys.stdout.flush()
 """
 
 
+@pytest.mark.parametrize("own_group", [False, True])
 def test_own_model_and_loop_under_torchrun_reproduce_the_sequential_run_bitwise(
-    tmp_path: Path,
+    tmp_path: Path, own_group: bool
 ) -> None:
     """sparseavg.swamp(model_fn, train_fn, ...) in a user's script, launched by torchrun
-    with 2 processes: 3 particles dealt over the ranks, the same files as one process."""
+    with 2 processes: 3 particles dealt over the ranks, the same files as one process. A
+    script that initialized torch.distributed itself keeps its process group."""
     script = tmp_path / "own.py"
     script.write_text(OWN_SCRIPT)
     seq = subprocess.run(
@@ -329,7 +340,8 @@ def test_own_model_and_loop_under_torchrun_reproduce_the_sequential_run_bitwise(
         [str(TORCHRUN)] if TORCHRUN.exists() else [sys.executable, "-m", "torch.distributed.run"]
     )
     dist = subprocess.run(
-        [*launcher, "--nproc-per-node", "2", str(script), str(tmp_path / "dist"), "distributed"],
+        [*launcher, "--nproc-per-node", "2", str(script), str(tmp_path / "dist"), "distributed"]
+        + (["own-group"] if own_group else []),
         env=_env(),
         capture_output=True,
         text=True,
@@ -337,5 +349,7 @@ def test_own_model_and_loop_under_torchrun_reproduce_the_sequential_run_bitwise(
     )
     assert dist.returncode == 0, dist.stderr[-3000:]
     _assert_bitwise_equal(only_run(tmp_path / "seq"), only_run(tmp_path / "dist"))
-    if Path("/proc/self/task").is_dir():
+    if own_group:
+        assert dist.stdout.count("the script's group still works: 2.0") == 2, dist.stdout
+    elif Path("/proc/self/task").is_dir():
         assert dist.stdout.count("gloo threads left: 0") == 2, dist.stdout[-2000:]

@@ -31,7 +31,8 @@ def run_distributed(
     engine, reports to ``reporter`` and writes the run directory, whose path it returns; the
     other ranks train the ingredients it deals out and return ``None``. Every rank calls this
     with the same config (and, for a user's model and loop, an equal ``task``). On CUDA each
-    process takes the GPU of its local rank.
+    process takes the GPU of its local rank. A process group the caller initialized stays
+    as it was; one this call creates is destroyed before it returns.
 
     Raises:
         ConfigError: not launched by torchrun.
@@ -61,4 +62,4 @@ def run_distributed(
         finished = True
         return path
     finally:
-        disconnect(team if finished else None)
+        disconnect(team, finished)

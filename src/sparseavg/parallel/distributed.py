@@ -64,12 +64,16 @@ class Team:
         local_rank: the rank on this node (picks the GPU).
         group: a gloo process group for the leader's messages (CPU tensors and objects, also
             when the default group uses NCCL for GPUs).
+        owns_default_group: whether :func:`connect` created the default process group (and
+            :func:`disconnect` destroys it); ``False`` when the user's script had already
+            initialized it, which it then keeps using after the run.
     """
 
     rank: int
     size: int
     local_rank: int
     group: Any
+    owns_default_group: bool = True
 
     @property
     def leader(self) -> bool:
@@ -83,19 +87,26 @@ def launched_by_torchrun() -> bool:
 
 def connect(timeout_s: float, cuda: bool) -> Team:
     """Join the torchrun job this process belongs to: NCCL for GPU tensors when ``cuda``, gloo
-    for everything the ranks exchange. Each collective waits at most ``timeout_s`` seconds."""
+    for everything the ranks exchange. Each collective waits at most ``timeout_s`` seconds.
+
+    If the script already initialized the default process group, the run uses it: its own
+    gloo group for the messages, which :func:`disconnect` destroys, leaving the script's."""
     if not launched_by_torchrun():
         missing = [n for n in TORCHRUN_ENV if n not in os.environ]
         raise RuntimeError(f"not launched by torchrun ({', '.join(missing)} unset)")
     timeout = timedelta(seconds=timeout_s)
     local_rank = int(os.environ["LOCAL_RANK"])
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         _bind_world_defaults_to_none()
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
-    group = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
-    return Team(dist.get_rank(), dist.get_world_size(), local_rank, group)
+    if owns and not cuda:
+        group = dist.group.WORLD
+    else:  # gloo for the messages, with the run's timeout (every rank creates it)
+        group = dist.new_group(backend="gloo", timeout=timeout)
+    return Team(dist.get_rank(), dist.get_world_size(), local_rank, group, owns)
 
 
 def _bind_world_defaults_to_none() -> None:
@@ -108,18 +119,21 @@ def _bind_world_defaults_to_none() -> None:
     import torch.distributed.nn.functional  # noqa: F401
 
 
-def disconnect(team: Team | None = None) -> None:
-    """Leave the process group (every rank calls this once at the end). With ``team`` (on a
-    rank whose part ended normally) first wait until every rank is done exchanging, so no
-    rank tears its connections down while another still reads from them (gloo then aborts
-    the process); a rank that failed passes none and leaves at once, and the others learn it
-    from the closed connections."""
+def disconnect(team: Team, finished: bool) -> None:
+    """Leave the process group (every rank calls this once at the end). A rank whose part
+    ``finished`` normally first waits until every rank is done exchanging, so no rank tears
+    its connections down while another still reads from them (gloo then aborts the process);
+    a rank that failed leaves at once, and the others learn it from the closed connections.
+    The default group goes only if :func:`connect` created it."""
     if not dist.is_initialized():
         return
-    if team is not None:
+    if finished:
         with contextlib.suppress(RuntimeError, ValueError):
             dist.barrier(group=team.group)
-    dist.destroy_process_group()
+    if team.owns_default_group:
+        dist.destroy_process_group()
+    else:  # the script's default group stays; only the run's own group goes
+        dist.destroy_process_group(team.group)
 
 
 # -- messages ------------------------------------------------------------------------------------
