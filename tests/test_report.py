@@ -135,6 +135,28 @@ def test_mean_and_std_over_two_seeds(tmp_path: Path) -> None:
     assert "n (seeds) = imp 2." in table
 
 
+def test_the_demo_names_the_largest_gap_between_two_seeds_of_a_method(tmp_path: Path) -> None:
+    from sparseavg.experiment.demo import seed_spread
+
+    accuracies = {"imp": [(0.95, 0.90), (0.95, 0.93)], "swamp": [(0.96, 0.91), (0.96, 0.96)]}
+    for recipe, by_seed in accuracies.items():
+        for seed, (dense, sparse) in enumerate(by_seed):
+            rows = [
+                _row(recipe, seed, 0, "combined", dense),
+                _row(recipe, seed, 1, "combined", sparse),
+            ]
+            _make_run(
+                tmp_path, f"{recipe}-{seed}", _config(recipe, seed, device=f"cuda:{seed}"), rows
+            )
+    # swamp at 20 %: 91 vs 96, the largest of the four cells (imp there: 90 vs 93)
+    text = seed_spread(find_runs([tmp_path]))
+    assert (
+        text == "the two seeds of one method differ by up to 5.0 points: swamp at 20.0 % sparsity"
+    )
+    one = find_runs([tmp_path / "imp-0"])
+    assert seed_spread(one) == "one seed per method"
+
+
 def test_cell_single_value_has_zero_std() -> None:
     assert Cell.of([0.5]) == Cell(mean=0.5, std=0.0, n=1)
 
