@@ -89,8 +89,9 @@ def connect(timeout_s: float, cuda: bool) -> Team:
     """Join the torchrun job this process belongs to: NCCL for GPU tensors when ``cuda``, gloo
     for everything the ranks exchange. Each collective waits at most ``timeout_s`` seconds.
 
-    If the script already initialized the default process group, the run uses it: its own
-    gloo group for the messages, which :func:`disconnect` destroys, leaving the script's."""
+    If the script already initialized the default process group, the run joins that job and
+    exchanges its messages over a gloo group of its own, which :func:`disconnect` destroys;
+    the script's group stays as it was."""
     if not launched_by_torchrun():
         missing = [n for n in TORCHRUN_ENV if n not in os.environ]
         raise RuntimeError(f"not launched by torchrun ({', '.join(missing)} unset)")
