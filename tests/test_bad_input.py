@@ -1143,6 +1143,11 @@ ENGINE_CASES = [
         "pruning.exclude", "nomatch.*",
     ),
     case(
+        "engine-include-glob-matches-nothing",
+        run(*s("pruning.include=['nomatch.*']"), *TINY),
+        "pruning.include", "nomatch.*",
+    ),
+    case(
         "engine-initial-mask-prunes-everything",
         run(*s(f"pruning.initial_mask='{TMP}/zeros.safetensors'"), *TINY),
         "pruning.initial_mask", "zeros.safetensors",

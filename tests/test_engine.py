@@ -322,6 +322,16 @@ def test_sms_from_a_pretrained_checkpoint_and_a_run_from_an_initial_mask(tmp_pat
         assert torch.equal(final[name][~mask[name]], torch.zeros_like(final[name][~mask[name]]))
 
 
+def test_pruning_include_prunes_exactly_the_named_weights(tmp_path):
+    include = "pruning.include=['features.0.weight', 'fc.*']"  # a conv and the classifier
+    assert main(tiny_args("imp", tmp_path, "--set", include, cycles=1)) == 0
+    mask = Mask.load(only_run(tmp_path) / "cycle_01/mask.safetensors")
+    assert sorted(mask) == ["fc.bias", "fc.weight", "features.0.weight"]
+    total = sum(r.total for r in mask.report())
+    pruned = sum(r.total - r.alive for r in mask.report())
+    assert pruned == round(0.2 * total)  # global magnitude over the included weights only
+
+
 def test_greedy_soup_exclusions_layerwise_scope_and_bn_batches_in_a_run(tmp_path):
     args = tiny_args(
         "sms", tmp_path,

@@ -284,6 +284,8 @@ def test_refused_before_anything_is_written(tmp_path):
 
     refused("whole epochs", config={**OWN, "pruning": {"rewind_epochs": 0.5}})
     refused("include pattern 'nope' matches no parameter", prunable=["nope"])
+    twice = {**OWN, "pruning": {**OWN.get("pruning", {}), "include": PRUNABLE}}
+    refused("give the prunable set once", config=twice)
     refused("'model' is set by", config={**OWN, "model": {"name": "x"}})
     refused("one-shot iterator", bn_batches=iter([X]))
     refused("score_fn", recipe="sms", config={**OWN, "ingredients": {"combine": "greedy"}})
