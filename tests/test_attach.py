@@ -150,6 +150,31 @@ def test_remove_stops_the_masking_and_is_idempotent():
         assert bool((params[n][~mask[n]] != 0).all()), n  # revived: nothing masks any more
 
 
+def test_gradients_masked_on_backward_until_remove():
+    """mask_gradients_on_backward: right after backward (before any step) the pruned
+    weights' gradients are exactly 0 and the others untouched; remove() detaches it too."""
+    model = _model()
+    mask = _mask(model)
+    handle = attach(model, mask, _optimizer("sgd", "foreach", model))
+    handle.mask_gradients_on_backward()
+    params = dict(model.named_parameters())
+    (x, y), reference = _batches(1)[0], _model()
+    ref = dict(reference.named_parameters())
+    with torch.no_grad():  # the weights attach has zeroed
+        for n in MASKED:
+            ref[n].mul_(mask[n])
+    _backward(model, x, y)
+    _backward(reference, x, y)
+    for n in MASKED:
+        assert torch.equal(params[n].grad, ref[n].grad * mask[n]), n
+    handle.remove()
+    model.zero_grad(set_to_none=True)
+    _backward(model, x, y)
+    _assert_every_gradient_nonzero(model)
+    with pytest.raises(RuntimeError, match="removed"):
+        handle.mask_gradients_on_backward()
+
+
 def test_as_a_context_manager_it_detaches_on_exit():
     model = _model()
     mask = _mask(model)

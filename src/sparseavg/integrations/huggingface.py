@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.hooks import RemovableHandle
 
 from ..pruning import Mask
 from ..training.attach import AttachedMask, attach
@@ -50,11 +48,6 @@ __all__ = ["MaskCallback", "trainer_train_fn"]
 MakeTrainer = Callable[[nn.Module, TrainingArguments], Trainer]
 
 
-def _mask_grad(param: Tensor, *, keep: Tensor) -> None:
-    if param.grad is not None:
-        param.grad.mul_(keep)
-
-
 class MaskCallback(TrainerCallback):
     """Keeps ``mask`` through every optimizer step of ``Trainer.train()``.
 
@@ -74,7 +67,6 @@ class MaskCallback(TrainerCallback):
     def __init__(self, mask: Mask | Mapping[str, Tensor]) -> None:
         self.mask = mask if isinstance(mask, Mask) else Mask(mask)
         self._attached: AttachedMask | None = None
-        self._grad_hooks: list[RemovableHandle] = []
 
     @property
     def attached(self) -> bool:
@@ -96,13 +88,7 @@ class MaskCallback(TrainerCallback):
         device = next(model.parameters()).device
         mask = self.mask.to(device)
         self._attached = attach(model, mask, optimizer)  # unwraps accelerate's optimizer
-        named = dict(model.named_parameters())
-        self._grad_hooks = [
-            named[name].register_post_accumulate_grad_hook(
-                partial(_mask_grad, keep=keep.to(named[name].dtype))
-            )
-            for name, keep in mask.items()
-        ]
+        self._attached.mask_gradients_on_backward()
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -114,9 +100,6 @@ class MaskCallback(TrainerCallback):
         if self._attached is not None:
             self._attached.remove()
             self._attached = None
-        for handle in self._grad_hooks:
-            handle.remove()
-        self._grad_hooks = []
 
 
 class _RecipeCallback(TrainerCallback):

@@ -10,6 +10,7 @@ instead of by the loop.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -59,6 +60,17 @@ class AttachedMask:
         where a loop reads gradients before ``step``, e.g. before clipping them by norm)."""
         self._enforcer.mask_gradients()
 
+    def mask_gradients_on_backward(self) -> None:
+        """Also zero each pruned weight's gradient as soon as backward has accumulated it
+        (``register_post_accumulate_grad_hook``), for loops that read gradients between
+        backward and ``step`` without a place to call :meth:`mask_gradients`, such as a
+        Trainer that clips them by norm. :meth:`remove` detaches these hooks too."""
+        if not self.attached:
+            raise RuntimeError("mask_gradients_on_backward: the mask was removed")
+        for param, factor in zip(self._enforcer.params, self._enforcer.factors, strict=True):
+            hook = partial(_mask_grad, factor=factor)
+            self._handles.append(param.register_post_accumulate_grad_hook(hook))
+
     def _before_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
@@ -100,6 +112,12 @@ class AttachedMask:
     def __repr__(self) -> str:
         state = "attached" if self.attached else "removed"
         return f"AttachedMask({self.mask!r}, {type(self.optimizer).__name__}, {state})"
+
+
+@torch.no_grad()
+def _mask_grad(param: Tensor, *, factor: Tensor) -> None:
+    if param.grad is not None:
+        param.grad.mul_(factor)
 
 
 def attach(
