@@ -20,7 +20,7 @@ from ..training import (
     TrainSettings,
     build_optimizer,
 )
-from ..training.loop import optimizer_state_to_cpu
+from ..training.loop import correct_predictions, optimizer_state_to_cpu
 from ..utils.state import State
 
 # -- where a model's state lives in a stack ------------------------------------------------------
@@ -154,7 +154,7 @@ def make_loss(model: nn.Module, layout: Layout) -> LossFn:
         params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor
     ) -> tuple[Tensor, Tensor]:
         logits = functional_call(model, (params, buffers), (x,))
-        hits = (logits.detach().argmax(dim=1) == y).sum()
+        hits = correct_predictions(logits.detach(), y).sum()
         return F.cross_entropy(logits, y), hits
 
     batched = torch.vmap(one, randomness="different")

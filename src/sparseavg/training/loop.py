@@ -287,7 +287,7 @@ def train(
             optimizer.step()
             enforcer.mask_weights()
             step_losses.append(loss.detach())
-            step_hits.append(_hits(logits.detach(), y))
+            step_hits.append(correct_predictions(logits.detach(), y))
             step += 1
             if rewind_step is not None and step == rewind_step:
                 rewind_state = clone_state(model, device="cpu")
@@ -371,7 +371,7 @@ def _compiled(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return torch.compile(model)
 
 
-def _hits(logits: Tensor, y: Tensor) -> Tensor:
+def correct_predictions(logits: Tensor, y: Tensor) -> Tensor:
     """True where the argmax prediction (over dim 1, the classes, as ``cross_entropy`` reads
     them) is the label; class-probability targets count their argmax as the label."""
     target = y.argmax(dim=1) if y.is_floating_point() else y
