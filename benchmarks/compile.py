@@ -28,6 +28,7 @@ if __name__ == "__main__" and "--cache-dir" not in sys.argv:
 
 import torch
 from _common import (
+    block,
     describe,
     interleave,
     masked_step,
@@ -103,10 +104,7 @@ def main() -> None:
         "compiled forward": make_step(device, args.batch, compiled=True),
     }
 
-    def block(step: Callable[[], None]) -> Callable[[], None]:
-        return lambda: [step() for _ in range(args.steps)]
-
-    times = interleave({k: block(s) for k, s in steps.items()}, device, args.repeats)
+    times = interleave({k: block(s, args.steps) for k, s in steps.items()}, device, args.repeats)
     per_step = {k: [t / args.steps for t in ts] for k, ts in times.items()}
     print(
         f"masked ResNet-20 step, batch {args.batch}, {describe(device)}; "

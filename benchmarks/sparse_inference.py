@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 from collections.abc import Callable
 
 import torch
-from _common import describe, interleave, paired_ratio, parser, table
+from _common import block, describe, interleave, paired_ratio, parser, table
 from torch import Tensor, nn
 
 from sparseavg import Mask, build_model, prunable_parameters, random_prune
+from sparseavg.experiment.batch import available_cores
 from sparseavg.models.sparse_linear import sparse_linear
 
 NETS = ("lenet", "1024", "4096")
@@ -92,19 +92,10 @@ def forward_of(model: nn.Module, x: Tensor) -> Callable[[], object]:
     return lambda: model(x)
 
 
-def repeat(fn: Callable[[], object], calls: int) -> Callable[[], None]:
-    def run() -> None:
-        for _ in range(calls):
-            fn()
-
-    return run
-
-
 def thread_counts(args: argparse.Namespace) -> list[int]:
     if args.threads is not None:
         return [args.threads]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return sorted({1, cores or 1})
+    return sorted({1, available_cores()})
 
 
 def main() -> None:
@@ -137,7 +128,7 @@ def main() -> None:
                             torch.testing.assert_close(sparse(x), m(x), msg=f"{kind} {s} %")
                             forwards[f"{kind} {s} %"] = forward_of(sparse, x)
                     calls = calls_per_block(forwards["dense"], args.block_ms / 1e3)
-                    blocks = {name: repeat(fn, calls) for name, fn in forwards.items()}
+                    blocks = {name: block(fn, calls) for name, fn in forwards.items()}
                     times = interleave(blocks, device, args.repeats)
                 per_call = {n: [t / calls for t in ts] for n, ts in times.items()}
                 print(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from _common import describe, interleave, masked_step, paired_ratio, parser, setup, table
+from _common import block, describe, interleave, masked_step, paired_ratio, parser, setup, table
 
 from sparseavg import Mask, MaskEnforcer, build_model, magnitude_prune, prunable_parameters
 from sparseavg.parallel.stack import (
@@ -128,14 +128,8 @@ def main() -> None:
             device, args.k, args.batch, compile=True
         )
 
-    def block(step: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            for _ in range(args.steps):
-                step()
-
-        return run
-
-    times = interleave({n: block(s) for n, s in steps.items()}, device, args.repeats, warmup=1)
+    blocks = {n: block(s, args.steps) for n, s in steps.items()}
+    times = interleave(blocks, device, args.repeats, warmup=1)
     per_step = {n: [t / args.steps for t in ts] for n, ts in times.items()}
     images = args.k * args.batch
     print(
