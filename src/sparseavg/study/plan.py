@@ -25,7 +25,8 @@ class Group:
     """One line of a table: a method (or a variant of one) run over the study's seeds.
 
     ``section`` says which part of RESULTS.md it belongs to (``"main"``, or one of the
-    experiments of :data:`EXPERIMENTS`); ``values`` are merged into the setting's base.
+    experiments: ``"particles"``, ``"sms-vary"``, ``"sms-one-shot"``, ``"sms-tiny"``);
+    ``values`` are merged into the setting's base.
     """
 
     label: str
@@ -198,11 +199,3 @@ LENET = Setting(
 )
 
 SETTINGS: dict[str, Setting] = {s.name: s for s in (MNIST1D, LENET)}
-
-#: the experiment sections of RESULTS.md, in order: key -> title
-EXPERIMENTS: dict[str, str] = {
-    "particles": "SWAMP (c): the number of particles",
-    "sms-vary": "SMS (b): varying weight decay against varying only the seed",
-    "sms-one-shot": "SMS (a): one-shot pruning, soups against the best ingredient",
-    "sms-tiny": "SMS (a), continued: the soup at a tiny budget",
-}
