@@ -73,8 +73,7 @@ def run_demo(out: Path, recipes: list[str], reporter: Reporter, workers: int | N
         "",
         "budget:",
         *[f"  {line}" for line in budget_lines(runs)],
-        "  each run: 5 epochs per training (SMS retrains 3 epochs per cycle), rewind to epoch 1, "
-        "keep 35 % per cycle; SWAMP's 2 particles cost the training of the 2-model ensemble",
+        f"  each run: {_budget_text(recipes)}",
         "",
         f"Two seeds show the methods side by side; they cannot say which is better "
         f"({seed_spread(runs)}). The reproduction study (make study, 5 seeds, paired tests) "
@@ -85,6 +84,21 @@ def run_demo(out: Path, recipes: list[str], reporter: Reporter, workers: int | N
         f"time:   {time.perf_counter() - started:.0f} s (finished runs in {out} are reused)",
     ]
     return "\n".join(lines)
+
+
+def _budget_text(recipes: list[str]) -> str:
+    """The shared budget in words, from :data:`DEMO_BASE` and :data:`DEMO_RECIPES`."""
+    train, pruning = DEMO_BASE["train"], DEMO_BASE["pruning"]
+    keep = round(100 * (1 - pruning["fraction"]))
+    text = (
+        f"{train['epochs']} epochs per training (SMS retrains {pruning['retrain_epochs']} "
+        f"epochs per cycle), rewind to epoch {pruning['rewind_epochs']:g}, keep {keep} % per cycle"
+    )
+    particles = DEMO_RECIPES["swamp"]["ingredients"]["count"]
+    members = DEMO_RECIPES["ensemble"]["ingredients"]["count"]
+    if {"swamp", "ensemble"} <= set(recipes) and particles == members:
+        text += f"; SWAMP's {particles} particles cost the training of the {members}-model ensemble"
+    return text
 
 
 def seed_spread(runs: list[RunResults]) -> str:
