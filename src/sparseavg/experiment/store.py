@@ -129,6 +129,10 @@ class RunStore:
     def __init__(self, rundir: RunDir, lineages: int) -> None:
         self.rundir = rundir
         self.lineages = lineages
+        # rows and epoch rows of complete cycles, read once: a complete cycle does not change
+        # while the run holds its lock, and the logs are rewritten after every cycle
+        self._rows: dict[int, list[dict[str, Any]]] = {}
+        self._epoch_rows: dict[int, list[dict[str, Any]]] = {}
 
     @property
     def path(self) -> Path:
@@ -165,23 +169,27 @@ class RunStore:
         self.rundir.write_manifest(cdir)
 
     def rows(self, cycle: int) -> list[dict[str, Any]]:
-        """The rows of ``cycle`` if it is complete, else none."""
-        path = self.rundir.cycle_dir(cycle) / "rows.json"
-        if self.is_complete(cycle) and path.is_file():
-            rows: list[dict[str, Any]] = self.rundir.read_json(path)
-            return rows
-        return []
+        """The rows of ``cycle`` if it is complete, else none (do not change the list)."""
+        if cycle not in self._rows:
+            if not self.is_complete(cycle):
+                return []
+            path = self.rundir.cycle_dir(cycle) / "rows.json"
+            self._rows[cycle] = self.rundir.read_json(path) if path.is_file() else []
+        return self._rows[cycle]
 
     def epoch_rows(self, cycle: int) -> list[dict[str, Any]]:
         """The ``epochs.jsonl`` rows of ``cycle`` if it is complete (every lineage's
-        ingredients in index order, each one's epochs in order), else none."""
-        if not self.is_complete(cycle):
-            return []
-        rows = []
-        for lineage in range(self.lineages):
-            for index, info in self.lineage(cycle, lineage).infos():
-                rows.extend(logs.epoch_rows(self.path.name, cycle, lineage, index, info))
-        return rows
+        ingredients in index order, each one's epochs in order), else none (do not change
+        the list)."""
+        if cycle not in self._epoch_rows:
+            if not self.is_complete(cycle):
+                return []
+            rows = []
+            for lineage in range(self.lineages):
+                for index, info in self.lineage(cycle, lineage).infos():
+                    rows.extend(logs.epoch_rows(self.path.name, cycle, lineage, index, info))
+            self._epoch_rows[cycle] = rows
+        return self._epoch_rows[cycle]
 
     def write_results(self, cycles: int) -> None:
         """Rewrite ``results.jsonl`` and ``results.csv`` from the rows of the complete cycles
