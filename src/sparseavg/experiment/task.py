@@ -120,20 +120,20 @@ def load_data(config: Config, device: torch.device) -> Dataset:
 
 def make_model(config: Config, data: Dataset, seed: int) -> nn.Module:
     """The config's model, initialised from ``seed`` without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            return build_model(
-                config.model.name, data.num_classes, data.input_shape, **config.model.options
-            )
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"model: {err}") from None
-        except (RuntimeError, MemoryError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ConfigError(
-                f"model: {config.model.name} with options {config.model.options} cannot be "
-                f"allocated ({reason})"
-            ) from None
+    options = config.model.options
+    try:
+        return build_seeded(
+            lambda: build_model(config.model.name, data.num_classes, data.input_shape, **options),
+            seed,
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model: {err}") from None
+    except (RuntimeError, MemoryError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"model: {config.model.name} with options {config.model.options} cannot be "
+            f"allocated ({reason})"
+        ) from None
 
 
 def load_pretrained(path: str, model: nn.Module) -> State:
@@ -363,13 +363,7 @@ class UserTask:
     def score(self, model: nn.Module) -> float:
         if self.score_fn is None:
             raise ConfigError(NEEDS_SCORE_FN)
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return float(self.score_fn(model))
-        finally:
-            model.train(was)
+        return float(_in_eval(self.score_fn, model))
 
     def evaluate_ensemble(self, models: Sequence[nn.Module]) -> Evaluation:
         return self.evaluate(EnsembleModule(models))
@@ -385,14 +379,19 @@ class UserTask:
         recalibrate_bn_on(model, batches, momentum=self.bn_momentum, forward=self.forward)
 
 
-def _call_eval(eval_fn: EvalFn, model: nn.Module) -> dict[str, float]:
+def _in_eval(fn: Callable[[nn.Module], Any], model: nn.Module) -> Any:
+    """``fn(model)`` in eval mode without gradients; the model's mode is restored after."""
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            values = eval_fn(model)
+            return fn(model)
     finally:
         model.train(was)
+
+
+def _call_eval(eval_fn: EvalFn, model: nn.Module) -> dict[str, float]:
+    values = _in_eval(eval_fn, model)
     if not isinstance(values, Mapping):
         raise TypeError(f"eval_fn must return a dict of metrics, not {type(values).__name__}")
     return {str(k): float(v) for k, v in values.items() if isinstance(v, int | float | Tensor)}
