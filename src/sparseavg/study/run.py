@@ -454,32 +454,35 @@ def _tiny_verdict(
         return []
     lines = []
     first = results[short[0]]
-    stalled, steady = [], []
+    # (seed, soup, stalled ingredient, the others' mean, ingredients best first)
+    stalled: list[tuple[int, float, float, float, list[float]]] = []
+    steady: list[float] = []
     for r in first:
-        ings = r.ingredients.get(1, [])
+        ings = sorted(r.ingredients.get(1, []), reverse=True)
         if not ings or 1 not in r.accuracy:
             continue
-        soup, worst, best = r.accuracy[1], min(ings), max(ings)
-        if best - worst > STALLED:
-            stalled.append((r.seed, soup, worst, sorted(ings, reverse=True)))
+        soup = r.accuracy[1]
+        if ings[0] - ings[-1] > STALLED:
+            others = sum(ings[:-1]) / (len(ings) - 1)
+            stalled.append((r.seed, soup, ings[-1], others, ings))
         else:
             steady.append(soup - sum(ings) / len(ings))
     if stalled:
         told = "; ".join(
             f"seed {seed}: ingredients {', '.join(f'{100 * a:.1f}' for a in ings)} %, soup "
             f"{100 * soup:.1f} %, {100 * abs(soup - worst):.1f} points from the stalled one "
-            f"and {100 * abs(soup - sum(ings[:-1]) / (len(ings) - 1)):.1f} from the others' mean"
-            for seed, soup, worst, ings in stalled
+            f"and {100 * abs(soup - others):.1f} from the others' mean"
+            for seed, soup, worst, others, ings in stalled
         )
         lines.append(
             f"- **{len(stalled)} of {len(first)} seeds had an ingredient that stalled** (ended "
             f"more than {100 * STALLED:.0f} points below the best after its one epoch): {told}."
         )
-    if steady:
-        gap = Spread.of(steady)
+    one_gap = Spread.of(steady) if steady else None
+    if one_gap is not None:
         lines.append(
-            f"- In the other {len(steady)} seeds the soup is {100 * gap.mean:+.2f} ± "
-            f"{100 * gap.std:.2f} points from its ingredients' mean (range "
+            f"- In the other {len(steady)} seeds the soup is {100 * one_gap.mean:+.2f} ± "
+            f"{100 * one_gap.std:.2f} points from its ingredients' mean (range "
             f"{100 * min(steady):+.2f} to {100 * max(steady):+.2f})."
         )
     spread = []
@@ -502,20 +505,16 @@ def _tiny_verdict(
             ings = r.ingredients.get(1, [])
             if ings and 1 in r.accuracy:
                 long_gaps.append(r.accuracy[1] - sum(ings) / len(ings))
-    if long_gaps:
-        g = Spread.of(long_gaps)
+    long_gap = Spread.of(long_gaps) if long_gaps else None
+    if long_gap is not None:
         lines.append(
-            f"- **With {epochs(long[0])} epochs** the soup is {100 * g.mean:+.2f} ± "
-            f"{100 * g.std:.2f} points from its ingredients' mean."
+            f"- **With {epochs(long[0])} epochs** the soup is {100 * long_gap.mean:+.2f} ± "
+            f"{100 * long_gap.std:.2f} points from its ingredients' mean."
         )
-    one_gap = Spread.of(steady)
     recal_small = bool(spread) and max(spread) < 0.01
-    budget = bool(long_gaps) and abs(Spread.of(long_gaps).mean) < 0.005
-    followed = all(
-        abs(soup - worst) < abs(soup - sum(ings[:-1]) / (len(ings) - 1))
-        for _, soup, worst, ings in stalled
-    )
-    explained = bool(stalled) and followed and (not steady or one_gap.mean > -0.005)
+    budget = long_gap is not None and abs(long_gap.mean) < 0.005
+    followed = all(abs(soup - worst) < abs(soup - others) for _, soup, worst, others, _ in stalled)
+    explained = bool(stalled) and followed and (one_gap is None or one_gap.mean > -0.005)
     if recal_small and budget and explained:
         lines.append(
             "**Verdict: the method at a tiny budget, not a defect in BatchNorm recalibration.** "
