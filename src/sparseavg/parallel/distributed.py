@@ -40,6 +40,16 @@ from torch import nn
 from ..training import DivergenceError, TrainResult, TrainState
 from .base import Hooks, Job, Outcome, Tracker, Trainer, Work
 
+# Imported with sparseavg, so before a script creates its process group: the functions of
+# torch.distributed.nn.functional take ``group=group.WORLD`` as a default argument, and when
+# that module is first imported after the default group exists (the first optimizer step
+# imports it, through torch.distributed._shard) they hold the group for good.
+# destroy_process_group then cannot free it, gloo's worker threads outlive it, and one still
+# releasing a collective's tensor when the interpreter shuts down aborts the process
+# ("terminate called without an active exception").
+if dist.is_available():
+    import torch.distributed.nn.functional
+
 #: environment variables torchrun sets for every process
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 #: what to tell a user who asks for the distributed mode outside torchrun
@@ -99,7 +109,6 @@ def connect(timeout_s: float, cuda: bool) -> Team:
     local_rank = int(os.environ["LOCAL_RANK"])
     owns = not dist.is_initialized()
     if owns:
-        _bind_world_defaults_to_none()
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
@@ -108,16 +117,6 @@ def connect(timeout_s: float, cuda: bool) -> Team:
     else:  # gloo for the messages, with the run's timeout (every rank creates it)
         group = dist.new_group(backend="gloo", timeout=timeout)
     return Team(dist.get_rank(), dist.get_world_size(), local_rank, group, owns)
-
-
-def _bind_world_defaults_to_none() -> None:
-    """Import, before the default group exists, the torch modules whose functions take
-    ``group=group.WORLD`` as a default argument. Imported later (the first optimizer step
-    does, through ``torch.distributed._shard``), they would bind the default group for good:
-    ``destroy_process_group`` could then not free it, gloo's worker threads would outlive the
-    run, and one still releasing a collective's tensor when the interpreter shuts down aborts
-    the process ("terminate called without an active exception")."""
-    import torch.distributed.nn.functional  # noqa: F401
 
 
 def disconnect(team: Team, finished: bool) -> None:
