@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparseavg.data import Augmentation, DataUnavailableError, Split, load_dataset
+from sparseavg.cli.main import main
+from sparseavg.data import Augmentation, DataFileError, DataUnavailableError, Split, load_dataset
 from sparseavg.data.download import extract_tar
 from sparseavg.data.safe_pickle import load_pickle
 from sparseavg.data.sources import cifar, mnist
@@ -204,9 +205,52 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path: Path) -> None:
     evil = tmp_path / cifar.CIFAR10.subdir / "data_batch_3"
     data, labels = batches["data_batch_3"]
     _write_pickle(evil, {b"data": data, b"labels": labels, b"x": _Evil(marker)})
-    with pytest.raises(pickle.UnpicklingError, match=r"data_batch_3.*system"):
+    with pytest.raises(DataFileError, match=r"data_batch_3.*system"):
         load_dataset("cifar10", data_dir=tmp_path, download=False)
     assert not marker.exists()
+
+
+def _cli_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> str:
+    rc = main(
+        [
+            "run",
+            "--set",
+            "data.dataset=cifar10",
+            "--set",
+            f"execution.data_dir='{tmp_path}'",
+            "--set",
+            "execution.download=false",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_malicious_pickle_is_one_line_in_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a batch that asks pickle to call os.system: refused by name, never run, no traceback
+    _write_cifar(tmp_path, cifar.CIFAR10)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / cifar.CIFAR10.subdir / "data_batch_1"
+    _write_pickle(evil, {b"data": _Evil(marker)})
+    err = _cli_one_line(capsys, tmp_path)
+    assert err.startswith(f"sparseavg: error: {evil}: refusing to load global posix.system")
+    assert not marker.exists()
+
+
+def test_truncated_pickle_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_cifar(tmp_path, cifar.CIFAR10)
+    batch = tmp_path / cifar.CIFAR10.subdir / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:300])
+    with pytest.raises(DataFileError, match=re.escape(f"{batch}: not a valid data pickle")):
+        load_dataset("cifar10", data_dir=tmp_path, download=False)
+    err = _cli_one_line(capsys, tmp_path)
+    assert err.startswith(f"sparseavg: error: {batch}: not a valid data pickle")
 
 
 def test_pickle_codecs_only_latin1(tmp_path: Path) -> None:
@@ -215,7 +259,7 @@ def test_pickle_codecs_only_latin1(tmp_path: Path) -> None:
     path.write_bytes(
         b"\x80\x02c_codecs\nencode\nq\x00X\x01\x00\x00\x00aX\x05\x00\x00\x00rot13\x86R."
     )
-    with pytest.raises(pickle.UnpicklingError, match="rot13"):
+    with pytest.raises(DataFileError, match="rot13"):
         load_pickle(path)
 
 
@@ -224,7 +268,7 @@ def test_cifar_malformed_batch_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / cifar.CIFAR100.subdir / "test"
     _write_pickle(bad, {b"data": np.zeros((2, 100), np.uint8), b"fine_labels": [0, 1]})
     # the message names the bad file itself ("test" alone would match tmp_path's name too)
-    with pytest.raises(ValueError, match=re.escape(f"{bad}: ") + ".*expected 3072"):
+    with pytest.raises(DataFileError, match=re.escape(f"{bad}: ") + ".*expected 3072"):
         load_dataset("cifar100", data_dir=tmp_path, download=False)
 
 

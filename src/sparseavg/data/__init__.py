@@ -6,7 +6,7 @@
 
 from sparseavg.data.augment import Augmentation
 from sparseavg.data.dataset import Dataset
-from sparseavg.data.errors import DataUnavailableError
+from sparseavg.data.errors import DataFileError, DataUnavailableError
 from sparseavg.data.loader_split import LoaderSplit
 from sparseavg.data.registry import available_datasets, load_dataset, register_dataset
 from sparseavg.data.split import BatchSource, Split, carve_validation
@@ -14,6 +14,7 @@ from sparseavg.data.split import BatchSource, Split, carve_validation
 __all__ = [
     "Augmentation",
     "BatchSource",
+    "DataFileError",
     "DataUnavailableError",
     "Dataset",
     "LoaderSplit",

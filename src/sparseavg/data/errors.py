@@ -1,4 +1,4 @@
-"""The error raised when a data set's files are neither on disk nor downloadable."""
+"""The errors of data sets: files neither on disk nor downloadable, or on disk but unusable."""
 
 from __future__ import annotations
 
@@ -12,6 +12,15 @@ class DataUnavailableError(RuntimeError):
     """A data set's files are missing and could not be downloaded.
 
     The message is one line that says which files to put in which directory.
+    """
+
+
+class DataFileError(DataUnavailableError, ValueError):
+    """A data set's file is on disk but cannot be used: truncated, malformed, or a pickle that
+    names code other than numpy arrays (refused before anything is imported or called).
+
+    The message is one line that names the file and what is wrong with it. A subclass of
+    :class:`DataUnavailableError` (the data set cannot be loaded) and of ``ValueError``.
     """
 
 

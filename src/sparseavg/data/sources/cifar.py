@@ -12,7 +12,7 @@ import torch
 from sparseavg.data.augment import Augmentation
 from sparseavg.data.dataset import Dataset, dataset_from_splits
 from sparseavg.data.download import DownloadError, download_and_extract
-from sparseavg.data.errors import unavailable
+from sparseavg.data.errors import DataFileError, unavailable
 from sparseavg.data.safe_pickle import load_pickle
 from sparseavg.data.split import Split
 
@@ -81,22 +81,23 @@ def read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarr
         ``(images, labels)``: uint8 ``(n, 3, 32, 32)`` and int64 ``(n,)``.
 
     Raises:
-        ValueError: naming the file, if it is not a dict with uint8 ``(n, 3072)`` ``b"data"``
-            and ``n`` labels in ``0 .. num_classes - 1`` under ``label_key``.
+        DataFileError: naming the file, if it is not a valid pickle, names code other than
+            numpy arrays, or is not a dict with uint8 ``(n, 3072)`` ``b"data"`` and ``n``
+            labels in ``0 .. num_classes - 1`` under ``label_key``.
     """
     batch = load_pickle(path)
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
-        raise ValueError(f"{path}: expected a dict with keys b'data' and {label_key!r}")
+        raise DataFileError(f"{path}: expected a dict with keys b'data' and {label_key!r}")
     data = batch[b"data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-        raise ValueError(f"{path}: b'data' is not a 2-D uint8 array")
+        raise DataFileError(f"{path}: b'data' is not a 2-D uint8 array")
     if data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: b'data' has {data.shape[1]} values per image, expected 3072")
+        raise DataFileError(f"{path}: b'data' has {data.shape[1]} values per image, expected 3072")
     labels = np.asarray(batch[label_key])
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: {label_key!r} is not {data.shape[0]} integer labels")
+        raise DataFileError(f"{path}: {label_key!r} is not {data.shape[0]} integer labels")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{path}: labels outside 0..{num_classes - 1}")
+        raise DataFileError(f"{path}: labels outside 0..{num_classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
@@ -134,8 +135,8 @@ def load(
 
     Raises:
         DataUnavailableError: files missing and not downloaded.
-        ValueError: a file is malformed (named in the message).
-        pickle.UnpicklingError: a file references code other than numpy arrays.
+        DataFileError: a file is damaged, malformed or names code other than numpy arrays
+            (one line naming it; nothing in it is run).
     """
     directory = data_dir / spec.subdir
     wanted = spec.train_files + spec.test_files
