@@ -93,3 +93,42 @@ def test_rejects_bad_input() -> None:
         Augmentation(crop_padding=-1)
     with pytest.raises(ValueError):
         Augmentation(crop_padding=1)(torch.zeros(4, 5), _gen(0))
+
+
+def test_cifar_pads_black_then_normalises_like_the_sms_code() -> None:
+    # The SMS code: RandomCrop(32, padding=4) on the raw image (black padding), flip, then
+    # Normalize. Ours works on the stored normalised tensor in one batched op, padding with
+    # -mean/std per channel: the same numbers exactly, padded pixels included.
+    from sparseavg.data.sources import cifar
+
+    spec = cifar.CIFAR10
+    assert spec.mean == (0.4914, 0.4822, 0.4465) and spec.std == (0.2023, 0.1994, 0.2010)
+    assert cifar.CIFAR100.mean == (0.5071, 0.4867, 0.4408)
+    assert cifar.CIFAR100.std == (0.2675, 0.2565, 0.2761)
+    raw = torch.randint(0, 256, (6, 3, 32, 32), generator=_gen(3), dtype=torch.uint8)
+    out = cifar.train_augmentation(spec)(cifar.normalise(raw, spec), _gen(4))
+    g = _gen(4)  # the draws in the augmentation's order: crop offsets, then flips
+    offsets = torch.randint(0, 9, (2, 6), generator=g)
+    flips = torch.rand(6, generator=g) < 0.5
+    padded = F.pad(raw.float() / 255.0, (4, 4, 4, 4))  # black in [0, 1] pixel space
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+    for b in range(6):
+        i, j = offsets[:, b].tolist()
+        window = padded[b, :, i : i + 32, j : j + 32]
+        expected = (window.flip(-1) if flips[b] else window) - mean
+        assert torch.equal(out[b], expected / std), f"sample {b}"
+    # a window starting at row i < 4 has 4 - i padded rows on top: black, normalised
+    b = int(offsets[0].argmin())
+    rows = 4 - int(offsets[0, b])
+    assert rows > 0, "the draw should put some window into the top padding"
+    top = out[b, :, :rows, :]
+    black = [-0.4914 / 0.2023, -0.4822 / 0.1994, -0.4465 / 0.2010]  # -2.4291, -2.4182, -2.2214
+    for c in range(3):
+        assert torch.equal(top[c], torch.full_like(top[c], (0.0 - spec.mean[c]) / spec.std[c]))
+        assert top[c, 0, 0].item() == pytest.approx(black[c], abs=1e-6)
+
+
+def test_fill_needs_one_value_per_channel() -> None:
+    with pytest.raises(ValueError, match="fill has 2 values for 3 channels"):
+        Augmentation(crop_padding=1, fill=(0.0, 1.0))(torch.zeros(2, 3, 4, 4), _gen(0))

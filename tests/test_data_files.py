@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sparseavg.cli.main import main
-from sparseavg.data import Augmentation, DataFileError, DataUnavailableError, Split, load_dataset
+from sparseavg.data import DataFileError, DataUnavailableError, Split, load_dataset
 from sparseavg.data.download import extract_tar
 from sparseavg.data.safe_pickle import load_pickle
 from sparseavg.data.sources import cifar, mnist
@@ -183,7 +183,10 @@ def test_cifar_exact_values(tmp_path: Path, name: str, spec: cifar.CifarSpec) ->
     assert data.train.y.tolist() == [v for _, labels in train for v in labels]
     assert data.test.y.tolist() == test[1]
     assert data.num_classes == spec.num_classes and data.input_shape == (3, 32, 32)
-    assert data.train.augmentation == Augmentation(crop_padding=4, horizontal_flip=True)
+    black = tuple(float((0.0 - m) / s) for m, s in zip(spec.mean, spec.std, strict=True))
+    assert data.train.augmentation == cifar.train_augmentation(spec)
+    assert data.train.augmentation.crop_padding == 4 and data.train.augmentation.horizontal_flip
+    assert data.train.augmentation.fill == pytest.approx(black, abs=1e-6)
     assert not data.test.augmentation.enabled
     # the red channel of image 0 is its first 1024 bytes
     raw = train[0][0][0, :1024].reshape(32, 32).astype(np.float32) / 255

@@ -1,4 +1,4 @@
-"""Data augmentation as batched tensor operations: random crop after zero padding, random flip."""
+"""Data augmentation as batched tensor operations: random crop after padding, random flip."""
 
 from __future__ import annotations
 
@@ -19,18 +19,24 @@ class Augmentation:
     same generator state gives the same output on every device.
 
     Attributes:
-        crop_padding: zero-pad each spatial side by this many pixels (steps), then crop a
-            window of the original size at a uniformly random offset in ``[0, 2 * padding]``.
-            0 disables cropping.
+        crop_padding: pad each spatial side by this many pixels (steps), then crop a window of
+            the original size at a uniformly random offset in ``[0, 2 * padding]``. 0 disables
+            cropping.
         horizontal_flip: reverse the last dimension of each sample with probability 0.5.
+        fill: the value of the padded pixels, one per channel (empty: 0 in every channel).
+            For normalised images, ``-mean / std`` per channel pads with black, as padding the
+            raw image before normalising does (torchvision's ``RandomCrop(padding=4)`` before
+            ``Normalize``, the SMS code's CIFAR transform).
     """
 
     crop_padding: int = 0
     horizontal_flip: bool = False
+    fill: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+        object.__setattr__(self, "fill", tuple(float(v) for v in self.fill))
 
     @property
     def enabled(self) -> bool:
@@ -54,19 +60,26 @@ class Augmentation:
             )
         out = x
         if self.crop_padding > 0:
-            out = random_crop(out, self.crop_padding, generator)
+            out = random_crop(out, self.crop_padding, generator, fill=self.fill or None)
         if self.horizontal_flip:
             out = random_flip(out, generator)
         return out
 
 
-def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
-    """Zero-pad every spatial dim of ``x`` by ``padding`` on each side, crop back at random offsets.
+def random_crop(
+    x: Tensor,
+    padding: int,
+    generator: torch.Generator,
+    *,
+    fill: tuple[float, ...] | None = None,
+) -> Tensor:
+    """Pad every spatial dim of ``x`` by ``padding`` on each side, crop back at random offsets.
 
     Args:
         x: ``(B, C, *spatial)`` with one or two spatial dims.
-        padding: pixels (steps) of zeros added on each side of each spatial dim.
+        padding: pixels (steps) added on each side of each spatial dim.
         generator: CPU generator; draws ``len(spatial) * B`` integers in ``[0, 2 * padding]``.
+        fill: the padded pixels' value in each of the ``C`` channels (``None``: zeros).
 
     Returns:
         ``(B, C, *spatial)``: sample ``b`` is the window of the padded input starting at its
@@ -74,7 +87,7 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     """
     batch, _, *spatial = x.shape
     ndim = len(spatial)
-    padded = F.pad(x, (padding, padding) * ndim)
+    padded = _pad(x, padding, fill)
     offsets = torch.randint(0, 2 * padding + 1, (ndim, batch), generator=generator)
     offsets = host_to_device(offsets, x.device)
     # Index the windows of the padded batch (an unfold view, no copy) at each sample's
@@ -88,6 +101,23 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
         *offsets.unbind(0),
     )
     return windows[index]
+
+
+def _pad(x: Tensor, padding: int, fill: tuple[float, ...] | None) -> Tensor:
+    """``x`` ``(B, C, *spatial)`` padded by ``padding`` on each side of each spatial dim with
+    ``fill[c]`` in channel ``c`` (zeros for ``None``): one batched copy either way."""
+    ndim = x.dim() - 2
+    if fill is None:
+        return F.pad(x, (padding, padding) * ndim)
+    if len(fill) != x.shape[1]:
+        raise ValueError(f"fill has {len(fill)} values for {x.shape[1]} channels")
+    value = torch.tensor(fill, dtype=x.dtype).view(1, -1, *([1] * ndim))
+    shape = (x.shape[0], x.shape[1], *(s + 2 * padding for s in x.shape[2:]))
+    padded = host_to_device(value, x.device).expand(shape)
+    padded = padded.clone(memory_format=torch.contiguous_format)
+    inner = (slice(None), slice(None), *(slice(padding, padding + s) for s in x.shape[2:]))
+    padded[inner] = x
+    return padded
 
 
 def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
