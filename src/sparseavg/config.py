@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import tomli_w
 
 from .averaging import AcceptRule
-from .pruning import Scope, fraction_per_cycle, parse_pattern
+from .pruning import Rounding, Scope, fraction_per_cycle, parse_pattern
 from .training.settings import Optimizer, Precision, SwaSchedule
 
 #: Part of every run's hash. Bump it when a default changes (or what a value means), since a
@@ -194,6 +194,12 @@ class PruningConfig:
     )
     scope: Scope = _f("global", "rank weights over all layers or per layer")
     method: PruneMethod = _f("magnitude", "how weights are chosen")
+    rounding: Rounding = _f(
+        "round",
+        "how many weights a cycle removes: round(f * alive) per ranked group, or open_lth's "
+        "count (threshold at the ceil(f * alive)-th smallest, 0-based; every weight at or "
+        "below it goes: ceil(f * alive) + 1 without ties)",
+    )
     include: list[str] = _f(
         [],
         "glob patterns of parameter names to prune, any parameter (embeddings, attention "

@@ -29,7 +29,9 @@ from .semi_structured import (
     to_semi_structured,
 )
 from .strategies import (
+    ROUNDINGS,
     SCOPES,
+    Rounding,
     Scope,
     magnitude_prune,
     magnitude_prune_to,
@@ -39,6 +41,7 @@ from .strategies import (
 )
 
 __all__ = [
+    "ROUNDINGS",
     "SCOPES",
     "Compressed",
     "GradualMagnitudePruning",
@@ -46,6 +49,7 @@ __all__ = [
     "Mask",
     "MaskError",
     "MaskSchedule",
+    "Rounding",
     "Scope",
     "SemiStructured",
     "SemiStructuredError",

@@ -3,6 +3,9 @@
 Each removes exactly ``round(fraction * alive)`` of the weights still alive (per layer for
 ``scope="layerwise"``), never revives a pruned one, and breaks ties deterministically: among
 equal scores the weight that comes first (in mask order, then flat index) goes first.
+``rounding="open_lth"`` counts as open_lth's ``sparse_global`` does instead: the threshold is
+the ``ceil(fraction * alive)``-th smallest score (0-based) and every alive weight whose score
+is at most that threshold goes, so ``ceil(fraction * alive) + 1`` weights when no two tie.
 
 ``layer_fractions`` (``{glob: fraction}``) takes the layers whose names match a pattern out of
 the ranking: each such layer loses ``round(fraction * its alive)`` on its own (the first
@@ -14,6 +17,7 @@ usual. The lottery-ticket paper prunes LeNet's hidden layers at 20 % and its out
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping
 from typing import Literal
 
@@ -24,6 +28,8 @@ from .mask import Mask, MaskError
 
 Scope = Literal["global", "layerwise"]
 SCOPES: tuple[str, ...] = ("global", "layerwise")
+Rounding = Literal["round", "open_lth"]
+ROUNDINGS: tuple[str, ...] = ("round", "open_lth")
 
 
 def _check_fraction(fraction: float) -> None:
@@ -73,20 +79,27 @@ def _prune_by_scores(
     target_sparsity: float | None = None,
     layer_fractions: Mapping[str, float] | None = None,
     protected: Mapping[str, Tensor] | None = None,
+    rounding: Rounding = "round",
 ) -> Mask:
     """Remove the lowest-scoring alive weights; scores are float tensors shaped like the mask.
 
-    Each group (see :func:`pruning_groups`) loses ``round(fraction * alive)`` weights, or, with
-    ``target_sparsity``, as many as make ``round(target_sparsity * total)`` of it pruned.
-    ``protected`` (bool tensors shaped like the mask) marks weights that are never pruned: a
-    group then loses at most its alive weights that are not protected.
+    Each group (see :func:`pruning_groups`) loses ``round(fraction * alive)`` weights (for
+    ``rounding="open_lth"``: see :func:`open_lth_count`), or, with ``target_sparsity``, as many
+    as make ``round(target_sparsity * total)`` of it pruned. ``protected`` (bool tensors shaped
+    like the mask) marks weights that are never pruned: a group then loses at most its alive
+    weights that are not protected.
     """
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     names = list(mask)
     new = {n: mask[n].clone() for n in names}
     for group, group_fraction in pruning_groups(names, fraction, scope, layer_fractions):
         flat_mask = torch.cat([mask[n].reshape(-1).cpu() for n in group])
         alive = int(flat_mask.sum())
-        if target_sparsity is None:
+        if target_sparsity is None and rounding == "open_lth":
+            group_scores = torch.cat([scores[n].detach().reshape(-1).float().cpu() for n in group])
+            k = open_lth_count(group_scores[flat_mask], group_fraction)
+        elif target_sparsity is None:
             k = round(group_fraction * alive)
         else:
             k = max(0, round(target_sparsity * flat_mask.numel()) - (flat_mask.numel() - alive))
@@ -113,6 +126,26 @@ def _prune_by_scores(
     return Mask(new)
 
 
+def open_lth_count(alive_scores: Tensor, fraction: float) -> int:
+    """How many of these alive weights open_lth's ``sparse_global`` prunes.
+
+    open_lth (``pruning/sparse_global.py``, 2ce732f) takes ``k = ceil(fraction * alive)``, the
+    threshold ``sort(scores)[k]`` (0-based: the ``k + 1``-th smallest) and keeps only scores
+    strictly above it: ``k + 1`` weights go when no score ties the threshold, more when some
+    do. Where ``k`` reaches ``alive`` (open_lth would fail with an IndexError) all go.
+
+    Args:
+        alive_scores: 1-D scores (e.g. ``|w|``) of the alive weights of one ranked group.
+        fraction: share of them to prune, in [0, 1).
+    """
+    alive = alive_scores.numel()
+    k = math.ceil(fraction * alive)
+    if k >= alive:
+        return alive
+    threshold = torch.sort(alive_scores).values[k]
+    return int((alive_scores <= threshold).sum())
+
+
 def _check_weights(weights: Mapping[str, Tensor], mask: Mask) -> None:
     missing = [n for n in mask if n not in weights]
     if missing:
@@ -129,6 +162,7 @@ def magnitude_prune(
     fraction: float,
     scope: Scope = "global",
     layer_fractions: Mapping[str, float] | None = None,
+    rounding: Rounding = "round",
 ) -> Mask:
     """Prune the ``fraction`` of alive weights with the smallest absolute value.
 
@@ -139,6 +173,8 @@ def magnitude_prune(
         scope: ``"global"`` ranks all layers together; ``"layerwise"`` prunes each layer by
             ``fraction``.
         layer_fractions: ``{glob: fraction}`` for layers pruned on their own at another rate.
+        rounding: ``"round"``: ``round(fraction * alive)`` go; ``"open_lth"``: open_lth's
+            count, ``ceil(fraction * alive) + 1`` plus any ties (:func:`open_lth_count`).
 
     Returns:
         A new :class:`Mask` with exactly ``round(fraction * alive)`` fewer alive weights
@@ -146,7 +182,9 @@ def magnitude_prune(
     """
     _check_weights(weights, mask)
     scores = {n: weights[n].abs() for n in mask}
-    return _prune_by_scores(mask, scores, fraction, scope, layer_fractions=layer_fractions)
+    return _prune_by_scores(
+        mask, scores, fraction, scope, layer_fractions=layer_fractions, rounding=rounding
+    )
 
 
 def random_prune(
@@ -156,14 +194,18 @@ def random_prune(
     generator: torch.Generator,
     scope: Scope = "global",
     layer_fractions: Mapping[str, float] | None = None,
+    rounding: Rounding = "round",
 ) -> Mask:
     """Prune a uniformly random ``fraction`` of the alive weights (the random-pruning baseline).
 
     Scores are drawn with ``generator`` (a CPU ``torch.Generator``), one per weight in mask order,
-    so the same seed gives the same mask. Counts are those of :func:`magnitude_prune`.
+    so the same seed gives the same mask. Counts are those of :func:`magnitude_prune` (with
+    the same ``rounding``).
     """
     scores = {n: torch.rand(mask[n].shape, generator=generator) for n in mask}
-    return _prune_by_scores(mask, scores, fraction, scope, layer_fractions=layer_fractions)
+    return _prune_by_scores(
+        mask, scores, fraction, scope, layer_fractions=layer_fractions, rounding=rounding
+    )
 
 
 def shuffle_within_layers(mask: Mask, *, generator: torch.Generator) -> Mask:

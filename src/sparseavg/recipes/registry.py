@@ -366,6 +366,18 @@ def check_config(config: Config) -> None:
     nm = p.n_m  # a malformed pattern raises ConfigError here
     if nm is not None:
         _check_pattern(config, *nm)
+    if p.rounding != "round" and (nm is not None or config.recipe == "gmp" or p.masks_from):
+        what = (
+            f"pruning.pattern = {p.pattern!r}"
+            if nm is not None
+            else "recipe gmp"
+            if config.recipe == "gmp"
+            else "pruning.masks_from"
+        )
+        raise ConfigError(
+            f"pruning.rounding = {p.rounding!r} counts what a fraction of the survivors "
+            f"removes; {what} decides the counts itself: leave pruning.rounding unset"
+        )
     if t.epochs == 0 and not config.model.pretrained:
         raise ConfigError("train.epochs = 0 needs a model.pretrained checkpoint")
     if p.rewind_epochs >= config.train.epochs and not config.model.pretrained:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from ..averaging import AcceptRule, greedy_soup, uniform_average
 from ..pruning import (
     Mask,
+    Rounding,
     Scope,
     magnitude_prune,
     nm_prune,
@@ -38,15 +39,19 @@ class DenseMask:
 @dataclass(frozen=True)
 class MagnitudePrune:
     """Remove ``fraction`` of the previous model's surviving weights with the smallest
-    magnitude (IMP's rule; :func:`~sparseavg.pruning.magnitude_prune`)."""
+    magnitude (IMP's rule; :func:`~sparseavg.pruning.magnitude_prune`), counted by
+    ``rounding``."""
 
     fraction: float
     scope: Scope = "global"
     layer_fractions: Mapping[str, float] = field(default_factory=dict)
+    rounding: Rounding = "round"
 
     def __call__(self, cycle: int, sources: MaskSources) -> Mask:
         state, mask = sources.previous()
-        return magnitude_prune(state, mask, self.fraction, self.scope, self.layer_fractions)
+        return magnitude_prune(
+            state, mask, self.fraction, self.scope, self.layer_fractions, self.rounding
+        )
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class RandomPrune:
     seed: tuple[object, ...]
     scope: Scope = "global"
     layer_fractions: Mapping[str, float] = field(default_factory=dict)
+    rounding: Rounding = "round"
 
     def __call__(self, cycle: int, sources: MaskSources) -> Mask:
         _, mask = sources.previous()
@@ -68,6 +74,7 @@ class RandomPrune:
             generator=generator,
             scope=self.scope,
             layer_fractions=self.layer_fractions,
+            rounding=self.rounding,
         )
 
 

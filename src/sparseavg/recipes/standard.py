@@ -14,7 +14,7 @@ from typing import cast
 
 from ..averaging import AcceptRule
 from ..config import Config
-from ..pruning import GradualMagnitudePruning, Scope
+from ..pruning import GradualMagnitudePruning, Rounding, Scope
 from ..training import TrainSettings
 from ..training.settings import DERIVED_SCHEDULES
 from ..utils.seeding import derive_seed
@@ -148,6 +148,7 @@ def prune_rule(config: Config, lineage: int, cycle: int) -> MaskRule:
     remove ``prune_fraction`` of the survivors with N per group kept."""
     p = config.pruning
     scope = cast(Scope, p.scope)
+    rounding = cast(Rounding, p.rounding)
     seed: tuple[object, ...] = (config.seed, "lineage", lineage, "cycle", cycle, "prune")
     nm = p.n_m
     base: MaskRule
@@ -162,9 +163,9 @@ def prune_rule(config: Config, lineage: int, cycle: int) -> MaskRule:
         else:
             base = NMPrune(*nm, fraction, scope)
     elif p.method == "random":
-        base = RandomPrune(config.prune_fraction, seed, scope, dict(p.layer_fractions))
+        base = RandomPrune(config.prune_fraction, seed, scope, dict(p.layer_fractions), rounding)
     else:
-        base = MagnitudePrune(config.prune_fraction, scope, dict(p.layer_fractions))
+        base = MagnitudePrune(config.prune_fraction, scope, dict(p.layer_fractions), rounding)
     if p.method == "shuffle" and cycle > 0:
         return ShuffleLayers(base, seed)
     return base
