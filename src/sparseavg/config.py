@@ -50,6 +50,7 @@ PruneMethod = Literal["magnitude", "random", "shuffle"]
 IngredientStart = Literal["rewind", "finetune", "reinit"]
 Combine = Literal["single", "uniform", "greedy"]
 Vary = Literal["seed", "weight_decay", "lr", "length"]
+SoupMetric = Literal["macro", "accuracy"]
 EarlyCycles = Literal["swa", "imp"]
 Recalibrate = Literal["averaged", "always", "never"]
 OnDivergence = Literal["stop", "drop"]
@@ -281,6 +282,12 @@ class IngredientsConfig:
     combine: Combine = _f("single", "how a cycle's models become one")
     accept: AcceptRule = _f(
         "ge", "greedy soup: keep a candidate if held-out accuracy is >= (ge) or > (gt)"
+    )
+    soup_metric: SoupMetric = _f(
+        "macro",
+        "greedy soup: the held-out accuracy candidates are ranked and kept by: the mean of "
+        "per-class accuracies (macro: torchmetrics' MulticlassAccuracy default, the SMS code's) "
+        "or the share of samples right (accuracy)",
     )
     vary: Vary = _f("seed", "the one hyperparameter that differs between ingredients")
     seed_per_ingredient: bool = _f(

@@ -38,6 +38,7 @@ from ..parallel import FunctionTrainer, LoopTrainer, Trainer
 from ..pruning import Mask
 from ..training import Evaluation, TrainSettings, evaluate, steps_per_epoch, train
 from ..training.custom import TrainFn, run_user_loop
+from ..training.evaluate import macro_accuracy
 from ..utils.files import CorruptFileError, load_tensors, safe_torch_load
 from ..utils.seeding import make_generator
 from ..utils.state import State, clone_state
@@ -206,9 +207,13 @@ class DataTask:
         return evaluate(model, self.data.test)
 
     def score(self, model: nn.Module) -> float:
+        """Held-out accuracy per ``ingredients.soup_metric``: the mean of per-class accuracies
+        (``"macro"``, the SMS code's) or the share of samples right (``"accuracy"``)."""
         if self.data.val is None:
             raise ConfigError("ingredients.combine = 'greedy' needs data.val_fraction > 0")
-        return evaluate(model, self.data.val).accuracy
+        if self.config.ingredients.soup_metric == "accuracy":
+            return evaluate(model, self.data.val).accuracy
+        return macro_accuracy(model, self.data.val, self.data.num_classes)
 
     def evaluate_ensemble(self, models: Sequence[nn.Module]) -> Evaluation:
         return evaluate_ensemble(models, self.data.test)

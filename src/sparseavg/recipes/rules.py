@@ -252,7 +252,7 @@ class Greedy:
     def __call__(
         self, states: Sequence[State], indices: Sequence[int], mask: Mask, tools: CombineTools
     ) -> tuple[State, list[int] | None]:
-        soup = greedy_soup(states, tools.score, accept=self.accept, mask=mask)
+        soup = greedy_soup(states, tools.score, accept=self.accept, mask=mask, ids=indices)
         selected = [indices[i] for i in soup.selected]
         state = soup.state if len(soup.selected) == 1 else tools.recalibrate(soup.state)
         return state, selected

@@ -1,4 +1,4 @@
-"""Evaluation of a model on a split: accuracy and mean cross-entropy."""
+"""Evaluation of a model on a split: accuracy and mean cross-entropy; macro accuracy."""
 
 from __future__ import annotations
 
@@ -97,3 +97,50 @@ def evaluate(
     if count == 0:
         raise ValueError("cannot evaluate on an empty split")
     return Evaluation(accuracy=int(correct) / count, loss=float(loss_sum) / count, count=count)
+
+
+def macro_accuracy_of(predictions: Tensor, labels: Tensor, num_classes: int) -> float:
+    """The mean of the per-class accuracies (recalls) of predicted classes ``(N,)`` against
+    ``labels`` ``(N,)``, as torchmetrics' ``MulticlassAccuracy(num_classes)`` computes it (its
+    default ``average="macro"``, the SMS code's ``accuracy``).
+
+    Class ``c``'s accuracy is ``correct_c / count_c`` (0 when no sample has label ``c``); a
+    class that no sample has and nothing predicts is left out of the mean, one that is only
+    predicted counts as 0 (torchmetrics weighs out classes with ``tp + fp + fn == 0``).
+    """
+    predictions = predictions.reshape(-1).to(torch.int64)
+    labels = labels.reshape(-1).to(device=predictions.device, dtype=torch.int64)
+    count = torch.bincount(labels, minlength=num_classes).double()
+    predicted = torch.bincount(predictions, minlength=num_classes).double()
+    correct = torch.bincount(labels[predictions == labels], minlength=num_classes).double()
+    present = (count + predicted - correct) > 0
+    recall = torch.where(count > 0, correct / count.clamp_min(1), torch.zeros_like(count))
+    n = int(present.sum())
+    return float(recall[present].sum()) / n if n else 0.0
+
+
+@torch.no_grad()
+def macro_accuracy(
+    model: nn.Module,
+    data: BatchSource,
+    num_classes: int,
+    *,
+    batch_size: int = EVAL_BATCH_SIZE,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> float:
+    """:func:`macro_accuracy_of` ``model``'s predictions on every sample of ``data`` (eval
+    mode; the model's mode is restored afterwards): the SMS code's greedy-soup metric."""
+    was_training = model.training
+    model.eval()
+    predictions, labels = [], []
+    try:
+        for x, y in data.batches(batch_size):
+            logits = predict_logits(model, x, precision=precision, channels_last=channels_last)
+            predictions.append(logits.argmax(dim=1))
+            labels.append(y.to(logits.device, non_blocking=True))
+    finally:
+        model.train(was_training)
+    if not labels:
+        raise ValueError("cannot evaluate on an empty split")
+    return macro_accuracy_of(torch.cat(predictions), torch.cat(labels), num_classes)
