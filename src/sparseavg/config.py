@@ -26,6 +26,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import tomli_w
 
 from .averaging import AcceptRule
+from .models import InitScheme
 from .pruning import Rounding, Scope, fraction_per_cycle, parse_pattern
 from .training.settings import Optimizer, Precision, SwaSchedule
 
@@ -124,6 +125,13 @@ class DataConfig:
 class ModelConfig:
     name: str = _f("conv1d", "model name (see `sparseavg inspect --models`)")
     options: dict[str, Any] = _f({}, "model-specific options, e.g. {width = 64}")
+    init: InitScheme = _f(
+        "sparseavg",
+        "weight initialisation of the built-in models: sparseavg (convs Kaiming normal fan_out, "
+        "bias 0; linear layers torch's default; BatchNorm weight 1) or open_lth (conv and "
+        "linear weights Kaiming normal fan_in, biases torch's default, BatchNorm weight "
+        "uniform in [0, 1)), which the lottery-ticket configs use",
+    )
     pretrained: str = _f(
         "",
         "a state_dict file (.safetensors or .pt) to start from instead of "

@@ -33,7 +33,7 @@ from ..averaging import (
 from ..averaging.batchnorm import Forward
 from ..config import Config, ConfigError
 from ..data import Dataset, available_datasets, load_dataset
-from ..models import build_model
+from ..models import build_model, initialise
 from ..parallel import FunctionTrainer, LoopTrainer, Trainer
 from ..pruning import Mask
 from ..training import Evaluation, TrainSettings, evaluate, steps_per_epoch, train
@@ -120,11 +120,14 @@ def load_data(config: Config, device: torch.device) -> Dataset:
 
 
 def make_model(config: Config, data: Dataset, seed: int) -> nn.Module:
-    """The config's model, initialised from ``seed`` without touching the global RNG."""
-    options = config.model.options
+    """The config's model, initialised from ``seed`` by ``model.init`` without touching the
+    global RNG."""
+    m = config.model
     try:
         return build_seeded(
-            lambda: build_model(config.model.name, data.num_classes, data.input_shape, **options),
+            lambda: initialise(
+                build_model(m.name, data.num_classes, data.input_shape, **m.options), m.init
+            ),
             seed,
         )
     except (ValueError, TypeError) as err:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Literal
 
+import torch
 from torch import nn
 
 __all__ = [
+    "INIT_SCHEMES",
+    "InitScheme",
     "check_image_shape",
     "check_num_classes",
     "check_positive_int",
     "check_shape",
+    "init_open_lth",
     "init_weights",
+    "initialise",
 ]
+
+InitScheme = Literal["sparseavg", "open_lth"]
+INIT_SCHEMES: tuple[str, ...] = ("sparseavg", "open_lth")
 
 
 def check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -73,3 +83,47 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+def init_open_lth(model: nn.Module) -> None:
+    """Initialise ``model`` in place as open_lth does (uses the global torch RNG).
+
+    open_lth (2ce732f) builds a model with torch's default initialisation, then applies its
+    ``kaiming_normal`` and ``uniform`` initialisers (``models/initializers.py``,
+    ``bn_initializers.py``; the default of every model) to each module in order:
+
+    - conv and linear weights: ``kaiming_normal_`` with its defaults (fan_in, gain sqrt(2));
+    - conv and linear biases: torch's default, uniform in ``±1/sqrt(fan_in)`` (open_lth never
+      touches them; a conv bias our constructors zeroed is drawn again);
+    - BatchNorm: weight uniform in [0, 1) (``torch.rand``), bias 0.
+
+    On a model whose constructor draws nothing beyond torch's defaults (the MLPs and
+    LeNet-300-100) this gives open_lth's weights bit for bit under the same seed.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            nn.init.kaiming_normal_(module.weight)
+            if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.bias is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                nn.init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            with torch.no_grad():
+                module.weight.copy_(torch.rand(module.weight.shape))
+                module.bias.zero_()
+
+
+def initialise(model: nn.Module, scheme: str) -> nn.Module:
+    """``model`` with the initialisation ``scheme`` (in place; uses the global torch RNG).
+
+    ``"sparseavg"``: as the model built itself (our models: :func:`init_weights`; torchvision
+    models: theirs). ``"open_lth"``: :func:`init_open_lth`.
+
+    Raises:
+        ValueError: an unknown scheme.
+    """
+    if scheme == "open_lth":
+        init_open_lth(model)
+    elif scheme != "sparseavg":
+        raise ValueError(f"init must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
+    return model

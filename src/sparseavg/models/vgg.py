@@ -30,7 +30,8 @@ class VGG(nn.Module):
     """VGG: (conv3x3-BN-ReLU | maxpool2x2)* per ``plan``, global average pool,
     ``Linear(512, num_classes)``.
 
-    Convs have a bias (zero-initialised), as in open_lth. Input ``(N, in_channels, H, W)``
+    Convs have a bias, as in open_lth (zero-initialised here; open_lth keeps torch's default,
+    which ``model.init = "open_lth"`` draws). Input ``(N, in_channels, H, W)``
     with ``H, W >= 16``; output ``(N, num_classes)``.
     """
 
