@@ -55,6 +55,7 @@ SoupMetric = Literal["macro", "accuracy"]
 EarlyCycles = Literal["swa", "imp"]
 Recalibrate = Literal["averaged", "always", "never"]
 OnDivergence = Literal["stop", "drop"]
+DataOrder = Literal["per_cycle", "fixed"]
 Progress = Literal["auto", "rich", "plain", "none"]
 MemoryFormat = Literal["auto", "on", "off"]
 Mode = Literal["auto", "sequential", "stacked", "distributed"]
@@ -175,6 +176,12 @@ class TrainConfig:
         "swa_start",
     )
     augment: bool = _f(True, "use the data set's augmentation")
+    data_order: DataOrder = _f(
+        "per_cycle",
+        "batch order and augmentation draws: new ones every cycle (per_cycle), or cycle 0's "
+        "again in every cycle, ingredient by ingredient (fixed: open_lth's one data order for "
+        "every level)",
+    )
     precision: Precision = _f(
         "auto", "training precision: bf16 autocast or fp32; auto = bf16 on CUDA, fp32 elsewhere"
     )

@@ -105,7 +105,12 @@ def default_factors(count: int) -> list[float]:
 
 
 def ingredient_seed(config: Config, lineage: int, cycle: int, index: int) -> int:
-    """The seed of one ingredient: its batch order and augmentation."""
+    """The seed of one ingredient: its batch order and augmentation. Each cycle draws new
+    ones (``train.data_order = "per_cycle"``), or every cycle those of cycle 0 (``"fixed"``:
+    open_lth keeps one data order for every level; epoch ``e`` of every cycle then sees the
+    same batches)."""
+    if config.train.data_order == "fixed":
+        cycle = 0
     return derive_seed(config.seed, "lineage", lineage, "cycle", cycle, "ingredient", index)
 
 
