@@ -48,6 +48,7 @@ RetrainSchedule = Literal[
     "", "constant", "step", "cosine", "llr", "ft", "lrw", "slr", "clr", "allr"
 ]
 PruneMethod = Literal["magnitude", "random", "shuffle"]
+ShuffleStart = Literal["pruned_ticket", "ticket"]
 IngredientStart = Literal["rewind", "finetune", "reinit"]
 Combine = Literal["single", "uniform", "greedy"]
 Vary = Literal["seed", "weight_decay", "lr", "length"]
@@ -226,6 +227,12 @@ class PruningConfig:
         "'unstructured', or 'N:M' (e.g. '2:4', which GPU sparse kernels run): keep N of every M "
         "consecutive input-channel weights; cycles reach it with the sparsity 1-N/M as "
         "target_sparsity and the last cycle leaves exactly N per group (gmp: the last step)",
+    )
+    shuffle_start: ShuffleStart = _f(
+        "pruned_ticket",
+        "method shuffle: a cycle starts from the ticket pruned by the mask it shuffles, then by "
+        "the shuffled mask (pruned_ticket: open_lth's randomly_prune, so weights alive only in "
+        "the shuffled mask start at 0), or from the ticket under the shuffled mask (ticket)",
     )
     exclude_first: bool = _f(False, "keep the first conv/linear layer dense")
     exclude_last: bool = _f(False, "keep the last (classifier) layer dense")

@@ -59,8 +59,10 @@ class MaskSources(Protocol):
         ...
 
 
-class StartSources(Protocol):
-    """What a :class:`StartRule` may read (the engine loads each on demand)."""
+class StartSources(MaskSources, Protocol):
+    """What a :class:`StartRule` may read (the engine loads each on demand): the mask rules'
+    sources too, so that a start can derive another mask than the cycle's
+    (:class:`~.rules.RewindThrough`)."""
 
     @property
     def rewind_step(self) -> int:

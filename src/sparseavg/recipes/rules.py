@@ -150,6 +150,23 @@ class Rewind:
 
 
 @dataclass(frozen=True)
+class RewindThrough:
+    """Start from the ticket pruned by another mask first, θ_T0 ⊙ m_L ⊙ m: open_lth's
+    random-mask branch (``lottery/branch/randomly_prune.py``) loads the level's saved start
+    θ_T0 ⊙ m_L and applies the shuffled mask m to it, so a weight alive in m but pruned in m_L
+    starts at exactly 0. ``rule`` derives m_L for ``cycle`` (e.g. the magnitude mask a
+    :class:`ShuffleLayers` shuffles)."""
+
+    rule: MaskRule
+    cycle: int
+    trains: bool = True
+
+    def __call__(self, sources: StartSources, mask: Mask) -> tuple[State, int]:
+        ticket_mask = self.rule(self.cycle, sources)
+        return mask.applied(ticket_mask.applied(sources.ticket())), sources.rewind_step
+
+
+@dataclass(frozen=True)
 class FineTune:
     """Start from the previous cycle's model ⊙ m at step 0 (prune-retrain; SMS)."""
 

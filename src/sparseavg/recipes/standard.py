@@ -40,6 +40,7 @@ from .rules import (
     RandomPrune,
     Reinit,
     Rewind,
+    RewindThrough,
     ShuffleLayers,
     Single,
     SourceMask,
@@ -197,8 +198,10 @@ def standard_plan(config: Config, lineage: int, cycle: int, rewind_step: int) ->
     checkpoint. Cycle c ≥ 1 derives its mask from the previous combined model and trains K
     ingredients from θ_T0 ⊙ m (``start = "rewind"``), the previous model ⊙ m
     (``"finetune"``, with the ``pruning.retrain_*`` settings) or a new initialisation ⊙ m
-    (``"reinit"``). SWAMP+ trains one model below ``ingredients.single_until``, with SWA or,
-    with ``ingredients.early = "imp"``, as plain IMP.
+    (``"reinit"``). A shuffled mask rewinds to θ_T0 ⊙ m_L ⊙ m, m_L the mask it shuffles, as
+    open_lth (``pruning.shuffle_start = "ticket"``: θ_T0 ⊙ m). SWAMP+ trains one model
+    below ``ingredients.single_until``, with SWA or, with ``ingredients.early = "imp"``, as
+    plain IMP.
     """
     ing = config.ingredients
     mask = prune_rule(config, lineage, cycle)
@@ -210,6 +213,8 @@ def standard_plan(config: Config, lineage: int, cycle: int, rewind_step: int) ->
     if cycle == 0 or ing.start == "rewind":
         count = 1 if early or (cycle == 0 and ing.start != "rewind") else ing.count
         settings, start = base_settings(config), Rewind()
+        if isinstance(mask, ShuffleLayers) and config.pruning.shuffle_start == "pruned_ticket":
+            start = RewindThrough(mask.rule, cycle)
     elif ing.start == "finetune":
         count = ing.count
         settings, start = retrain_settings(config), FineTune()
