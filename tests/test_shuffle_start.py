@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from engine_helpers import TrainCalls, tiny_run
+from sparseavg.config import ConfigError
 from sparseavg.pruning import Mask, magnitude_prune
 from sparseavg.recipes import resolve_config
+from sparseavg.recipes.registry import check_config
 from sparseavg.recipes.rules import Rewind, RewindThrough, ShuffleLayers, SourceMask
 from sparseavg.recipes.standard import standard_plan
 from sparseavg.utils.files import load_tensors
@@ -47,6 +50,8 @@ def test_shuffle_start_ticket_is_the_old_start() -> None:
     state, step, rule = _start({"shuffle_start": "ticket"})
     assert rule == Rewind() and step == 3
     assert state["w"].tolist() == [0.0, 2.0, 0.0, 4.0, 5.0, 0.0]
+    with pytest.raises(ConfigError, match=r"pruning.shuffle_start = 'ticket'.*'magnitude'"):
+        check_config(resolve_config({"recipe": "imp", "pruning": {"shuffle_start": "ticket"}}))
 
 
 def test_a_shuffle_run_starts_from_the_pruned_ticket(tmp_path, monkeypatch) -> None:

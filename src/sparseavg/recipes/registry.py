@@ -344,6 +344,11 @@ def check_config(config: Config) -> None:
             "pruning.masks_from takes its masks from another run; pruning.method = 'random' "
             "would ignore them (use recipe shuffle for random masks with their layer sparsities)"
         )
+    if p.shuffle_start != "pruned_ticket" and p.method != "shuffle":
+        raise ConfigError(
+            f"pruning.shuffle_start = {p.shuffle_start!r} says where a shuffled mask starts; "
+            f"pruning.method is {p.method!r} (use recipe shuffle)"
+        )
     if p.masks_from and p.initial_mask:
         raise ConfigError("pruning.masks_from and pruning.initial_mask both give cycle 0's mask")
     if ing.start == "reinit" and not p.masks_from:
