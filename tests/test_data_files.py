@@ -66,7 +66,9 @@ def test_mnist_idx_exact_values(tmp_path: Path, compress: bool) -> None:
     assert data.train.y.dtype == torch.int64 and data.num_classes == 10
 
 
-def test_mnist_truncated_or_wrong_file_is_refused(tmp_path: Path) -> None:
+def test_mnist_truncated_or_wrong_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     directory = tmp_path / "mnist"
     arrays = _write_mnist(directory, compress=False)
     images = directory / "train-images-idx3-ubyte"
@@ -81,8 +83,14 @@ def test_mnist_truncated_or_wrong_file_is_refused(tmp_path: Path) -> None:
     images.unlink()
     gz = directory / "train-images-idx3-ubyte.gz"
     gz.write_bytes(gzip.compress(_idx(arrays["train-images-idx3-ubyte"]))[:-20])
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz"):
+    with pytest.raises(DataFileError, match=r"train-images-idx3-ubyte\.gz"):
         load_dataset("mnist", data_dir=tmp_path, download=False)
+    # the command line says it in one line, no traceback
+    sets = ["data.dataset=mnist", f"execution.data_dir='{tmp_path}'", "execution.download=false"]
+    rc = main(["run", *(a for v in sets for a in ("--set", v)), "--runs-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert err.startswith(f"sparseavg: error: {gz}: not a complete gzip file")
 
 
 def test_mnist_missing_files_without_download(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sparseavg.data.errors import DataFileError
+
 UBYTE_CODE = 0x08
 """IDX type code of unsigned bytes, the only type the MNIST files use."""
 
@@ -18,7 +20,7 @@ def read_bytes(path: Path) -> bytes:
     """The content of ``path``, decompressed if its name ends in ``.gz``.
 
     Raises:
-        ValueError: naming the file, if it is not a readable gzip stream.
+        DataFileError: naming the file, if it is not a readable gzip stream.
     """
     if path.suffix != ".gz":
         return path.read_bytes()
@@ -26,7 +28,7 @@ def read_bytes(path: Path) -> bytes:
         with gzip.open(path, "rb") as f:
             return f.read()
     except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: not a complete gzip file ({e})") from e
+        raise DataFileError(f"{path}: not a complete gzip file ({e})") from e
 
 
 def read_idx(path: Path, ndim: int | None = None) -> np.ndarray:
@@ -43,26 +45,26 @@ def read_idx(path: Path, ndim: int | None = None) -> np.ndarray:
         uint8 array of shape ``dims`` (read-only view of the file's bytes).
 
     Raises:
-        ValueError: naming the file, for a wrong magic number, type code, dim count, or a
+        DataFileError: naming the file, for a wrong magic number, type code, dim count, or a
             byte count that is not exactly the header plus ``prod(dims)``.
     """
     data = read_bytes(path)
     if len(data) < 4:
-        raise ValueError(f"{path}: {len(data)} bytes, too short for an IDX header")
+        raise DataFileError(f"{path}: {len(data)} bytes, too short for an IDX header")
     zero0, zero1, code, dims_count = data[0], data[1], data[2], data[3]
     if zero0 != 0 or zero1 != 0:
-        raise ValueError(f"{path}: bad IDX magic number 0x{data[:4].hex()}")
+        raise DataFileError(f"{path}: bad IDX magic number 0x{data[:4].hex()}")
     if code != UBYTE_CODE:
-        raise ValueError(f"{path}: IDX type code 0x{code:02x}, expected 0x08 (unsigned byte)")
+        raise DataFileError(f"{path}: IDX type code 0x{code:02x}, expected 0x08 (unsigned byte)")
     if ndim is not None and dims_count != ndim:
-        raise ValueError(f"{path}: IDX file has {dims_count} dims, expected {ndim}")
+        raise DataFileError(f"{path}: IDX file has {dims_count} dims, expected {ndim}")
     header = 4 + 4 * dims_count
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes)")
+        raise DataFileError(f"{path}: truncated IDX header ({len(data)} bytes)")
     dims = struct.unpack(f">{dims_count}I", data[4:header])
     expected = header + math.prod(dims)
     if len(data) != expected:
-        raise ValueError(
+        raise DataFileError(
             f"{path}: {len(data)} bytes, expected {expected} for dims {dims} "
             "(truncated or wrong file)"
         )

@@ -9,7 +9,7 @@ import torch
 
 from sparseavg.data.dataset import Dataset, dataset_from_splits
 from sparseavg.data.download import DownloadError, download_first
-from sparseavg.data.errors import unavailable
+from sparseavg.data.errors import DataFileError, unavailable
 from sparseavg.data.idx import read_idx
 from sparseavg.data.split import Split
 
@@ -70,19 +70,19 @@ def read_split(images_path: Path, labels_path: Path) -> Split:
     """Read one images/labels pair of IDX files into a normalised :class:`Split`.
 
     Raises:
-        ValueError: naming the files, for malformed IDX files, images that are not 28x28,
+        DataFileError: naming the files, for malformed IDX files, images that are not 28x28,
             mismatched counts, or labels outside 0..9.
     """
     images = read_idx(images_path, ndim=3)
     labels = read_idx(labels_path, ndim=1)
     if images.shape[1:] != (28, 28):
-        raise ValueError(f"{images_path}: images of {images.shape[1:]}, expected (28, 28)")
+        raise DataFileError(f"{images_path}: images of {images.shape[1:]}, expected (28, 28)")
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise DataFileError(
             f"{images_path} has {images.shape[0]} images but {labels_path} {labels.shape[0]} labels"
         )
     if labels.size and labels.max() > 9:
-        raise ValueError(f"{labels_path}: label {labels.max()} outside 0..9")
+        raise DataFileError(f"{labels_path}: label {labels.max()} outside 0..9")
     return Split(normalise(images), torch.tensor(labels, dtype=torch.int64))
 
 
@@ -101,7 +101,7 @@ def load(
 
     Raises:
         DataUnavailableError: files missing and not downloaded.
-        ValueError: a file is malformed (named in the message).
+        DataFileError: a file is malformed (one line naming it).
     """
     directory = data_dir / SUBDIR
     missing = [base for base in FILES if find_file(directory, base) is None]
