@@ -110,7 +110,8 @@ class CombineTools(Protocol):
         ...
 
     def score(self, state: State) -> float:
-        """Held-out accuracy of ``state`` after recalibration (greedy soups)."""
+        """Held-out score of ``state`` after recalibration (greedy soups; built-in data:
+        ``ingredients.soup_metric``)."""
         ...
 
 

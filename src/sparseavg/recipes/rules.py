@@ -262,7 +262,8 @@ class Uniform:
 @dataclass(frozen=True)
 class Greedy:
     """A greedy soup on the held-out split: candidates best first, each kept if the
-    recalibrated soup's accuracy is ``>=`` (``"ge"``, the SMS code) or ``>`` (``"gt"``)."""
+    recalibrated soup's score is ``>=`` (``"ge"``, the SMS code) or ``>`` (``"gt"``); the
+    score is the task's (``ingredients.soup_metric``: macro accuracy by default)."""
 
     accept: AcceptRule = "ge"
 
