@@ -15,6 +15,7 @@ from sparseavg.pruning.rigl import (
     rigl_drop_fraction,
     rigl_iterations,
     rigl_update,
+    shared_rigl_update,
 )
 
 # A (2, 2), B (4, 8), C (8, 8): ERK raw probabilities sum(shape)/prod(shape) = 1, 0.375, 0.25.
@@ -193,3 +194,18 @@ def test_update_refuses_mismatched_input():
         rigl_update({"w": torch.ones(4)}, {"w": torch.ones(2, 2)}, mask, 0.3)
     with pytest.raises(ValueError, match="drop_fraction"):
         rigl_update({"w": torch.ones(2, 2)}, {"w": torch.ones(2, 2)}, mask, 1.5)
+
+
+def test_particles_share_one_update_on_their_average():
+    mask = Mask({"w": torch.tensor([True, True, True, False, False])})
+    # alone, particle 0 would drop weight 0 and particle 1 weight 1; their average
+    # (1.5, 1.75, 3) drops weight 0
+    w = [{"w": torch.tensor([1.0, 2.0, 3.0, 0, 0])}, {"w": torch.tensor([2.0, 1.5, 3.0, 0, 0])}]
+    # the signed gradients at 3 cancel (mean 0); at 4 they agree (mean 0.5): 4 grows
+    g = [{"w": torch.tensor([0, 0, 0, 4.0, 0.5])}, {"w": torch.tensor([0, 0, 0, -4.0, 0.5])}]
+    new, grown = shared_rigl_update(w, g, mask, 0.4)  # int(3 * 0.4) = 1
+    assert new["w"].tolist() == [False, True, True, False, True]
+    assert grown["w"].tolist() == [False, False, False, False, True]
+    assert rigl_update(w[1], g[0], mask, 0.4)[0]["w"].tolist() == [True, False, True, True, False]
+    with pytest.raises(ValueError, match="as many gradients"):
+        shared_rigl_update(w, g[:1], mask, 0.4)

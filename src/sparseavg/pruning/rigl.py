@@ -11,7 +11,7 @@ Reference: google-research/rigl at d39fc7d, ``rigl/sparse_utils.py`` (densities)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from typing import Any, Literal
 
 import torch
@@ -333,6 +333,45 @@ def rigl_update(
         new[name] = layer_new.reshape(alive.shape).to(alive.device)
         grown[name] = layer_grown.reshape(alive.shape).to(alive.device)
     return Mask(new), grown
+
+
+def shared_rigl_update(
+    particle_weights: Sequence[Mapping[str, Tensor]],
+    particle_gradients: Sequence[Mapping[str, Tensor]],
+    mask: Mask,
+    drop_fraction: float,
+) -> tuple[Mask, dict[str, Tensor]]:
+    """One RigL update that N particles share (SWAMP on RigL, our reading of "the particles
+    share the mask schedule's decisions"): :func:`rigl_update` on the particles' uniform
+    weight average and their mean (signed) gradient, the gradient of their mean loss. Every
+    particle then gets the same mask and the same ``grown``, so they stay averageable and the
+    alive count stays constant. (Intersecting per-particle updates would not keep the count.)
+
+    Means are taken in float64, summing particles in index order, then cast back.
+
+    Raises:
+        ValueError: no particles, or different numbers of weights and gradients.
+    """
+    if not particle_weights or len(particle_weights) != len(particle_gradients):
+        raise ValueError(
+            f"need as many gradients as weights, at least one: got {len(particle_weights)} "
+            f"weights and {len(particle_gradients)} gradients"
+        )
+
+    def mean(states: Sequence[Mapping[str, Tensor]], name: str) -> Tensor:
+        total = states[0][name].detach().double().cpu()
+        for state in states[1:]:
+            total = total + state[name].detach().double().cpu()
+        return (total / len(states)).to(states[0][name].dtype)
+
+    for states in (particle_weights, particle_gradients):
+        for state in states:
+            missing = [n for n in mask if n not in state]
+            if missing:
+                raise MaskError(f"a particle lacks the masked parameters {missing[:5]}")
+    weights = {n: mean(particle_weights, n) for n in mask}
+    gradients = {n: mean(particle_gradients, n) for n in mask}
+    return rigl_update(weights, gradients, mask, drop_fraction)
 
 
 @torch.no_grad()
