@@ -126,3 +126,16 @@ def test_swa_anneal_and_switch_readings():
         assert learning_rate(switch, s, 100, 75) == learning_rate(cosine, s, 100, None)
     assert learning_rate(switch, 74, 100, 75) < 0.05 < learning_rate(anneal, 70, 100, 75)
     assert learning_rate(switch, 75, 100, 75) == 0.05
+
+
+@pytest.mark.parametrize(
+    ("total", "overshoot_percent"),
+    [(20, 0.7654), (40, 0.1906), (100, 0.0305), (200, 0.0076)],
+)
+def test_the_sms_codes_clr_overshoot_depends_on_the_retraining_length(total, overshoot_percent):
+    """docs/recipes.md's numbers: torch's recursive cosine after SequentialLR's repeated peak
+    overshoots the peak on the step after the warm-up, less the longer the retraining."""
+    theirs = sms_code_rates("clr", total, 0.1, smallest_rate(DENSE, 200))
+    assert (max(theirs) / 0.1 - 1) * 100 == pytest.approx(overshoot_percent, abs=5e-5)
+    ours = rates(TrainSettings(epochs=total // 20, lr=0.1, schedule="clr", original=DENSE))
+    assert len(ours) == total and max(ours) <= 0.1
