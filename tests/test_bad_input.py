@@ -871,6 +871,37 @@ CASES = [
         "--docs", f"{TMP}/notes.txt", "is a file, not a folder",
         setup=text("notes.txt", "hello\n"),
     ),
+    # ---- size-like flags are bounded (issue 16, item 4: no flag fills the memory)
+    case(
+        "analyze-points-huge",
+        ["analyze", RUN, "--points", "100000000", "--quiet"],
+        "points must be an integer from 2 to 1001", "100000000",
+        setup=a_run(),
+    ),
+    case(
+        "analyze-probes-huge",
+        ["analyze", RUN, "--probes", "1000000000", "--quiet"],
+        "probes must be an integer from 2 to 10000", "1000000000",
+        setup=a_run(),
+    ),
+    case(
+        "analyze-hessian-batches-huge",
+        ["analyze", RUN, "--hessian-batches", "1000000000", "--quiet"],
+        "hessian_batches must be an integer from 1 to 10000",
+        setup=a_run(),
+    ),
+    case(
+        "export-cycle-huge",
+        ["export", RUN, "--cycle", "1" + "0" * 300, "--out", f"{TMP}/m.safetensors"],
+        "is not complete", "complete cycles: [0]",
+        absent=("File name too long",),
+        setup=a_run(),
+    ),
+    case(
+        "study-workers-huge",
+        ["study", "--workers", "1000000000", "--runs-dir", f"{TMP}/r", "--docs", f"{TMP}/d"],
+        "--workers 1000000000", "<= 1024",
+    ),
     # ---- report
     case(
         "report-out-is-a-file",

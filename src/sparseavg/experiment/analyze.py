@@ -79,13 +79,25 @@ class AnalysisError(ValueError):
     that is not complete."""
 
 
+#: the range of each integer setting: large enough for any analysis worth its time, small
+#: enough that a typo (``--points 100000000``) is refused instead of filling the memory
+SETTING_RANGES: dict[str, tuple[int, int]] = {
+    "points": (2, 1001),
+    "probes": (2, 10_000),
+    "hessian_batches": (1, 10_000),
+    "batch_size": (1, 65_536),
+    "bn_batches": (0, 100_000),
+    "seed": (0, 2**63 - 1),
+}
+
+
 @dataclass(frozen=True)
 class AnalysisSettings:
     """What the analyses measure with; written into every result file.
 
-    Attributes:
+    Attributes (each an integer in its :data:`SETTING_RANGES`):
         points: points along each line, ends included (α = 0, 1/(points-1), ..., 1).
-        probes: Rademacher probes of the Hessian trace (>= 2).
+        probes: Rademacher probes of the Hessian trace.
         hessian_batches: batches of the training split the Hessian's loss is taken over.
         batch_size: samples per batch, for the Hessian and for BatchNorm recalibration.
         bn_batches: batches of the training split each point's BatchNorm statistics are
@@ -103,11 +115,12 @@ class AnalysisSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        minimum = {"points": 2, "probes": 2, "hessian_batches": 1, "batch_size": 1}
-        for name, low in [*minimum.items(), ("bn_batches", 0), ("seed", 0)]:
+        for name, (low, high) in SETTING_RANGES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise AnalysisError(f"{name} must be an integer >= {low}, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise AnalysisError(
+                    f"{name} must be an integer from {low} to {high}, not {value!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

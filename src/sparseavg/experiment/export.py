@@ -120,7 +120,7 @@ def export_cycle(
         which = "only member 0" if members == 1 else f"members 0 to {members - 1}"
         raise ExportError(f"--member {member}: {info.path} has {which}")
     rd = info.rundir
-    if not rd.is_complete(cycle):
+    if not 0 <= cycle <= info.config.pruning.cycles or not rd.is_complete(cycle):
         done = info.complete_cycles()
         raise FileNotFoundError(
             f"{rd.path}: cycle {cycle} is not complete (complete cycles: {done or 'none'})"
