@@ -301,6 +301,29 @@ def test_refused_before_anything_is_written(tmp_path):
     refused("cannot run your own train_fn", recipe="gmp", config=gmp)
 
 
+@pytest.mark.parametrize(
+    "name", ["x/../../escaped", "../escaped", "/tmp/abs", "..", ".", "a\\b", "tab\tname", ""]
+)
+def test_a_name_that_would_leave_the_runs_dir_is_refused(tmp_path, name):
+    runs = tmp_path / "a" / "b" / "runs"
+    with pytest.raises(ConfigError, match=r"^name: "):
+        sparseavg.imp(
+            TiedLM, loop, accuracy, runs_dir=runs, name=name, config=OWN, prunable=PRUNABLE,
+            progress=False,
+        )  # fmt: skip
+    assert not list(tmp_path.rglob("*"))
+
+
+def test_a_model_class_name_with_a_separator_is_refused(tmp_path):
+    sneaky = type("up/../../out", (TiedLM,), {})
+    with pytest.raises(ConfigError, match=r"model_fn's model class name.*'/'"):
+        sparseavg.imp(
+            sneaky, loop, accuracy, runs_dir=tmp_path / "runs", config=OWN, prunable=PRUNABLE,
+            progress=False,
+        )  # fmt: skip
+    assert not list(tmp_path.rglob("*"))
+
+
 def test_ensemble_rows_average_probabilities_through_eval_fn(tmp_path):
     result = sparseavg.swamp(
         TiedLM,

@@ -55,6 +55,25 @@ class InsufficientDiskError(RuntimeError):
     """Not enough free space for the next cycle's files."""
 
 
+def name_part_problem(value: object) -> str | None:
+    """Why ``value`` cannot be part of a run directory's name (``<recipe>-<dataset>-<model>-
+    <hash8>`` must be one folder inside the runs directory), or ``None`` when it can: it must
+    be a non-empty string without path separators or control characters, not ``.`` or
+    ``..``."""
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
+    if value in (".", ".."):
+        return f"{value!r} names a folder, not a run"
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    bad = sorted({c for c in value if c in separators or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return (
+            f"{value!r} holds {', '.join(map(repr, bad))}: a run directory's name is one folder "
+            "inside the runs directory (no path separators or control characters)"
+        )
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
