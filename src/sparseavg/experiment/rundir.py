@@ -74,6 +74,29 @@ def name_part_problem(value: object) -> str | None:
     return None
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run directory: a folder with a ``config.toml`` and a cycle folder,
+    ``results.jsonl`` or a lock (a folder of the user's that merely holds a ``config.toml``
+    is not)."""
+    if not (path / "config.toml").is_file():
+        return False
+    return (
+        (path / "results.jsonl").exists()
+        or (path / LOCK_NAME).exists()
+        or any(p.is_dir() for p in path.glob("cycle_[0-9][0-9]*"))
+    )
+
+
+def enclosing_run_dir(path: str | os.PathLike[str]) -> Path | None:
+    """The run directory that ``path`` (a file to write; links resolved) lies in, or
+    ``None``."""
+    resolved = Path(path).resolve()
+    for folder in resolved.parents:
+        if is_run_dir(folder):
+            return folder
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
