@@ -265,6 +265,7 @@ def other_config_in_run_dir(tmp: Path) -> None:
 
 
 ENSEMBLE = {**FAKE, "recipe": "ensemble"}
+TENSORBOARD = {**FAKE, "execution": {**FAKE["execution"], "tensorboard": True}}
 ANOTHER_RUN = "0" * 64  # the run id in the manifest of a cycle folder copied from elsewhere
 LONG = "x" * 300  # longer than a file name may be (255 bytes on Linux and macOS)
 
@@ -901,6 +902,25 @@ CASES = [
         "study-workers-huge",
         ["study", "--workers", "1000000000", "--runs-dir", f"{TMP}/r", "--docs", f"{TMP}/d"],
         "--workers 1000000000", "<= 1024",
+    ),
+    # ---- a resume refused before any write (issue 16, item 4)
+    case(
+        "engine-resume-tensorboard-is-a-file",
+        run(f"{TMP}/tb.toml", "--quiet"),
+        f"{RUN}/tensorboard", "a file where the run writes a folder",
+        setup=chain(
+            config_file("tb.toml", TENSORBOARD),
+            a_run(put("tensorboard", "not a folder\n"), values=TENSORBOARD, complete=2),
+        ),
+    ),
+    case(
+        "engine-resume-results-csv-is-a-folder",
+        run(f"{TMP}/c.toml", "--quiet"),
+        f"{RUN}/results.csv", "a folder (or a broken link) where the run writes a file",
+        setup=chain(
+            config_file("c.toml", FAKE),
+            a_run(remove("results.csv"), put("results.csv/x", "x"), complete=2),
+        ),
     ),
     # ---- report
     case(
