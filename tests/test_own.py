@@ -369,6 +369,13 @@ def test_report_inspect_and_export_read_an_own_run_and_analyze_says_what_it_cann
     assert main(["analyze", str(result.path)]) == 2
     assert "'TiedLM' are not built in (a run of your own model)" in capsys.readouterr().err
     assert not (result.path / "analysis").exists()
+    before = sorted(tmp_path.rglob("*"))
+    onnx = ["export", str(result.path), "--cycle", "2", "--out", str(tmp_path / "o.pt"), "--onnx"]
+    assert main(onnx) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "data.dataset" not in err
+    assert "a run of your own model ('TiedLM')" in err and "torch.onnx.export" in err
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_ensemble_module_gives_a_hugging_face_output_the_ensembles_loss():

@@ -58,6 +58,7 @@ from ..training.evaluate import EVAL_BATCH_SIZE
 from ..utils.files import CorruptFileError, atomic_open, atomic_write_text
 from ..utils.state import State
 from .engine import resolve_device
+from .export import built_in
 from .progress import NullReporter, Reporter
 from .rundir import MANIFEST, RunDir
 from .runinfo import RunInfo, read_run
@@ -506,10 +507,7 @@ def _choose_cycles(info: RunInfo, cycles: Sequence[int] | None) -> list[int]:
 def _check_built_in(config: Config) -> None:
     """Refuse a run of the user's own model (``sparseavg.swamp(model_fn, ...)``): its data
     and model are not ours to rebuild."""
-    from ..data import available_datasets
-    from ..models import available_models
-
-    if config.data.dataset in available_datasets() and config.model.name in available_models():
+    if built_in(config):
         return
     raise ConfigError(
         f"analyze rebuilds a run's data set and model, and {config.data.dataset!r} / "

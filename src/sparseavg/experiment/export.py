@@ -65,6 +65,15 @@ def export_paths(out: str | Path, *, onnx: bool = False) -> dict[str, Path]:
     return paths
 
 
+def built_in(config: Config) -> bool:
+    """Whether the run's data set and model are built in (sparseavg can rebuild the model),
+    rather than the user's own (``sparseavg.swamp(model_fn, ...)``)."""
+    from ..data import available_datasets
+    from ..models import available_models
+
+    return config.data.dataset in available_datasets() and config.model.name in available_models()
+
+
 def format_bytes(n: int) -> str:
     """``n`` bytes in decimal units: ``"812 B"``, ``"61.2 kB"``, ``"4.3 MB"``, ``"1.2 GB"``."""
     if n < 1000:
@@ -116,9 +125,15 @@ def export_cycle(
     """
     paths = export_paths(out, onnx=onnx)
     _check_outside_runs(paths, run_dir)
+    info = read_run(run_dir)
+    if onnx and not built_in(info.config):
+        raise ExportError(
+            f"--onnx: {info.path} is a run of your own model ({info.config.model.name!r}), "
+            "which the run does not record how to build; export without --onnx, load the "
+            "state into your model (model.load_state_dict) and call torch.onnx.export on it"
+        )
     if onnx and not onnx_available():
         raise ExportError(f"--onnx needs the onnx package: {INSTALL}")
-    info = read_run(run_dir)
     members = info.members
     if member is None:
         if members > 1:
