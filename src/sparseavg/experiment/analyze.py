@@ -24,7 +24,12 @@ directory is touched)::
     summary.json          one row per analysed cycle (see :func:`summary_row`)
     summary.png           barriers and Hessian trace against sparsity
 
-A cycle whose JSON holds the same settings and analyses is skipped, so the command resumes.
+A cycle whose JSON holds the analyses asked for, made with the same settings, is skipped, so
+the command resumes; analyses asked for later are added to the same JSON (results of other
+settings are replaced, not mixed in), and a plot missing or out of date is drawn again. Only
+the files a cycle's manifest lists are read, and a JSON that is not this run's and cycle's
+(copied in, edited, damaged) is recomputed. While it writes, ``analysis/run.lock`` keeps a
+second ``analyze`` of the run out, and temporary files a killed analysis left are removed.
 """
 
 from __future__ import annotations
