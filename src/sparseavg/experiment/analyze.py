@@ -579,9 +579,9 @@ def analyze_run(
     rd, members = info.rundir, info.members
     complete = set(info.complete_cycles())
     listed: dict[int, set[str]] = {}
-    for needed in sorted({x for c in chosen for x in (c, c - 1) if x in complete}):
-        rd.verify_manifest(rd.cycle_dir(needed))
-        listed[needed] = _listed(rd, needed)
+    for read_cycle in sorted({x for c in chosen for x in (c, c - 1) if x in complete}):
+        rd.verify_manifest(rd.cycle_dir(read_cycle))
+        listed[read_cycle] = _listed(rd, read_cycle)
     _check_targets(rd.path, chosen)
     reporter = reporter or NullReporter()
     fingerprint = {"format": FORMAT, "settings": settings.to_dict()}
@@ -719,7 +719,7 @@ def _write_summary(run_dir: Path, name: str, reporter: Reporter) -> dict[str, An
             continue
         document = _existing(path)
         problem = document_problem(document, name, int(number))
-        if problem is not None:
+        if problem is not None or document is None:
             reporter.message(f"{path} is {problem}; left out of the summary")
             continue
         documents.append(document)

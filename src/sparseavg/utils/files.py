@@ -69,9 +69,9 @@ def all_or_nothing(targets: Sequence[PathLike]) -> Iterator[list[Path]]:
     try:
         for target in paths:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             os.close(fd)
-            temps.append(Path(tmp))
+            temps.append(Path(name))
         yield list(temps)
         for target, tmp in zip(paths, temps, strict=True):
             backups[target] = _backup(target)
