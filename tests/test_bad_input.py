@@ -903,6 +903,12 @@ CASES = [
         ["study", "--workers", "1000000000", "--runs-dir", f"{TMP}/r", "--docs", f"{TMP}/d"],
         "--workers 1000000000", "<= 1024",
     ),
+    case(
+        "export-out-is-the-runs-own-mask",
+        ["export", RUN, "--cycle", "0", "--out", f"{RUN}/cycle_00/mask.safetensors"],
+        f"{RUN}/cycle_00/mask.safetensors", f"is inside the run directory {RUN}",
+        setup=a_run(),
+    ),
     # ---- a resume refused before any write (issue 16, item 4)
     case(
         "engine-resume-tensorboard-is-a-file",
