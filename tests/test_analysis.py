@@ -415,3 +415,174 @@ def test_analyze_cli_prints_a_table_and_report_shows_it(swamp_run, tmp_path, cap
     shown = capsys.readouterr().out
     assert shown.startswith(plain.rstrip("\n")) and "Hessian trace ± se" in shown
     assert "## Analyses" in (tmp_path / "rep" / "report.md").read_text()
+
+
+# -- analyze trusts only what it can check (issue 16, item 4) -------------------------------------
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "runs" / run.name
+    shutil.copytree(run, copy)
+    return copy
+
+
+def _doc(run, cycle):
+    import json
+
+    return json.loads((run / "analysis" / f"cycle_{cycle:02d}.json").read_text())
+
+
+def _put(run, cycle, document):
+    import json
+
+    (run / "analysis" / f"cycle_{cycle:02d}.json").write_text(json.dumps(document))
+
+
+def test_a_plot_missing_after_an_interruption_is_drawn_on_the_next_call(swamp_run, tmp_path):
+    from sparseavg.experiment.analyze import AnalysisSettings, analyze_run
+
+    run = _copy(swamp_run, tmp_path)
+    settings = AnalysisSettings(**FAST)
+    analyze_run(run, cycles=[1], what=["barrier"], settings=settings, device="cpu")
+    png = run / "analysis" / "cycle_01_barrier.png"
+    json_stamp = (run / "analysis" / "cycle_01.json").stat().st_mtime_ns
+    png.unlink()  # killed between the cycle's JSON and its plot
+    messages = _Messages()
+    analyze_run(run, cycles=[1], what=["barrier"], settings=settings, reporter=messages)
+    assert png.is_file() and png.read_bytes().startswith(b"\x89PNG")
+    assert (run / "analysis" / "cycle_01.json").stat().st_mtime_ns == json_stamp  # not redone
+    assert messages.units == 0
+
+
+def test_another_runs_or_a_damaged_cycle_document_is_analysed_again(swamp_run, tmp_path):
+    from sparseavg.experiment.analyze import AnalysisSettings, analyze_run
+
+    run = _copy(swamp_run, tmp_path)
+    settings = AnalysisSettings(**FAST)
+    analyze_run(run, what=["hessian"], settings=settings, device="cpu")
+    mine = _doc(run, 1)
+    foreign = {**mine, "run": "imp-mnist1d-conv1d-00000000"}
+    foreign["hessian"] = {"combined": {**mine["hessian"]["combined"], "mean": 123.0}}
+    _put(run, 1, foreign)
+    damaged = {**_doc(run, 0), "hessian": {"combined": {"mean": "high"}}}
+    _put(run, 0, damaged)
+    messages = _Messages()
+    summary = analyze_run(
+        run, cycles=[1], what=["hessian"], settings=settings, device="cpu", reporter=messages
+    )
+    assert _doc(run, 1)["run"] == run.name
+    assert _doc(run, 1)["hessian"]["combined"]["mean"] == mine["hessian"]["combined"]["mean"]
+    assert any(
+        "not of 'imp-mnist1d-conv1d-00000000'" in m or "00000000" in m for m in messages.lines
+    )
+    assert [row["cycle"] for row in summary["cycles"]] == [1]  # cycle 0's is left out
+    assert any("hessian results are damaged; left out" in m for m in messages.lines)
+
+
+def test_only_the_ingredients_the_manifest_lists_are_analysed(swamp_run, tmp_path):
+    import shutil
+
+    from sparseavg.experiment.analyze import AnalysisSettings, analyze_run
+
+    run = _copy(swamp_run, tmp_path)
+    shutil.copytree(run / "cycle_01" / "ingredient_1", run / "cycle_01" / "ingredient_7")
+    analyze_run(run, cycles=[1], what=["distance"], settings=AnalysisSettings(**FAST))
+    doc = _doc(run, 1)
+    assert doc["models"] == ["combined", "ingredient_0", "ingredient_1"]
+    assert not [d for d in doc["distance"] if "ingredient_7" in (d["a"], d["b"])]
+
+
+def test_a_second_call_with_other_analyses_keeps_the_first_ones_results(swamp_run, tmp_path):
+    from sparseavg.experiment.analyze import AnalysisSettings, analyze_run
+
+    run = _copy(swamp_run, tmp_path)
+    settings = AnalysisSettings(**FAST)
+    analyze_run(run, cycles=[1], what=["barrier", "distance"], settings=settings)
+    first = _doc(run, 1)
+    png = run / "analysis" / "cycle_01_barrier.png"
+    drawn = png.read_bytes()
+    analyze_run(run, cycles=[1], what=["hessian"], settings=settings)
+    merged = _doc(run, 1)
+    assert merged["what"] == ["barrier", "hessian", "distance"]
+    assert merged["barrier"] == first["barrier"] and merged["distance"] == first["distance"]
+    assert "combined" in merged["hessian"] and png.read_bytes() == drawn
+    # other settings: the results of the old ones are not mixed in, and their plot goes
+    analyze_run(
+        run, cycles=[1], what=["hessian"], settings=AnalysisSettings(**{**FAST, "probes": 3})
+    )
+    redone = _doc(run, 1)
+    assert redone["what"] == ["hessian"] and "barrier" not in redone and not png.exists()
+
+
+def test_analyze_and_report_refuse_what_they_cannot_trust_in_one_line(swamp_run, tmp_path, capsys):
+    import json
+
+    from sparseavg.cli.main import main
+    from sparseavg.experiment.analyze import AnalysisSettings, analyze_run
+    from sparseavg.experiment.rundir import RunDir
+    from sparseavg.experiment.runinfo import read_run
+    from sparseavg.models import build_model
+    from sparseavg.utils.files import save_tensors
+
+    run = _copy(swamp_run, tmp_path)
+    analyze_run(run, cycles=[1], what=["hessian"], settings=AnalysisSettings(**FAST))
+    summary_path = run / "analysis" / "summary.json"
+    good = summary_path.read_text()
+
+    def refused(argv, *fragments):
+        rc = main(argv)
+        _, err = capsys.readouterr()
+        assert rc == 2 and "Traceback" not in err, err
+        assert len(err.splitlines()) == 1 and err.startswith("sparseavg: error: "), err
+        for fragment in fragments:
+            assert fragment in err, (fragment, err)
+
+    summary = json.loads(good)
+    summary_path.write_text(json.dumps({**summary, "run": "swamp-mnist1d-conv1d-00000000"}))
+    refused(["report", str(run)], "summary.json", "not of", "rewrites it")
+    summary_path.write_text(json.dumps({**summary, "cycles": [{"cycle": "one"}]}))
+    refused(["report", str(run)], "summary.json", "its rows are damaged")
+    summary_path.write_text(good)
+
+    # an ingredient of another architecture, listed in the manifest as if it were the run's
+    config = read_run(run).config
+    other = build_model("conv1d", 10, (1, 40), width=16)
+    save_tensors(run / "cycle_01" / "ingredient_1" / "final.safetensors", other.state_dict())
+    RunDir(run, run_id=config.digest()).write_manifest(run / "cycle_01")
+    before = {p: p.read_bytes() for p in (run / "analysis").iterdir()}
+    refused(
+        ["analyze", str(run), "--cycles", "1", "--what", "distance", "--quiet"],
+        "ingredient_1/final.safetensors",
+        "do not fit the run's model",
+    )
+    assert {p: p.read_bytes() for p in (run / "analysis").iterdir()} == before
+
+
+def test_a_folder_where_a_result_goes_is_refused_before_any_cycle_is_analysed(
+    swamp_run, tmp_path, capsys
+):
+    from sparseavg.cli.main import main
+
+    run = _copy(swamp_run, tmp_path)
+    (run / "analysis" / "summary.json").mkdir(parents=True)
+    rc = main(["analyze", str(run), "--what", "hessian", "--quiet", "--probes", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "summary.json: a folder where analyze writes a file" in err
+    assert sorted(p.name for p in (run / "analysis").iterdir()) == ["summary.json"]
+
+
+def test_temporary_files_of_a_killed_analysis_are_removed(swamp_run, tmp_path):
+    from sparseavg.experiment.analyze import AnalysisSettings, analyze_run
+
+    run = _copy(swamp_run, tmp_path)
+    (run / "analysis").mkdir()
+    stale = run / "analysis" / ".cycle_01.json.k1ll3d.tmp"
+    stale.write_text('{"half": ')
+    analyze_run(run, cycles=[1], what=["hessian"], settings=AnalysisSettings(**FAST))
+    assert not stale.exists()
+    assert sorted(p.name for p in (run / "analysis").iterdir()) == [
+        "cycle_01.json", "summary.json", "summary.png",
+    ]  # fmt: skip

@@ -265,6 +265,7 @@ def other_config_in_run_dir(tmp: Path) -> None:
 
 
 ENSEMBLE = {**FAKE, "recipe": "ensemble"}
+TENSORBOARD = {**FAKE, "execution": {**FAKE["execution"], "tensorboard": True}}
 ANOTHER_RUN = "0" * 64  # the run id in the manifest of a cycle folder copied from elsewhere
 LONG = "x" * 300  # longer than a file name may be (255 bytes on Linux and macOS)
 
@@ -870,6 +871,62 @@ CASES = [
         ["study", "--runs-dir", f"{TMP}/r", "--docs", f"{TMP}/notes.txt"],
         "--docs", f"{TMP}/notes.txt", "is a file, not a folder",
         setup=text("notes.txt", "hello\n"),
+    ),
+    # ---- size-like flags are bounded (issue 16, item 4: no flag fills the memory)
+    case(
+        "analyze-points-huge",
+        ["analyze", RUN, "--points", "100000000", "--quiet"],
+        "points must be an integer from 2 to 1001", "100000000",
+        setup=a_run(),
+    ),
+    case(
+        "analyze-probes-huge",
+        ["analyze", RUN, "--probes", "1000000000", "--quiet"],
+        "probes must be an integer from 2 to 10000", "1000000000",
+        setup=a_run(),
+    ),
+    case(
+        "analyze-hessian-batches-huge",
+        ["analyze", RUN, "--hessian-batches", "1000000000", "--quiet"],
+        "hessian_batches must be an integer from 1 to 10000",
+        setup=a_run(),
+    ),
+    case(
+        "export-cycle-huge",
+        ["export", RUN, "--cycle", "1" + "0" * 300, "--out", f"{TMP}/m.safetensors"],
+        "is not complete", "complete cycles: [0]",
+        absent=("File name too long",),
+        setup=a_run(),
+    ),
+    case(
+        "study-workers-huge",
+        ["study", "--workers", "1000000000", "--runs-dir", f"{TMP}/r", "--docs", f"{TMP}/d"],
+        "--workers 1000000000", "<= 1024",
+    ),
+    case(
+        "export-out-is-the-runs-own-mask",
+        ["export", RUN, "--cycle", "0", "--out", f"{RUN}/cycle_00/mask.safetensors"],
+        f"{RUN}/cycle_00/mask.safetensors", f"is inside the run directory {RUN}",
+        setup=a_run(),
+    ),
+    # ---- a resume refused before any write (issue 16, item 4)
+    case(
+        "engine-resume-tensorboard-is-a-file",
+        run(f"{TMP}/tb.toml", "--quiet"),
+        f"{RUN}/tensorboard", "a file where the run writes a folder",
+        setup=chain(
+            config_file("tb.toml", TENSORBOARD),
+            a_run(put("tensorboard", "not a folder\n"), values=TENSORBOARD, complete=2),
+        ),
+    ),
+    case(
+        "engine-resume-results-csv-is-a-folder",
+        run(f"{TMP}/c.toml", "--quiet"),
+        f"{RUN}/results.csv", "a folder (or a broken link) where the run writes a file",
+        setup=chain(
+            config_file("c.toml", FAKE),
+            a_run(remove("results.csv"), put("results.csv/x", "x"), complete=2),
+        ),
     ),
     # ---- report
     case(

@@ -126,3 +126,62 @@ def test_onnx_gives_torchs_logits_for_any_batch_size(tmp_path, capsys):
         assert logits.shape == (batch, 10)
         torch.testing.assert_close(torch.from_numpy(logits), expected, rtol=0, atol=1e-5)
         assert float(expected.abs().max()) > 0.01  # logits that are not all near zero
+
+
+# -- writes outside and all or nothing (issue 16, item 4) ----------------------------------------
+
+
+def _contents(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "rel", ["cycle_00/mask.safetensors", "cycle_00/combined.pt", "export.safetensors"]
+)
+def test_an_export_into_the_run_directory_is_refused_and_the_run_is_unchanged(
+    tmp_path, capsys, rel
+):
+    run = make_run(tmp_path / "runs", sparsity=0.5)
+    before = _contents(tmp_path)
+    listed = files(tmp_path)
+    rc = main(["export", str(run), "--cycle", "0", "--out", str(run / rel)])
+    assert_refused(capsys, listed, tmp_path, f"is inside the run directory {run}", rc=rc)
+    assert _contents(tmp_path) == before
+    assert main(["export", str(run), "--cycle", "0", "--out", str(tmp_path / "m.pt")]) == 0
+
+
+def test_an_export_into_another_run_or_through_a_link_is_refused(tmp_path, capsys):
+    run = make_run(tmp_path / "runs", sparsity=0.5)
+    other = make_run(tmp_path / "runs", {**FAKE, "seed": 1})
+    (tmp_path / "link").symlink_to(run / "cycle_00")
+    before = files(tmp_path)
+    for out, inside in (
+        (other / "cycle_00" / "m.safetensors", other),
+        (tmp_path / "link" / "mask.safetensors", run),
+    ):
+        rc = main(["export", str(run), "--cycle", "0", "--out", str(out)])
+        assert_refused(capsys, before, tmp_path, f"inside the run directory {inside}", rc=rc)
+    # a folder of the user's that holds a config.toml is no run directory
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "config.toml").write_text("[mine]\n")
+    assert main(["export", str(run), "--cycle", "0", "--out", str(tmp_path / "project/m.pt")]) == 0
+
+
+def test_an_export_that_fails_part_way_leaves_every_file_as_it_was(tmp_path, capsys, monkeypatch):
+    from sparseavg.experiment import export
+
+    run = make_run(tmp_path / "runs", sparsity=0.5)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "m.safetensors").write_bytes(b"an earlier export")  # restored after the failure
+
+    def unwritable(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(export, "atomic_write_text", unwritable)  # m.json, written last
+    before = _contents(tmp_path)
+    rc = main(["export", str(run), "--cycle", "0", "--out", str(out / "m.safetensors")])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "Permission denied" in err and len(err.splitlines()) == 1
+    assert _contents(tmp_path) == before  # no m.mask/m.sparse left, no temporary file
+    assert sorted(p.name for p in out.iterdir()) == ["m.safetensors"]

@@ -270,3 +270,75 @@ def test_tensors_that_do_not_fit_the_layout_are_refused(sparse_file):
     missing = {k: v for k, v in tensors.items() if k != "0.bias"}
     with pytest.raises(CorruptFileError, match="checksum differs"):
         decompress(missing, metadata)
+
+
+# -- sizes a file claims, devices, plain masks (issue 16, item 4) --------------------------------
+
+
+def _claiming(path, shape, positions="none"):
+    """A small valid sparse file (checksum and all) whose layout claims ``shape`` for a
+    weight: the checksum covers the stored tensors, not the layout."""
+    state = {"w": torch.zeros(8), "b": torch.ones(2)}
+    alive = torch.zeros(8, dtype=torch.bool) if positions == "none" else torch.ones(8).bool()
+    tensors, metadata = compress({**state, "w": state["w"] + alive}, Mask({"w": alive}))
+    layout = json.loads(metadata["layout"])
+    layout[0]["shape"] = list(shape)
+    save_file(tensors, str(path), metadata={**metadata, "layout": json.dumps(layout)})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("shape", "positions"),
+    [([200_000_000], "none"), ([3_000_000_000], "none"), ([50_000, 50_000], "none"),
+     ([300_000_000], "all")],
+)  # fmt: skip
+def test_a_small_file_claiming_a_huge_tensor_is_refused_before_allocating(
+    tmp_path, shape, positions
+):
+    path = _claiming(tmp_path / "bomb.sparse.safetensors", shape, positions)
+    assert path.stat().st_size < 500
+    with pytest.raises(CorruptFileError, match=f"{path}: ") as err:
+        load_sparse(path)
+    assert "\n" not in str(err.value)
+    if positions == "none":
+        assert "claims a dense state of" in str(err.value)
+        assert f"{math.prod(shape) * 10 + 8} bytes" in str(err.value)  # w and its flags, b
+    else:  # "all" alive: as many values as positions, or the file lies
+        assert "300000000 alive positions but (8,) values" in str(err.value)
+
+
+def test_the_dense_limit_follows_the_stored_bytes_and_max_bytes_lifts_it(tmp_path):
+    # 1 of 2**20 weights alive: 8 bytes stored as index and value, 4 MiB dense: allowed
+    w = torch.zeros(2**20)
+    w[12345] = 1.5
+    mask = Mask({"w": w != 0})
+    path = tmp_path / "sparse.sparse.safetensors"
+    save_sparse(path, {"w": w}, mask)
+    assert torch.equal(load_sparse(path)["w"], w)
+    with pytest.raises(CorruptFileError, match="more than max_bytes=1000"):
+        load_sparse(path, max_bytes=1000)
+    bomb = _claiming(tmp_path / "bomb.sparse.safetensors", [200_000_000])
+    with pytest.raises(CorruptFileError, match="pass max_bytes= to load a file you trust"):
+        load_sparse(bomb)
+    small = _claiming(tmp_path / "small.sparse.safetensors", [1000])
+    assert load_sparse(small)["w"].shape == (1000,)  # a claim the limit allows is read
+
+
+def test_meta_device_gives_shapes_and_dtypes_of_a_good_file(sparse_file):
+    dense = load_sparse(sparse_file)
+    meta = load_sparse(sparse_file, device="meta")
+    assert list(meta) == list(dense)
+    for name, t in meta.items():
+        assert t.is_meta and t.shape == dense[name].shape and t.dtype == dense[name].dtype
+
+
+def test_a_plain_dict_mask_is_accepted_as_attach_accepts_it(tmp_path):
+    state, mask = small_state(torch.float32, density=0.3)
+    path = tmp_path / "dict.sparse.safetensors"
+    save_sparse(path, state, dict(mask))
+    assert_bitwise_equal(load_sparse(path), state)
+    assert compress(state, dict(mask)).metadata == compress(state, mask).metadata
+    with pytest.raises(MaskError, match="mask must be a Mask or a name -> bool tensor mapping"):
+        save_sparse(path, state, [mask["0.weight"]])  # type: ignore[arg-type]
+    with pytest.raises(MaskError, match=r"dtype torch\.float32; masks must be torch\.bool"):
+        save_sparse(path, state, {"0.weight": mask["0.weight"].float()})

@@ -1,4 +1,5 @@
-"""Atomic writes leave files with the permissions a plain open would give them."""
+"""Atomic writes leave files with the permissions a plain open would give them; several
+files are written all or none."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sparseavg.utils.files import atomic_write_text
+from sparseavg.utils import files
+from sparseavg.utils.files import all_or_nothing, atomic_write_text
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
@@ -25,3 +27,34 @@ def test_atomic_writes_get_the_umask_permissions_not_the_temporary_files(
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "a.txt").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_all_or_nothing_writes_every_file_or_puts_each_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, c = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"
+    a.write_text("old a")
+    with all_or_nothing([a, b]) as (ta, tb):
+        ta.write_text("new a")
+        tb.write_text("new b")
+    assert (a.read_text(), b.read_text()) == ("new a", "new b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+    real = os.replace
+
+    def fail_on_c(src, dst):
+        if str(dst) == str(c):
+            raise PermissionError(13, "Permission denied", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", fail_on_c)  # the third move fails
+    with pytest.raises(PermissionError), all_or_nothing([a, b, c]) as temps:
+        for t in temps:
+            t.write_text("newer")
+    assert (a.read_text(), b.read_text()) == ("new a", "new b")  # both put back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temporary
+    monkeypatch.undo()
+    with pytest.raises(KeyboardInterrupt), all_or_nothing([c]) as (tc,):
+        tc.write_text("half")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]

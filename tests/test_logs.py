@@ -398,6 +398,31 @@ def test_tensorboard_files_missing_are_written_and_present_ones_kept(swamp_run, 
     assert (path / logs.TENSORBOARD_DIR / "events.out.tfevents.cycle_00").read_bytes() == kept
 
 
+def test_a_resume_that_fails_after_skipping_a_cycle_keeps_every_cycles_rows(
+    swamp_run, tmp_path, monkeypatch
+):
+    """The logs a resumed run rewrites hold every complete cycle from the first rewrite on:
+    a failure later in the loop (here the TensorBoard files of cycle 0) leaves them whole."""
+    reference, _ = swamp_run
+    path = tmp_path / reference.name
+    shutil.copytree(reference, path)
+    shutil.rmtree(path / logs.TENSORBOARD_DIR, ignore_errors=True)
+    before = {name: (path / name).read_bytes() for name in ("results.jsonl", "epochs.jsonl")}
+    assert {r["cycle"] for r in jsonl(path / "results.jsonl")} == {0, 1}
+
+    def full_disk(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(logs, "write_cycle_events", full_disk)
+    monkeypatch.setattr(logs, "tensorboard_available", lambda: True)
+    monkeypatch.setattr(
+        sys.modules["sparseavg.experiment.engine"], "tensorboard_available", lambda: True
+    )
+    with pytest.raises(OSError, match="No space left"):
+        run(tiny_config({**SWAMP, "execution": {"tensorboard": True}}), tmp_path)
+    assert {name: (path / name).read_bytes() for name in before} == before
+
+
 def test_tensorboard_tags_of_runs_with_several_lineages_name_the_member():
     rows = [
         {"cycle": 2, "lineage": 1, "role": "combined", "ingredient": None, "accuracy": 0.5,

@@ -301,6 +301,29 @@ def test_refused_before_anything_is_written(tmp_path):
     refused("cannot run your own train_fn", recipe="gmp", config=gmp)
 
 
+@pytest.mark.parametrize(
+    "name", ["x/../../escaped", "../escaped", "/tmp/abs", "..", ".", "a\\b", "tab\tname", ""]
+)
+def test_a_name_that_would_leave_the_runs_dir_is_refused(tmp_path, name):
+    runs = tmp_path / "a" / "b" / "runs"
+    with pytest.raises(ConfigError, match=r"^name: "):
+        sparseavg.imp(
+            TiedLM, loop, accuracy, runs_dir=runs, name=name, config=OWN, prunable=PRUNABLE,
+            progress=False,
+        )  # fmt: skip
+    assert not list(tmp_path.rglob("*"))
+
+
+def test_a_model_class_name_with_a_separator_is_refused(tmp_path):
+    sneaky = type("up/../../out", (TiedLM,), {})
+    with pytest.raises(ConfigError, match=r"model_fn's model class name.*'/'"):
+        sparseavg.imp(
+            sneaky, loop, accuracy, runs_dir=tmp_path / "runs", config=OWN, prunable=PRUNABLE,
+            progress=False,
+        )  # fmt: skip
+    assert not list(tmp_path.rglob("*"))
+
+
 def test_ensemble_rows_average_probabilities_through_eval_fn(tmp_path):
     result = sparseavg.swamp(
         TiedLM,
@@ -346,6 +369,13 @@ def test_report_inspect_and_export_read_an_own_run_and_analyze_says_what_it_cann
     assert main(["analyze", str(result.path)]) == 2
     assert "'TiedLM' are not built in (a run of your own model)" in capsys.readouterr().err
     assert not (result.path / "analysis").exists()
+    before = sorted(tmp_path.rglob("*"))
+    onnx = ["export", str(result.path), "--cycle", "2", "--out", str(tmp_path / "o.pt"), "--onnx"]
+    assert main(onnx) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "data.dataset" not in err
+    assert "a run of your own model ('TiedLM')" in err and "torch.onnx.export" in err
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_ensemble_module_gives_a_hugging_face_output_the_ensembles_loss():

@@ -21,6 +21,7 @@ from ..config import ConfigError, field_specs, merge, parse_override, read_toml,
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool cut off by `| head`
+MAX_WORKERS = 1024  # study --workers: processes at once
 
 
 class UsageError(ValueError):
@@ -149,10 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="barrier,hessian,distance,calibration",
         help="comma-separated analyses: barrier, hessian, distance, calibration",
     )
-    analyze.add_argument("--points", type=int, default=11, help="points along each line")
-    analyze.add_argument("--probes", type=int, default=16, help="Hutchinson probes")
     analyze.add_argument(
-        "--hessian-batches", type=int, default=4, help="training batches of the Hessian's loss"
+        "--points", type=int, default=11, help="points along each line (2 to 1001)"
+    )
+    analyze.add_argument("--probes", type=int, default=16, help="Hutchinson probes (2 to 10000)")
+    analyze.add_argument(
+        "--hessian-batches",
+        type=int,
+        default=4,
+        help="training batches of the Hessian's loss (1 to 10000)",
     )
     analyze.add_argument(
         "--ingredients-hessian", action="store_true", help="also the trace of every ingredient"
@@ -176,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", default="0,1,2,3,4", help="comma-separated seeds (default: 0,1,2,3,4)"
     )
     study.add_argument(
-        "--workers", type=int, help="runs at once, one torch thread each (default: CPU cores)"
+        "--workers",
+        type=int,
+        help=f"runs at once, one torch thread each (default: CPU cores; at most {MAX_WORKERS})",
     )
     study.add_argument("--data-dir", help="execution.data_dir (default: $SPARSEAVG_DATA)")
     _add_output_flags(study)
@@ -390,8 +398,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     if len(seeds) < 2:
         raise UsageError("--seeds: the paired tests need at least two seeds")
     workers = args.workers if args.workers is not None else available_cores()
-    if workers < 1:
-        raise UsageError(f"--workers {workers}: must be >= 1")
+    if not 1 <= workers <= max(MAX_WORKERS, available_cores()):
+        raise UsageError(f"--workers {workers}: must be >= 1 and <= {MAX_WORKERS}")
     runs_dir = _folder("--runs-dir", args.runs_dir)
     docs = _folder("--docs", args.docs)
     with _reporter(args) as reporter:

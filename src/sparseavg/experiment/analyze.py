@@ -24,7 +24,12 @@ directory is touched)::
     summary.json          one row per analysed cycle (see :func:`summary_row`)
     summary.png           barriers and Hessian trace against sparsity
 
-A cycle whose JSON holds the same settings and analyses is skipped, so the command resumes.
+A cycle whose JSON holds the analyses asked for, made with the same settings, is skipped, so
+the command resumes; analyses asked for later are added to the same JSON (results of other
+settings are replaced, not mixed in), and a plot missing or out of date is drawn again. Only
+the files a cycle's manifest lists are read, and a JSON that is not this run's and cycle's
+(copied in, edited, damaged) is recomputed. While it writes, ``analysis/run.lock`` keeps a
+second ``analyze`` of the run out, and temporary files a killed analysis left are removed.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ from ..training.evaluate import EVAL_BATCH_SIZE
 from ..utils.files import CorruptFileError, atomic_open, atomic_write_text
 from ..utils.state import State
 from .engine import resolve_device
+from .export import built_in
 from .progress import NullReporter, Reporter
-from .rundir import RunDir
+from .rundir import MANIFEST, RunDir
 from .runinfo import RunInfo, read_run
 from .task import load_data, make_model
 
@@ -79,13 +85,25 @@ class AnalysisError(ValueError):
     that is not complete."""
 
 
+#: the range of each integer setting: large enough for any analysis worth its time, small
+#: enough that a typo (``--points 100000000``) is refused instead of filling the memory
+SETTING_RANGES: dict[str, tuple[int, int]] = {
+    "points": (2, 1001),
+    "probes": (2, 10_000),
+    "hessian_batches": (1, 10_000),
+    "batch_size": (1, 65_536),
+    "bn_batches": (0, 100_000),
+    "seed": (0, 2**63 - 1),
+}
+
+
 @dataclass(frozen=True)
 class AnalysisSettings:
     """What the analyses measure with; written into every result file.
 
-    Attributes:
+    Attributes (each an integer in its :data:`SETTING_RANGES`):
         points: points along each line, ends included (α = 0, 1/(points-1), ..., 1).
-        probes: Rademacher probes of the Hessian trace (>= 2).
+        probes: Rademacher probes of the Hessian trace.
         hessian_batches: batches of the training split the Hessian's loss is taken over.
         batch_size: samples per batch, for the Hessian and for BatchNorm recalibration.
         bn_batches: batches of the training split each point's BatchNorm statistics are
@@ -103,11 +121,12 @@ class AnalysisSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        minimum = {"points": 2, "probes": 2, "hessian_batches": 1, "batch_size": 1}
-        for name, low in [*minimum.items(), ("bn_batches", 0), ("seed", 0)]:
+        for name, (low, high) in SETTING_RANGES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise AnalysisError(f"{name} must be an integer >= {low}, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise AnalysisError(
+                    f"{name} must be an integer from {low} to {high}, not {value!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,21 +161,65 @@ class _Lineage:
         return f"{self.prefix}combined"
 
 
-def _read_lineage(rd: RunDir, cycle: int, member: int, members: int) -> _Lineage:
+def _read_lineage(
+    rd: RunDir,
+    cycle: int,
+    member: int,
+    members: int,
+    listed: set[str],
+    expected: dict[str, tuple[int, ...]],
+) -> _Lineage:
+    """One lineage's models and masks, as the cycle's manifest lists them (``listed``: paths
+    relative to the cycle folder); each state must fit the run's model (``expected``: name
+    -> shape)."""
     mdir = rd.member_dir(cycle, member, members)
+    cdir = rd.cycle_dir(cycle)
+
+    def mask_at(path: Path) -> Mask:
+        mask = Mask.load(path)
+        mask.validate({k: torch.empty(v, device="meta") for k, v in expected.items()})
+        return mask
+
     mask_path = mdir / "mask.safetensors"
-    mask = Mask.load(mask_path) if mask_path.is_file() else None
+    mask = mask_at(mask_path) if mask_path.is_file() else None
     prefix = f"member_{member}/" if members > 1 else ""
-    lineage = _Lineage(prefix, rd.load_state(mdir / "combined.safetensors"), mask)
+    lineage = _Lineage(prefix, _read_state(rd, mdir / "combined.safetensors", expected), mask)
     found = [p for p in mdir.glob("ingredient_*") if p.name.split("_")[-1].isdigit()]
     for d in sorted(found, key=lambda p: int(p.name.split("_")[-1])):
-        if (d / "final.safetensors").is_file():  # a dropped (diverged) ingredient has none
+        final = d / "final.safetensors"
+        # a dropped (diverged) ingredient has none; a folder the manifest does not list is
+        # not the run's
+        if final.is_file() and str(final.relative_to(cdir)) in listed:
             own = d / "mask.safetensors"
             lineage.ingredients[f"{prefix}{d.name}"] = (
-                rd.load_state(d / "final.safetensors"),
-                Mask.load(own) if own.is_file() else mask,
+                _read_state(rd, final, expected),
+                mask_at(own) if str(own.relative_to(cdir)) in listed else mask,
             )
     return lineage
+
+
+def _read_state(rd: RunDir, path: Path, expected: dict[str, tuple[int, ...]]) -> State:
+    """A model state of the run, refused in one line when it does not fit the run's model."""
+    state = rd.load_state(path)
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        shapes = [k for k in expected if k in found and found[k] != expected[k]]
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {extra[:3]}" if extra else "",
+                ", ".join(f"{k} is {found[k]}, not {expected[k]}" for k in shapes[:3]),
+            )
+            if part
+        )
+        raise AnalysisError(
+            f"{path}: these weights do not fit the run's model {rd.path.name} ({detail}); "
+            "it is not this run's file"
+        )
+    return state
 
 
 def _pairs(labels: Sequence[str]) -> list[tuple[str, str]]:
@@ -342,6 +405,95 @@ def _existing(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_number(v) for v in value)
+
+
+def _path_ok(path: Any) -> bool:
+    return (
+        isinstance(path, dict)
+        and all(_numbers(path.get(k)) for k in ("alphas", "losses", "errors"))
+        and len(path["alphas"]) == len(path["losses"]) == len(path["errors"])
+        and all(_is_number(path.get(k)) for k in ("loss_barrier", "error_barrier"))
+    )
+
+
+def _line_ok(line: Any) -> bool:
+    return (
+        isinstance(line, dict)
+        and all(isinstance(line.get(k), str) for k in ("kind", "a", "b"))
+        and _path_ok(line.get("test"))
+        and _path_ok(line.get("train"))
+    )
+
+
+def _labelled(value: Any, keys: tuple[str, ...]) -> bool:
+    """``{label: {key: number, ...}}``."""
+    return isinstance(value, dict) and all(
+        isinstance(v, dict) and all(_is_number(v.get(k)) for k in keys) for v in value.values()
+    )
+
+
+#: what each analysis's entry of a cycle's document must look like
+_RESULT_OK: dict[str, Callable[[Any], bool]] = {
+    "barrier": lambda v: isinstance(v, list) and all(_line_ok(line) for line in v),
+    "hessian": lambda v: _labelled(v, ("mean", "stderr")),
+    "distance": lambda v: (
+        isinstance(v, list)
+        and all(
+            isinstance(d, dict)
+            and isinstance(d.get("a"), str)
+            and isinstance(d.get("b"), str)
+            and _is_number(d.get("l2"))
+            and _is_number(d.get("cosine"))
+            for d in v
+        )
+    ),
+    "calibration": lambda v: _labelled(v, ("ece", "accuracy")),
+}
+
+
+def document_problem(document: Any, run: str, cycle: int) -> str | None:
+    """Why ``document`` is not an analysis of cycle ``cycle`` of the run named ``run`` as
+    :func:`analyze_run` writes it (another run's, another cycle's, damaged or edited), or
+    ``None`` when it is."""
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        return "not a sparseavg analysis"
+    if document.get("run") != run:
+        return f"the analysis of run {str(document.get('run'))[:80]!r}, not of {run!r}"
+    found = document.get("cycle")
+    if found != cycle or isinstance(found, bool):
+        return f"the analysis of cycle {str(found)[:20]}, not of cycle {cycle}"
+    settings = document.get("settings")
+    try:
+        AnalysisSettings(**settings)  # type: ignore[arg-type]
+    except (TypeError, AnalysisError):
+        return "its settings are not analysis settings"
+    what = document.get("what")
+    if not isinstance(what, list) or not set(what) <= set(ANALYSES) or len(set(what)) < len(what):
+        return "its list of analyses is damaged"
+    if not isinstance(document.get("models"), list) or not _is_number(document.get("sparsity")):
+        return "its models or sparsity are damaged"
+    damaged = [a for a in what if not _RESULT_OK[a](document.get(a))]
+    if damaged:
+        return f"its {', '.join(damaged)} results are damaged"
+    try:
+        summary_row(document)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return "its results are damaged"
+    return None
+
+
+def _own_document(run_dir: Path, run: str, cycle: int) -> dict[str, Any] | None:
+    """The cycle's analysis document if it is this run's and cycle's, else ``None``."""
+    document = _existing(_cycle_path(run_dir, cycle))
+    return document if document_problem(document, run, cycle) is None else None
+
+
 def _choose_cycles(info: RunInfo, cycles: Sequence[int] | None) -> list[int]:
     complete = info.complete_cycles()
     if not complete:
@@ -360,16 +512,36 @@ def _choose_cycles(info: RunInfo, cycles: Sequence[int] | None) -> list[int]:
 def _check_built_in(config: Config) -> None:
     """Refuse a run of the user's own model (``sparseavg.swamp(model_fn, ...)``): its data
     and model are not ours to rebuild."""
-    from ..data import available_datasets
-    from ..models import available_models
-
-    if config.data.dataset in available_datasets() and config.model.name in available_models():
+    if built_in(config):
         return
     raise ConfigError(
         f"analyze rebuilds a run's data set and model, and {config.data.dataset!r} / "
         f"{config.model.name!r} are not built in (a run of your own model): call "
         "sparseavg.linear_path, hessian_trace, distances and calibration on your model and data"
     )
+
+
+def _barrier_png(run_dir: Path, cycle: int) -> Path:
+    return analysis_dir(run_dir) / f"cycle_{cycle:02d}_barrier.png"
+
+
+def _check_targets(run_dir: Path, cycles: Sequence[int]) -> None:
+    """Refuse, before anything is computed or written, an ``analysis`` folder that is a file
+    or holds a folder where a result file goes."""
+    out = analysis_dir(run_dir)
+    if out.exists() and not out.is_dir():
+        raise AnalysisError(f"{out}: a file where analyze writes its folder; remove it")
+    targets = [out / SUMMARY_NAME, out / "summary.png"]
+    targets += [p for c in cycles for p in (_cycle_path(run_dir, c), _barrier_png(run_dir, c))]
+    for target in targets:
+        if target.is_dir():
+            raise AnalysisError(f"{target}: a folder where analyze writes a file; remove it")
+
+
+def _listed(rd: RunDir, cycle: int) -> set[str]:
+    """The files a complete cycle's manifest lists (relative to the cycle's folder)."""
+    manifest = rd.read_json(rd.cycle_dir(cycle) / MANIFEST)
+    return set(manifest.get("files", {})) if isinstance(manifest, dict) else set()
 
 
 def analyze_run(
@@ -384,14 +556,20 @@ def analyze_run(
     """Analyse the complete ``cycles`` of a run (all when ``None``) and return the summary.
 
     Writes ``analysis/cycle_XX.json`` (+ ``_barrier.png``) per cycle and ``summary.json`` and
-    ``summary.png`` (see the module docstring); a cycle analysed before with the same
-    ``settings`` and ``what`` is read back, not recomputed. ``device`` defaults to the run's
-    ``execution.device``. Everything is checked (config, cycles, manifests, device, data)
-    before the first file is written.
+    ``summary.png`` (see the module docstring). A cycle's document keeps every analysis made
+    with the same ``settings``: the analyses of ``what`` it already holds are read back, not
+    recomputed, the others are added to it (results of other settings are replaced), and its
+    plot is drawn again whenever it changed or is missing. Only files this run's manifests
+    list are read, and a document that is not this run's and cycle's analysis (copied from
+    another run, edited, damaged) is recomputed. ``device`` defaults to the run's
+    ``execution.device``. Everything is checked (config, cycles, manifests, the analysis
+    folder's files, device, data) before the first file is written; temporary files a killed
+    analysis left are removed.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a run directory.
-        AnalysisError: unknown analyses, a bad setting, a cycle that is not complete.
+        AnalysisError: unknown analyses, a bad setting, a cycle that is not complete, a
+            folder where a result file goes, weights that do not fit the run's model.
         RunDirError, CorruptFileError: the run's config or a cycle's files are damaged.
         ConfigError: the device is not available.
     """
@@ -400,18 +578,31 @@ def analyze_run(
     chosen = _choose_cycles(info, cycles)
     rd, members = info.rundir, info.members
     complete = set(info.complete_cycles())
-    for needed in sorted({x for c in chosen for x in (c, c - 1) if x in complete}):
-        rd.verify_manifest(rd.cycle_dir(needed))
+    listed: dict[int, set[str]] = {}
+    for read_cycle in sorted({x for c in chosen for x in (c, c - 1) if x in complete}):
+        rd.verify_manifest(rd.cycle_dir(read_cycle))
+        listed[read_cycle] = _listed(rd, read_cycle)
+    _check_targets(rd.path, chosen)
     reporter = reporter or NullReporter()
-    fingerprint = {"format": FORMAT, "settings": settings.to_dict(), "what": list(chosen_what)}
-    todo = [
-        c
-        for c in chosen
-        if {k: (_existing(_cycle_path(rd.path, c)) or {}).get(k) for k in fingerprint}
-        != fingerprint
-    ]
-    for c in sorted(set(chosen) - set(todo)):
-        reporter.message(f"cycle {c}: analysed before with these settings; skipped")
+    fingerprint = {"format": FORMAT, "settings": settings.to_dict()}
+    kept: dict[int, dict[str, Any]] = {}  # what each cycle's document keeps
+    todo: dict[int, tuple[str, ...]] = {}  # what each cycle still needs
+    for c in chosen:
+        path = _cycle_path(rd.path, c)
+        old = _existing(path) if path.is_file() else None
+        problem = document_problem(old, info.name, c) if old is not None else None
+        if problem is not None:
+            reporter.message(f"cycle {c}: {path} is {problem}; analysed again")
+            old = None
+        if old is not None and old["settings"] != fingerprint["settings"]:
+            old = None  # results of other settings are not merged with these
+        kept[c] = old or {}
+        missing = tuple(a for a in chosen_what if a not in kept[c].get("what", []))
+        if missing:
+            todo[c] = missing
+        else:
+            reporter.message(f"cycle {c}: analysed before with these settings; skipped")
+    tools = None
     if todo:
         _check_built_in(info.config)
         torch_device = resolve_device(device or info.config.execution.device)
@@ -420,24 +611,39 @@ def analyze_run(
         tools = _Tools(model, data, settings, reporter)
         if not has_batchnorm(model):
             reporter.message("the model has no BatchNorm: nothing to recalibrate along lines")
-        for c in todo:
+    with RunDir(analysis_dir(rd.path)).lock():  # also removes a killed analysis's temp files
+        for c, needed in todo.items():
+            assert tools is not None
+            expected = {k: tuple(v.shape) for k, v in tools.model.state_dict().items()}
             start = time.perf_counter()
-            read = [_read_lineage(rd, c, m, members) for m in range(members)]
+            read = [_read_lineage(rd, c, m, members, listed[c], expected) for m in range(members)]
             previous = None
-            if c - 1 in complete and "barrier" in chosen_what:
-                previous = [_read_lineage(rd, c - 1, m, members) for m in range(members)]
-            result = _analyze_cycle(tools, read, previous, c, chosen_what)
+            if c - 1 in complete and "barrier" in needed:
+                previous = [
+                    _read_lineage(rd, c - 1, m, members, listed[c - 1], expected)
+                    for m in range(members)
+                ]
+            result = _analyze_cycle(tools, read, previous, c, needed)
+            merged = set(kept[c].get("what", [])) | set(needed)
             document = {
+                **{a: kept[c][a] for a in ANALYSES if a in kept[c] and a not in needed},
                 **fingerprint,
+                "what": [a for a in ANALYSES if a in merged],
                 "run": info.name,
                 "cycle": c,
                 **result,
-                "seconds": time.perf_counter() - start,
+                "models": sorted(set(kept[c].get("models", [])) | set(result["models"])),
+                "seconds": time.perf_counter() - start + float(kept[c].get("seconds") or 0.0),
             }
             _write_json(_cycle_path(rd.path, c), document)
-            if "barrier" in document:
-                plot_barriers(document, analysis_dir(rd.path) / f"cycle_{c:02d}_barrier.png")
-    summary = _write_summary(rd.path, info.name)
+            kept[c] = document
+        for c in chosen:
+            png = _barrier_png(rd.path, c)
+            if "barrier" not in kept[c]:
+                png.unlink(missing_ok=True)  # a plot of results the document no longer holds
+            elif (c in todo and "barrier" in todo[c]) or not png.is_file():
+                plot_barriers(kept[c], png)
+        summary = _write_summary(rd.path, info.name, reporter)
     return summary
 
 
@@ -505,12 +711,18 @@ def summary_row(document: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _write_summary(run_dir: Path, name: str) -> dict[str, Any]:
+def _write_summary(run_dir: Path, name: str, reporter: Reporter) -> dict[str, Any]:
     documents = []
     for path in sorted(analysis_dir(run_dir).glob("cycle_*.json")):
+        number = path.stem.removeprefix("cycle_")
+        if not number.isdigit():
+            continue
         document = _existing(path)
-        if document is not None and document.get("format") == FORMAT:
-            documents.append(document)
+        problem = document_problem(document, name, int(number))
+        if problem is not None or document is None:
+            reporter.message(f"{path} is {problem}; left out of the summary")
+            continue
+        documents.append(document)
     summary: dict[str, Any] = _finite(
         {
             "format": FORMAT,
@@ -529,18 +741,42 @@ def load_analysis(run_dir: PathLike) -> dict[str, Any] | None:
     the run has not been analysed.
 
     Raises:
-        CorruptFileError: the file exists but is not an analysis summary.
+        CorruptFileError: the file exists but is not this run's analysis summary (another
+            run's, edited or damaged).
     """
     path = analysis_dir(run_dir) / SUMMARY_NAME
     if not path.is_file():
         return None
-    value = RunDir.read_json(path)
+    redo = f"; `sparseavg analyze {Path(run_dir)}` rewrites it"
+    try:
+        value = RunDir.read_json(path)
+    except CorruptFileError as err:
+        raise CorruptFileError(f"{err}{redo}") from None
     if not isinstance(value, dict) or value.get("format") != FORMAT:
+        raise CorruptFileError(f"{path}: not a sparseavg analysis summary{redo}")
+    name = Path(run_dir).absolute().name
+    if value.get("run") != name:
         raise CorruptFileError(
-            f"{path}: not a sparseavg analysis summary; `sparseavg analyze "
-            f"{Path(run_dir)}` rewrites it"
+            f"{path}: the analysis of run {str(value.get('run'))[:80]!r}, not of {name!r} "
+            f"(copied from another run){redo}"
         )
+    rows = value.get("cycles")
+    if not isinstance(rows, list) or not all(_row_ok(r) for r in rows):
+        raise CorruptFileError(f"{path}: its rows are damaged{redo}")
     return value
+
+
+def _row_ok(row: Any) -> bool:
+    """A row of ``summary.json`` as :func:`summary_row` makes it: an integer cycle, numbers
+    (or ``None``) elsewhere, and a standard error wherever there is a trace."""
+    if not isinstance(row, dict):
+        return False
+    cycle = row.get("cycle")
+    if not isinstance(cycle, int) or isinstance(cycle, bool) or cycle < 0:
+        return False
+    if not all(_is_number(v) for k, v in row.items() if k != "cycle"):
+        return False
+    return row.get("hessian_trace") is None or row.get("hessian_stderr") is not None
 
 
 # -- tables and plots ---------------------------------------------------------------------------

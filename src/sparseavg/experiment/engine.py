@@ -348,7 +348,7 @@ def run(
             else:
                 _run_cycle(ctx, cycle)
             rep.update(bar, cycle + 1)
-            store.write_results(cycle + 1)
+            store.write_results(cycles)  # every complete cycle, also those a resume skips
             if config.execution.tensorboard:
                 store.write_tensorboard(cycle + 1)
         rep.finish(bar)

@@ -11,8 +11,15 @@ import torch
 
 from ..config import Config
 from ..pruning import Mask, compress
-from ..utils.files import atomic_open, atomic_write_bytes, atomic_write_text, save_tensors
+from ..utils.files import (
+    all_or_nothing,
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_text,
+    save_tensors,
+)
 from .onnx_export import INSTALL, onnx_available, to_onnx
+from .rundir import enclosing_run_dir
 from .runinfo import RunDirError, read_run
 from .task import load_data, make_model
 
@@ -58,6 +65,15 @@ def export_paths(out: str | Path, *, onnx: bool = False) -> dict[str, Path]:
     return paths
 
 
+def built_in(config: Config) -> bool:
+    """Whether the run's data set and model are built in (sparseavg can rebuild the model),
+    rather than the user's own (``sparseavg.swamp(model_fn, ...)``)."""
+    from ..data import available_datasets
+    from ..models import available_models
+
+    return config.data.dataset in available_datasets() and config.model.name in available_models()
+
+
 def format_bytes(n: int) -> str:
     """``n`` bytes in decimal units: ``"812 B"``, ``"61.2 kB"``, ``"4.3 MB"``, ``"1.2 GB"``."""
     if n < 1000:
@@ -93,11 +109,14 @@ def export_cycle(
     weights, input ``"input"`` ``(batch, *input_shape)`` and output ``"logits"``, batch free.
     ``member`` picks an ensemble member; a run with more than one needs it.
 
-    Everything is checked, and the ONNX model made, before the first file is written.
+    Everything is checked, and the ONNX model made, before the first file is written; files
+    that would land inside a run directory are refused; the files are written all or none
+    (a failure part way leaves every target as it was).
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a run directory, or has no complete ``cycle``.
-        ExportError: a bad ``out`` (see :func:`export_paths`); ``member`` missing for a run
+        ExportError: a bad ``out`` (see :func:`export_paths`) or one whose files would land
+            inside a run directory; ``member`` missing for a run
             with several members, or not one of them; ``onnx`` without the ``onnx`` package,
             or a model torch cannot export to ONNX.
         RunDirError, CorruptFileError: the run's config or the cycle's files are damaged,
@@ -105,9 +124,16 @@ def export_cycle(
         MaskError: the cycle's weights are not zero where its mask prunes.
     """
     paths = export_paths(out, onnx=onnx)
+    _check_outside_runs(paths, run_dir)
+    info = read_run(run_dir)
+    if onnx and not built_in(info.config):
+        raise ExportError(
+            f"--onnx: {info.path} is a run of your own model ({info.config.model.name!r}), "
+            "which the run does not record how to build; export without --onnx, load the "
+            "state into your model (model.load_state_dict) and call torch.onnx.export on it"
+        )
     if onnx and not onnx_available():
         raise ExportError(f"--onnx needs the onnx package: {INSTALL}")
-    info = read_run(run_dir)
     members = info.members
     if member is None:
         if members > 1:
@@ -120,7 +146,7 @@ def export_cycle(
         which = "only member 0" if members == 1 else f"members 0 to {members - 1}"
         raise ExportError(f"--member {member}: {info.path} has {which}")
     rd = info.rundir
-    if not rd.is_complete(cycle):
+    if not 0 <= cycle <= info.config.pruning.cycles or not rd.is_complete(cycle):
         done = info.complete_cycles()
         raise FileNotFoundError(
             f"{rd.path}: cycle {cycle} is not complete (complete cycles: {done or 'none'})"
@@ -153,17 +179,33 @@ def export_cycle(
     }
     sparse = compress(state, mask)
     onnx_model = _onnx_model(info.config, state) if onnx else None
-    if paths["state"].suffix == ".pt":
-        with atomic_open(paths["state"], "wb") as f:
-            torch.save(state, f)
-    else:
-        save_tensors(paths["state"], state, metadata={"format": "sparseavg-export/1"})
-    mask.save(paths["mask"])
-    save_tensors(paths["sparse"], sparse.tensors, sparse.metadata)
-    if onnx_model is not None:
-        atomic_write_bytes(paths["onnx"], onnx_model)
-    atomic_write_text(paths["summary"], json.dumps(summary, indent=1) + "\n")
+    with all_or_nothing(list(paths.values())) as temps:
+        tmp = dict(zip(paths, temps, strict=True))
+        if paths["state"].suffix == ".pt":
+            with atomic_open(tmp["state"], "wb") as f:
+                torch.save(state, f)
+        else:
+            save_tensors(tmp["state"], state, metadata={"format": "sparseavg-export/1"})
+        mask.save(tmp["mask"])
+        save_tensors(tmp["sparse"], sparse.tensors, sparse.metadata)
+        if onnx_model is not None:
+            atomic_write_bytes(tmp["onnx"], onnx_model)
+        atomic_write_text(tmp["summary"], json.dumps(summary, indent=1) + "\n")
     return paths
+
+
+def _check_outside_runs(paths: dict[str, Path], run_dir: str | Path) -> None:
+    """Refuse an export any of whose files would land inside a run directory (the one
+    exported or another): it would change, or add to, a run's files."""
+    own = Path(run_dir).resolve()
+    for p in paths.values():
+        target = p.resolve()
+        inside = own if own in target.parents else enclosing_run_dir(target)
+        if inside is not None:
+            raise ExportError(
+                f"--out {paths['state']}: {p} is inside the run directory {inside}; an export "
+                "is written outside run directories (it would change the run's files)"
+            )
 
 
 def _onnx_model(config: Config, state: dict[str, torch.Tensor]) -> bytes:

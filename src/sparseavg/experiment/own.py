@@ -37,6 +37,7 @@ from ..utils.state import State
 from .engine import run
 from .launch import run_distributed
 from .progress import NullReporter, PlainReporter, Reporter
+from .rundir import name_part_problem
 from .runinfo import read_run
 from .task import NEEDS_SCORE_FN, EvalFn, ScoreFn, UserTask, needs_bn_batches
 
@@ -113,7 +114,8 @@ def prune(
         eval_fn: ``eval_fn(model) -> dict`` of test metrics (eval mode, no gradients),
             holding ``metric`` and optionally ``"loss"``.
         runs_dir: where the run directory goes (``<recipe>-<name>-<Model>-<hash8>``).
-        name: a label for the data/task in the run's name and rows.
+        name: a label for the data/task in the run's name and rows: part of a folder name,
+            so no path separators (``/``, ``\\``), control characters, ``.`` or ``..``.
         config: config values as in a TOML file (``train``, ``pruning``, ``ingredients``,
             ``bn``, ``execution``, ``seed``); the ``train`` values reach ``train_fn`` through
             ``settings``. ``data`` and ``model`` are set here.
@@ -135,6 +137,9 @@ def prune(
     Raises:
         ConfigError: a config value or argument is refused, before anything is written.
     """
+    problem = name_part_problem(name)
+    if problem is not None:
+        raise ConfigError(f"name: {problem}")
     values = dict(config or {})
     for section in ("data", "model", "recipe"):
         if section in values:
@@ -160,6 +165,9 @@ def prune(
         score_fn=score_fn,
     )
     probe = task.build(0)
+    problem = name_part_problem(type(probe).__name__)
+    if problem is not None:
+        raise ConfigError(f"model_fn's model class name (part of the run's name): {problem}")
     values = merge(
         values,
         {

@@ -55,6 +55,48 @@ class InsufficientDiskError(RuntimeError):
     """Not enough free space for the next cycle's files."""
 
 
+def name_part_problem(value: object) -> str | None:
+    """Why ``value`` cannot be part of a run directory's name (``<recipe>-<dataset>-<model>-
+    <hash8>`` must be one folder inside the runs directory), or ``None`` when it can: it must
+    be a non-empty string without path separators or control characters, not ``.`` or
+    ``..``."""
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
+    if value in (".", ".."):
+        return f"{value!r} names a folder, not a run"
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    bad = sorted({c for c in value if c in separators or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return (
+            f"{value!r} holds {', '.join(map(repr, bad))}: a run directory's name is one folder "
+            "inside the runs directory (no path separators or control characters)"
+        )
+    return None
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run directory: a folder with a ``config.toml`` and a cycle folder,
+    ``results.jsonl`` or a lock (a folder of the user's that merely holds a ``config.toml``
+    is not)."""
+    if not (path / "config.toml").is_file():
+        return False
+    return (
+        (path / "results.jsonl").exists()
+        or (path / LOCK_NAME).exists()
+        or any(p.is_dir() for p in path.glob("cycle_[0-9][0-9]*"))
+    )
+
+
+def enclosing_run_dir(path: str | os.PathLike[str]) -> Path | None:
+    """The run directory that ``path`` (a file to write; links resolved) lies in, or
+    ``None``."""
+    resolved = Path(path).resolve()
+    for folder in resolved.parents:
+        if is_run_dir(folder):
+            return folder
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False

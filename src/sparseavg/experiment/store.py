@@ -20,7 +20,7 @@ from ..utils.files import atomic_write_text
 from ..utils.state import State
 from . import logs
 from .rundir import RunDir
-from .runinfo import read_run_config
+from .runinfo import RunDirError, read_run_config
 
 
 class IngredientFiles:
@@ -145,9 +145,9 @@ class RunStore:
         return self.rundir.is_complete(cycle)
 
     def open(self, config: Config, cycles: int) -> bool:
-        """Start or resume the run: refuse a directory that holds another config or a damaged
-        complete cycle, before anything is written; then write ``config.toml`` if it is new.
-        Returns whether the run resumes."""
+        """Start or resume the run: refuse a directory that holds another config, a damaged
+        complete cycle, or something else where a log goes, before anything is written; then
+        write ``config.toml`` if it is new. Returns whether the run resumes."""
         rd = self.rundir
         resuming = rd.config_path.exists()
         if resuming and read_run_config(rd.path).digest() != config.digest():
@@ -158,9 +158,35 @@ class RunStore:
         for cycle in range(cycles):
             if self.is_complete(cycle):
                 rd.verify_manifest(rd.cycle_dir(cycle))
+        self._check_log_targets(config.execution.tensorboard, cycles)
         if not resuming:
             atomic_write_text(rd.config_path, to_toml(config.to_dict()))
         return resuming
+
+    def _check_log_targets(self, tensorboard: bool, cycles: int) -> None:
+        """Refuse, before anything is written, a run directory where a log file's place is
+        taken by a folder (or the TensorBoard folder's by a file)."""
+        files = [self.rundir.results_path, self.path / logs.RESULTS_CSV]
+        files += [self.path / logs.EPOCHS_JSONL, self.path / logs.EPOCHS_CSV]
+        folders: list[Path] = []
+        if tensorboard:
+            folders.append(self.path / logs.TENSORBOARD_DIR)
+            for cycle in range(cycles):
+                rows_file, epochs_file = logs.cycle_event_paths(self.path, cycle)
+                files += [rows_file, epochs_file]
+                folders.append(epochs_file.parent)
+        for path in files:
+            if path.is_dir() or (path.is_symlink() and not path.exists()):
+                raise RunDirError(
+                    f"{path}: a folder (or a broken link) where the run writes a file; remove "
+                    "it and run the same command again to resume"
+                )
+        for path in folders:
+            if (path.exists() and not path.is_dir()) or (path.is_symlink() and not path.exists()):
+                raise RunDirError(
+                    f"{path}: a file where the run writes a folder; remove it and run the same "
+                    "command again to resume"
+                )
 
     def finish_cycle(self, cycle: int, rows: list[dict[str, Any]]) -> None:
         """Write the cycle's rows and its manifest, which marks it complete."""
@@ -193,7 +219,9 @@ class RunStore:
 
     def write_results(self, cycles: int) -> None:
         """Rewrite ``results.jsonl`` and ``results.csv`` from the rows of the complete cycles
-        below ``cycles``, and ``epochs.jsonl`` and ``epochs.csv`` from their ingredients."""
+        below ``cycles``, and ``epochs.jsonl`` and ``epochs.csv`` from their ingredients.
+        ``cycles`` is the run's number of cycles: a resumed run's logs keep every complete
+        cycle from the first rewrite on."""
         self.rundir.write_results([r for c in range(cycles) for r in self.rows(c)])
         logs.write_epochs(self.path, [r for c in range(cycles) for r in self.epoch_rows(c)])
 

@@ -14,7 +14,9 @@ For each tensor a :class:`~sparseavg.pruning.Mask` covers, :func:`compress` keep
 Tensors the mask does not cover (biases, normalisation layers, buffers) are kept as they are,
 under their own name. The metadata records the format, each tensor's shape and encodings in
 the state's order, and a SHA-256 of the stored tensors, so a damaged file is refused rather
-than read as other weights.
+than read as other weights. Before anything is allocated, the size of the dense state the
+layout claims is checked against the bytes stored (:func:`dense_limit`), so that a small file
+claiming a huge tensor is refused rather than filling the memory.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ ENCODINGS = ("none", "all", "bitmask", "indices")
 _VALUES, _POSITIONS, _NEGATIVE_ZEROS = ":values", ":positions", ":negative_zeros"
 _PARTS = (_VALUES, _POSITIONS, _NEGATIVE_ZEROS)
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+#: the dense state may be this many times the bytes stored (a float32 model stored as indices
+#: and values takes 8 bytes per alive weight, so even one 99.99 % sparse stays below) ...
+MAX_EXPANSION = 2**14
+#: ... or this many bytes, whichever is larger
+MIN_DENSE_LIMIT = 2**26
 
 
 class Compressed(NamedTuple):
@@ -148,23 +156,38 @@ def _digest(tensors: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def compress(state: Mapping[str, Tensor], mask: Mask) -> Compressed:
+def _as_mask(mask: Mask | Mapping[str, Tensor]) -> Mask:
+    """``mask`` as a :class:`Mask` (a plain ``name -> bool tensor`` mapping is accepted, as
+    :func:`~sparseavg.attach` accepts it)."""
+    if isinstance(mask, Mask):
+        return mask
+    if not isinstance(mask, Mapping):
+        raise MaskError(
+            f"mask must be a Mask or a name -> bool tensor mapping, not {type(mask).__name__}"
+        )
+    return Mask(mask)
+
+
+def compress(state: Mapping[str, Tensor], mask: Mask | Mapping[str, Tensor]) -> Compressed:
     """The compact form of ``state`` under ``mask`` (see the module's docstring).
 
     Args:
         state: ``name -> tensor``, e.g. a model's ``state_dict()``, holding zeros (``+0.0`` or
             ``-0.0``) wherever ``mask`` is ``False``.
-        mask: covers some of ``state``'s tensors, each with its shape.
+        mask: a :class:`Mask` or a plain ``name -> bool tensor`` mapping; covers some of
+            ``state``'s tensors, each with its shape.
 
     Returns:
         :class:`Compressed`: tensors on ``state``'s devices and the metadata strings.
 
     Raises:
-        MaskError: ``mask`` names a tensor that ``state`` lacks or shapes it differently, or a
-            pruned position holds a value other than zero.
+        MaskError: ``mask`` is not a mapping of bool tensors, names a tensor that ``state``
+            lacks or shapes it differently, or a pruned position holds a value other than
+            zero.
         ValueError: a name made for a masked tensor (``<name>:values`` ...) is also a name in
             ``state``.
     """
+    mask = _as_mask(mask)
     mask.validate(state)
     clash = [n + part for n in mask for part in _PARTS if n + part in state]
     if clash:
@@ -248,18 +271,78 @@ def _layout(text: str | None) -> list[dict[str, Any]]:
     return layout
 
 
-def decompress(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> dict[str, Tensor]:
+def dense_limit(stored_bytes: int) -> int:
+    """The most bytes of dense state a sparse file of ``stored_bytes`` may claim:
+    :data:`MAX_EXPANSION` times that, and at least :data:`MIN_DENSE_LIMIT`."""
+    return max(MIN_DENSE_LIMIT, MAX_EXPANSION * stored_bytes)
+
+
+def _stored_bytes(tensors: Mapping[str, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _check_sizes(
+    layout: list[dict[str, Any]], tensors: Mapping[str, Tensor], max_bytes: int | None
+) -> None:
+    """Refuse, before anything is allocated, a layout whose sizes do not fit the stored
+    tensors, or whose dense state is larger than ``max_bytes`` (default:
+    :func:`dense_limit` of the stored bytes)."""
+    stored = _stored_bytes(tensors)
+    limit = dense_limit(stored) if max_bytes is None else max_bytes
+    claimed = 0
+    for entry in layout:
+        name = entry["name"]
+        if "shape" not in entry:
+            if name in tensors:
+                claimed += tensors[name].numel() * tensors[name].element_size()
+            continue
+        n = math.prod(entry["shape"])
+        values = tensors.get(name + _VALUES)
+        if values is None:
+            raise CorruptFileError(f"the tensor {name + _VALUES!r} is missing")
+        encoding = entry["positions"]
+        alive = {"none": 0, "all": n}.get(encoding)
+        if alive is not None and values.numel() != alive:
+            raise CorruptFileError(
+                f"{name!r} has {alive} alive positions but {tuple(values.shape)} values"
+            )
+        if values.numel() > n:
+            raise CorruptFileError(f"{name!r} has {n} positions but {values.numel()} values")
+        # the dense tensor, and the flags and signs built beside it
+        claimed += n * (2 * values.element_size() + 2)
+    if claimed > limit:
+        why = (
+            f"max_bytes={max_bytes}"
+            if max_bytes is not None
+            else f"{MAX_EXPANSION} times the {stored} bytes stored, or {MIN_DENSE_LIMIT} bytes; "
+            "pass max_bytes= to load a file you trust"
+        )
+        raise CorruptFileError(
+            f"its layout claims a dense state of {claimed} bytes, more than {why}"
+        )
+
+
+def decompress(
+    tensors: Mapping[str, Tensor],
+    metadata: Mapping[str, str],
+    *,
+    max_bytes: int | None = None,
+) -> dict[str, Tensor]:
     """Rebuild the state :func:`compress` was given, bit for bit, in its order.
 
     Args:
         tensors, metadata: what :func:`compress` returned (or a file's tensors and metadata).
+        max_bytes: the most bytes the dense state (and the flags built beside it) may take;
+            default :func:`dense_limit` of the stored tensors' bytes. Checked before anything
+            is allocated.
 
     Returns:
         ``name -> tensor`` with the original shapes and dtypes, on the tensors' device.
 
     Raises:
         CorruptFileError: the metadata is not of this format, the tensors' checksum differs
-            from the recorded one, or tensors and layout do not fit together.
+            from the recorded one, tensors and layout do not fit together, or the layout
+            claims a dense state larger than ``max_bytes``.
     """
     found = metadata.get("format")
     if found != FORMAT:
@@ -269,6 +352,7 @@ def decompress(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> di
     layout = _layout(metadata.get("layout"))
     if metadata.get("sha256") != _digest(tensors):
         raise CorruptFileError("its tensors' checksum differs from the recorded one: damaged")
+    _check_sizes(layout, tensors, max_bytes)
     used: set[str] = set()
 
     def take(key: str, needed: bool = True) -> Tensor | None:
@@ -303,7 +387,8 @@ def decompress(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> di
         out = torch.zeros(n, dtype=values.dtype, device=values.device)
         out[alive] = values
         if bool(negative.any()):
-            out[(~alive).nonzero().reshape(-1)[negative.to(values.device)]] = -0.0
+            signs = torch.zeros(n - count, dtype=values.dtype, device=values.device)
+            out[~alive] = signs.masked_fill_(negative.to(values.device), -0.0)
         state[name] = out.reshape(shape)
     extra = sorted(set(tensors) - used)
     if extra:
@@ -314,7 +399,9 @@ def decompress(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> di
 # -- files ---------------------------------------------------------------------------------------
 
 
-def save_sparse(path: str | os.PathLike[str], state: Mapping[str, Tensor], mask: Mask) -> None:
+def save_sparse(
+    path: str | os.PathLike[str], state: Mapping[str, Tensor], mask: Mask | Mapping[str, Tensor]
+) -> None:
     """Write :func:`compress` ``(state, mask)`` to ``path`` as safetensors, atomically.
 
     Raises:
@@ -325,24 +412,37 @@ def save_sparse(path: str | os.PathLike[str], state: Mapping[str, Tensor], mask:
 
 
 def load_sparse(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    *,
+    max_bytes: int | None = None,
 ) -> dict[str, Tensor]:
     """The dense state a :func:`save_sparse` file holds: the same names, order, shapes, dtypes
     and bits as the state it was written from, ready for ``model.load_state_dict``.
 
+    The file is read and checked on the CPU, then the state is moved to ``device`` (``"meta"``
+    gives tensors without data: shapes and dtypes only). ``max_bytes``: as
+    :func:`decompress`; by default a file may not claim a dense state larger than
+    :func:`dense_limit` of its stored bytes.
+
     Raises:
         FileNotFoundError: no such file.
-        CorruptFileError: truncated, damaged, or not a file :func:`save_sparse` wrote (a
-            one-line message naming the file).
+        CorruptFileError: truncated, damaged, not a file :func:`save_sparse` wrote, or
+            claiming a dense state larger than ``max_bytes`` (a one-line message naming the
+            file).
     """
     p = Path(path)
-    tensors = load_tensors(p, device=device)
+    target = torch.device(device)
+    tensors = load_tensors(p, device="cpu")
     try:
         with safe_open(str(p), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError) as err:
         raise CorruptFileError(f"{p}: not a readable safetensors file ({err})") from None
     try:
-        return decompress(tensors, metadata)
+        state = decompress(tensors, metadata, max_bytes=max_bytes)
     except CorruptFileError as err:
         raise CorruptFileError(f"{p}: {err}") from None
+    if target == torch.device("cpu"):
+        return state
+    return {name: t.to(target) for name, t in state.items()}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -48,6 +49,65 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def all_or_nothing(targets: Sequence[PathLike]) -> Iterator[list[Path]]:
+    """Write several files as one: yield a temporary path beside each target (created empty,
+    so every target's folder is known writable before anything is written) for the block to
+    write; when it ends cleanly, move each into place. If the block or a move fails, every
+    temporary file is removed and every target already moved is put back as it was (removed,
+    or the earlier file restored), so either all targets are written or none is changed.
+
+    Raises:
+        whatever the block raises, or the ``OSError`` of a failed move.
+    """
+    paths = [Path(t) for t in targets]
+    temps: list[Path] = []
+    backups: dict[Path, Path | None] = {}  # target -> its earlier file (hard link), if any
+    moved: list[Path] = []
+    try:
+        for target in paths:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            temps.append(Path(name))
+        yield list(temps)
+        for target, tmp in zip(paths, temps, strict=True):
+            backups[target] = _backup(target)
+            os.replace(tmp, target)
+            moved.append(target)
+        for target in paths:
+            _fsync_dir(target.parent)
+    except BaseException:
+        for target in reversed(moved):
+            earlier = backups.get(target)
+            with contextlib.suppress(OSError):
+                if earlier is not None:
+                    os.replace(earlier, target)
+                else:
+                    target.unlink()
+        for leftover in [*temps, *(b for b in backups.values() if b is not None)]:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        raise
+    for earlier in backups.values():
+        if earlier is not None:
+            with contextlib.suppress(OSError):
+                earlier.unlink()
+
+
+def _backup(target: Path) -> Path | None:
+    """A hard link to the file at ``target`` (a temporary name beside it), or ``None`` when
+    there is no file there (or the file system cannot link)."""
+    if not target.is_file():
+        return None
+    name = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        os.link(target, name)
+    except OSError:
+        return None
+    return name
 
 
 def _umask() -> int:
