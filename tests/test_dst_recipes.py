@@ -134,6 +134,15 @@ BIMP_TINY = {
 }
 
 
+# a dense run of 4 epochs, then 2 phases sharing 3 epochs (1, 2), 2 ingredients each
+SMS_BIMP_TINY = {
+    "recipe": "sms-bimp",
+    "train": {"epochs": 4, "batch_size": 512},
+    "pruning": {"cycles": 2, "retrain_budget": 3, "rewind_epochs": 0.0},
+    "ingredients": {"count": 2},
+}
+
+
 def test_bimp_plans_a_dense_run_then_phases_with_their_own_lengths():
     config = resolve_config(BIMP_TINY)
     recipe = get_recipe("bimp")
@@ -211,17 +220,22 @@ class _StopAfter:
         pass
 
 
-def test_bimp_resumed_mid_phase_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize(
+    ("values", "stops", "last"),
+    [(BIMP_TINY, (30, 95), "cycle_03"), (SMS_BIMP_TINY, (115, 25), "cycle_02")],
+    ids=["bimp", "sms-bimp"],
+)
+def test_resumed_mid_phase_equals_an_uninterrupted_run(tmp_path, values, stops, last):
     from sparseavg.experiment import run
 
-    config = tiny_config(BIMP_TINY)
+    config = tiny_config(values)
     reference = run(config, tmp_path / "a")
     mid_phase = []
-    for n in (30, 95):
+    for n in stops:
         with pytest.raises(KeyboardInterrupt):
             run(config, tmp_path / "b", _StopAfter(n))
         mid_phase += [p.parent.parent.name for p in (tmp_path / "b").rglob("checkpoint.pt")]
-    assert "cycle_03" in mid_phase  # stopped inside the last phase, after its first epoch
+    assert last in mid_phase  # stopped inside the last phase, after its first epoch
     resumed = run(config, tmp_path / "b")
     assert rows(resumed) == rows(reference)
     assert same_weights(final_weights(resumed), final_weights(reference))
@@ -261,3 +275,90 @@ def test_bimp_under_the_stacked_executor_equals_sequential(tmp_path, monkeypatch
     for f in files:
         a, b = load_tensors(stacked / f), load_tensors(sequential / f)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+
+
+# -- sms-bimp ------------------------------------------------------------------------------------
+
+
+def test_sms_bimp_soups_keep_exactly_each_phases_mask(tmp_path):
+    run = tiny_run(tmp_path, SMS_BIMP_TINY)
+    f = fraction_per_cycle(0.9, 2)
+    masks = [Mask.load(run / f"cycle_{c:02d}" / "mask.safetensors") for c in range(3)]
+    assert [m.num_pruned for m in masks] == [0, 1012, 1332]  # round(f * 1480); + round(f * 468)
+    for cycle, length in ((1, 1), (2, 2)):
+        phase = run / f"cycle_{cycle:02d}"
+        mask = masks[cycle]
+        # the phase's mask is the previous phase's soup pruned by magnitude
+        previous = load_tensors(run / f"cycle_{cycle - 1:02d}" / "combined.safetensors")
+        assert mask == MagnitudePrune(f)(cycle, _Previous(previous, masks[cycle - 1]))
+        finals = [load_tensors(phase / f"ingredient_{k}" / "final.safetensors") for k in (0, 1)]
+        assert [len(_ingredient_info(phase, k)["epochs"]) for k in (0, 1)] == [length, length]
+        soup = load_tensors(phase / "combined.safetensors")
+        for name, keep in mask.items():
+            for state in [*finals, soup]:
+                assert not state[name][~keep].any(), (cycle, name)
+            mean = (finals[0][name] + finals[1][name]) / 2
+            assert torch.allclose(soup[name], mean, atol=1e-7), (cycle, name)
+        # the soup's alive weights are exactly the mask's: none lost to an exact 0 either
+        alive = sum(int(soup[name].ne(0).sum()) for name in mask)
+        assert alive == mask.num_alive
+    headline = [r for r in rows(run) if r["headline"]]
+    assert [(r["role"], r["alive"]) for r in headline] == [
+        ("combined", 1480),
+        ("combined", 468),
+        ("combined", 148),
+    ]
+
+
+class _Previous:
+    """MaskSources with only the previous cycle's model and mask."""
+
+    def __init__(self, state, mask):
+        self.state, self.mask = state, mask
+
+    def previous(self):
+        return self.state, self.mask
+
+
+def _ingredient_info(phase: Path, k: int) -> dict:
+    return json.loads((phase / f"ingredient_{k}" / "info.json").read_text())
+
+
+def test_sms_bimp_stacked_equals_sequential_in_float64(tmp_path, monkeypatch):
+    """The m ingredients of each phase stacked (no fallback) give the sequential run's masks,
+    weights and rows, in float64 as test_stacked's SWAMP run (float32 is chaotic here)."""
+    import sparseavg.experiment.task as task_module
+    from sparseavg.experiment.task import DataTask
+    from test_stacked import _float64, _Spy, assert_states_close
+
+    build, prepare = task_module.make_model, engine.prepare
+    monkeypatch.setattr(task_module, "make_model", lambda *a, **k: build(*a, **k).double())
+
+    def prepare_with(executor):
+        def patched(*args, **kwargs):
+            ctx = prepare(*args, **kwargs)
+            data = ctx.task.data
+            splits = {k: _float64(getattr(data, k)) for k in ("train", "val", "test")}
+            task = DataTask(ctx.config, dataclasses.replace(data, **splits), ctx.task.device)
+            return dataclasses.replace(ctx, task=task, executor=executor)
+
+        return patched
+
+    monkeypatch.setattr(engine, "prepare", prepare_with(Sequential()))
+    sequential = tiny_run(tmp_path / "sequential", SMS_BIMP_TINY)
+    spy = _Spy()
+    monkeypatch.setattr(engine, "prepare", prepare_with(spy))
+    stacked = tiny_run(tmp_path / "stacked", SMS_BIMP_TINY)
+    assert spy.jobs == [[0], [0, 1], [0, 1]]  # the dense run alone, then each phase's two
+    assert not [m for m in spy.messages if m.startswith("stacked:")]
+    files = sorted(p.relative_to(sequential) for p in sequential.rglob("*.safetensors"))
+    assert sorted(p.relative_to(stacked) for p in stacked.rglob("*.safetensors")) == files
+    for f in files:
+        a, b = load_tensors(stacked / f), load_tensors(sequential / f)
+        assert_states_close(a, b, {"atol": 1e-10, "rtol": 0.0})
+    for x, y in zip(rows(stacked), rows(sequential), strict=True):
+        assert x.keys() == y.keys()
+        for key, value in x.items():
+            assert value == (
+                pytest.approx(y[key], abs=1e-9) if isinstance(value, float) else y[key]
+            )

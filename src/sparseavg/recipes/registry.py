@@ -240,6 +240,15 @@ RECIPES: dict[str, Recipe] = {
             plan=budget_plan,
             reference=_BIMP_PAPER,
         ),
+        Recipe(
+            "sms-bimp",
+            "Sparse Model Soups on BIMP's phases: m ingredients per phase from the last soup, "
+            "averaged; the phases share pruning.retrain_budget epochs",
+            defaults=merge(_BIMP_CODE, {"ingredients": {"count": 3, "combine": "uniform"}}),
+            fixed=merge(_BIMP_FIXED, {"ingredients": {"start": "finetune"}}),
+            plan=budget_plan,
+            reference=f"{_SMS_PAPER} on {_BIMP_PAPER}",
+        ),
     ]
 }
 
