@@ -55,6 +55,23 @@ def test_gmp_options_are_refused_where_they_mean_nothing(values, fragment):
         resolve_config(values)
 
 
+def test_gmp_interval_schedule_ends_exactly_two_four():
+    config = resolve_config(
+        {"recipe": "gmp", "train": {"epochs": 6}, "pruning": {"gmp_interval": 2, "pattern": "2:4"}}
+    )
+    schedule = get_recipe("gmp").plan(config, 0, 0, 0).during
+    assert schedule == IntervalGradualPruning(6, 2, 0.5, counts="exact", pattern=(2, 4))
+    weights = {"w": torch.randn(4, 16, generator=torch.Generator().manual_seed(0))}
+    mask = Mask.ones_like(weights)
+    pruned = []
+    for epoch in range(1, 7):
+        mask = schedule.update(epoch, weights, None, mask) or mask
+        pruned.append(mask.num_pruned)
+    # steps after epochs 2 and 4 (n = 6 // 2 - 1): round(0.4375 * 64) = 28, then 32 = 2 of 4
+    assert pruned == [0, 28, 28, 32, 32, 32]
+    assert mask["w"].reshape(-1, 4).sum(1).tolist() == [2] * 16
+
+
 class _Checkpoints:
     """Notes every epoch checkpoint of a run's ingredients: (cycle, step, mask, weights,
     momentum by parameter name)."""
