@@ -288,8 +288,8 @@ class PruningConfig:
         "exact",
         "gmp: what a step prunes: to exactly round(s * total) for the schedule's sparsity s "
         "(exact), or round(f * alive) more with f = 1 - (1 - s) / (1 - s_prev) from the "
-        "previous step's nominal sparsity, as the BIMP code counts (bimp: the end can fall "
-        "short of round(target_sparsity * total))",
+        "previous step's nominal sparsity, as the BIMP code counts (bimp: the end can miss "
+        "round(target_sparsity * total) by a weight or two)",
     )
     retrain_budget: int = _f(
         0,
