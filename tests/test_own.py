@@ -79,8 +79,10 @@ def _comparable(row: dict) -> dict:
         # the SMS code recalibrates on augmented batches drawn per call; here the user's
         # batches are the plain ones, so the built-in run recalibrates on those too
         {"recipe": "sms", "ingredients": {"count": 2}, "bn": {"augment": False}},
+        {"recipe": "bimp"},
+        {"recipe": "sms-bimp", "ingredients": {"count": 2}},
     ],
-    ids=["imp", "swamp", "sms"],
+    ids=["imp", "swamp", "sms", "bimp", "sms-bimp"],
 )
 def test_a_users_loop_that_trains_as_the_builtin_one_gives_the_builtin_run(tmp_path, values):
     """Same seeds, same model, same steps: the engine with the user's model_fn, train_fn and

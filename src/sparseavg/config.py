@@ -27,7 +27,7 @@ import tomli_w
 
 from .averaging import AcceptRule
 from .models import InitScheme
-from .pruning import Rounding, Scope, fraction_per_cycle, parse_pattern
+from .pruning import GmpCounts, Rounding, Scope, fraction_per_cycle, parse_pattern
 from .training.settings import Optimizer, Precision, SwaSchedule
 
 #: Part of every run's hash. Bump it when a default changes (or what a value means), since a
@@ -276,6 +276,27 @@ class PruningConfig:
         lo=0.0,
         hi=1.0,
         lo_open=True,
+    )
+    gmp_interval: int = _f(
+        0,
+        "gmp: prune after epochs interval, 2 interval, ..., n interval with n = train.epochs "
+        "// interval - 1, as the BIMP code (ZIB-IOL/BIMP) does, so the last interval trains "
+        "at the target; 0 = after every epoch between gmp_start and gmp_end",
+        lo=0,
+    )
+    gmp_counts: GmpCounts = _f(
+        "exact",
+        "gmp: what a step prunes: to exactly round(s * total) for the schedule's sparsity s "
+        "(exact), or round(f * alive) more with f = 1 - (1 - s) / (1 - s_prev) from the "
+        "previous step's nominal sparsity, as the BIMP code counts (bimp: the end can miss "
+        "round(target_sparsity * total) by a weight or two)",
+    )
+    retrain_budget: int = _f(
+        0,
+        "bimp: retraining epochs the pruning.cycles phases share, split as the BIMP code "
+        "splits n_epochs_to_split (budget // cycles each, the last phase the rest: 10 over 3 "
+        "= 3, 3, 4); 0 = train.epochs",
+        lo=0,
     )
 
     @property

@@ -16,6 +16,7 @@ from .nm import (
 )
 from .parameters import prunable_parameters
 from .schedule import (
+    GmpCounts,
     GradualMagnitudePruning,
     MaskSchedule,
     cubic_sparsity,
@@ -44,6 +45,7 @@ __all__ = [
     "ROUNDINGS",
     "SCOPES",
     "Compressed",
+    "GmpCounts",
     "GradualMagnitudePruning",
     "LayerSparsity",
     "Mask",

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .mask import Mask
-from .strategies import Scope, magnitude_prune
+from .schedule import GMP_COUNTS, GmpCounts, gradual_step
+from .strategies import Scope
 
 
 def bimp_gmp_schedule(
@@ -96,18 +97,20 @@ def required_sparsity(epochs_done: int, schedule: Sequence[tuple[int, float]]) -
 @dataclass(frozen=True)
 class IntervalGradualPruning:
     """The BIMP code's GMP as a mask schedule: at the end of each epoch of
-    :func:`bimp_gmp_schedule`, prune by magnitude with the reference's ``amount``.
+    :func:`bimp_gmp_schedule`, prune by magnitude to that epoch's sparsity.
 
-    Without ``allow_recovering`` the mask is extended: ``round(f_k * alive)`` more weights go
-    (:func:`bimp_pruned_counts`). With it the mask is recomputed from scratch from
-    ``weights`` at every step, so a pruned weight can return; that needs the *dense* values of
-    the pruned weights (the reference keeps them in ``weight_orig``, decayed by weight decay),
-    so it serves DPF or an engine that keeps a dense copy: on weights stored as exact zeros
-    it prunes what extending would.
+    ``counts="bimp"`` (the reference's): each step removes ``round(f_k * alive)`` more with the
+    reference's ``amount`` ``f_k`` (:func:`bimp_pruned_counts`); ``"exact"``: each step prunes
+    to exactly ``round(s_k * total)`` (:func:`~sparseavg.pruning.schedule.gradual_step`, N:M
+    groups with ``pattern``). With ``allow_recovering`` the mask is recomputed from scratch from
+    ``weights`` at every step (``s_prev = 0``), so a pruned weight can return; that needs the
+    *dense* values of the pruned weights (the reference keeps them in ``weight_orig``, decayed
+    by weight decay), so it serves DPF or an engine that keeps a dense copy: on weights stored
+    as exact zeros it prunes what extending would.
 
-    ``scope="layerwise"`` applies each step's fraction per layer (the reference: global).
-    The engine clears the optimizer state of newly pruned weights, as the reference's
-    ``prune_momentum`` does after each step.
+    ``scope="layerwise"`` applies each step per layer (the reference: global). The engine
+    clears the optimizer state of newly pruned weights, as the reference's ``prune_momentum``
+    does after each step.
     """
 
     n_epochs: int
@@ -116,9 +119,15 @@ class IntervalGradualPruning:
     allow_recovering: bool = False
     scope: Scope = "global"
     needs_gradients: bool = False
+    counts: GmpCounts = "bimp"
+    pattern: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         bimp_gmp_schedule(self.n_epochs, self.interval, self.goal_sparsity)  # validates
+        if self.counts not in GMP_COUNTS:
+            raise ValueError(f"counts must be one of {GMP_COUNTS}, got {self.counts!r}")
+        if self.pattern is not None and self.counts != "exact":
+            raise ValueError("an N:M pattern needs counts 'exact'")
 
     @property
     def schedule(self) -> list[tuple[int, float]]:
@@ -136,6 +145,15 @@ class IntervalGradualPruning:
         epochs = [e for e, _ in schedule]
         if epochs_done not in epochs:
             return None
-        fraction = _step_fractions(schedule, self.allow_recovering)[epochs.index(epochs_done)]
+        k = epochs.index(epochs_done)
+        previous = 0.0 if k == 0 or self.allow_recovering else schedule[k - 1][1]
         start = Mask.ones_like(mask) if self.allow_recovering else mask
-        return magnitude_prune(weights, start, fraction, scope=self.scope)
+        return gradual_step(
+            weights,
+            start,
+            schedule[k][1],
+            previous,
+            counts=self.counts,
+            scope=self.scope,
+            pattern=self.pattern,
+        )

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from torch import Tensor
 
 from .mask import Mask
 from .nm import nm_prune_to
-from .strategies import Scope, magnitude_prune_to
+from .strategies import Scope, magnitude_prune, magnitude_prune_to
+
+#: How a gradual pruning step counts what it removes: to exactly ``round(s * total)`` pruned
+#: (``"exact"``), or, as the BIMP code's ``torch.nn.utils.prune`` calls, ``round(f * alive)``
+#: more with ``f = 1 - (1 - s) / (1 - s_prev)`` from the previous step's *nominal* sparsity
+#: ``s_prev`` (``"bimp"``; rounding errors add up, so the end can miss ``round(goal * total)``).
+GmpCounts = Literal["exact", "bimp"]
+GMP_COUNTS: tuple[str, ...] = ("exact", "bimp")
 
 
 def fraction_per_cycle(target_sparsity: float, cycles: int) -> float:
@@ -53,6 +60,37 @@ def cubic_sparsity(
     return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - progress) ** 3
 
 
+def gradual_step(
+    weights: Mapping[str, Tensor],
+    mask: Mask,
+    target: float,
+    previous: float,
+    *,
+    counts: GmpCounts = "exact",
+    scope: Scope = "global",
+    pattern: tuple[int, int] | None = None,
+) -> Mask | None:
+    """One step of gradual magnitude pruning from ``mask`` towards sparsity ``target``
+    (``previous``: the schedule's sparsity at its previous step, 0 before the first).
+
+    ``counts="exact"``: prune to exactly ``round(target * total)`` (N:M groups with
+    ``pattern``); ``"bimp"``: remove ``round(f * alive)`` more, ``f = 1 - (1 - target) /
+    (1 - previous)`` (see :data:`GmpCounts`). ``None`` when the step removes nothing.
+    """
+    if counts == "bimp":
+        if pattern is not None:
+            raise ValueError("counts 'bimp' removes a fraction of all alive weights; no N:M")
+        fraction = 1.0 - (1.0 - target) / (1.0 - previous)
+        return magnitude_prune(weights, mask, fraction, scope) if fraction > 0 else None
+    if counts != "exact":
+        raise ValueError(f"counts must be one of {GMP_COUNTS}, got {counts!r}")
+    if target <= mask.sparsity:
+        return None
+    if pattern is not None:
+        return nm_prune_to(weights, mask, *pattern, target, scope=scope)
+    return magnitude_prune_to(weights, mask, target, scope=scope)
+
+
 class MaskSchedule(Protocol):
     """Changes the mask while a model trains (gradual pruning; growth rules such as RigL).
 
@@ -82,7 +120,8 @@ class GradualMagnitudePruning:
 
     With ``pattern = (n, m)`` every step keeps the ``n`` largest alive weights of each group of
     ``m`` (:func:`~sparseavg.pruning.nm_prune_to`); ``final_sparsity`` must then be
-    ``1 - n / m``, so the mask at ``end_epoch`` is exactly N:M.
+    ``1 - n / m``, so the mask at ``end_epoch`` is exactly N:M. ``counts`` as
+    :func:`gradual_step` (``"bimp"``: the previous step is the previous epoch's sparsity).
     """
 
     start_epoch: int
@@ -91,8 +130,13 @@ class GradualMagnitudePruning:
     scope: Scope = "global"
     pattern: tuple[int, int] | None = None
     needs_gradients: bool = False
+    counts: GmpCounts = "exact"
 
     def __post_init__(self) -> None:
+        if self.counts not in GMP_COUNTS:
+            raise ValueError(f"counts must be one of {GMP_COUNTS}, got {self.counts!r}")
+        if self.pattern is not None and self.counts != "exact":
+            raise ValueError("an N:M pattern needs counts 'exact'")
         if self.pattern is not None:
             n, m = self.pattern
             if abs(self.final_sparsity - (1 - n / m)) > 1e-12:
@@ -110,14 +154,21 @@ class GradualMagnitudePruning:
     ) -> Mask | None:
         if epochs_done <= self.start_epoch or epochs_done > self.end_epoch:
             return None
-        target = cubic_sparsity(
-            epochs_done,
-            start_step=self.start_epoch,
-            end_step=self.end_epoch,
-            final_sparsity=self.final_sparsity,
+        target, previous = (
+            cubic_sparsity(
+                epoch,
+                start_step=self.start_epoch,
+                end_step=self.end_epoch,
+                final_sparsity=self.final_sparsity,
+            )
+            for epoch in (epochs_done, epochs_done - 1)
         )
-        if target <= mask.sparsity:
-            return None
-        if self.pattern is not None:
-            return nm_prune_to(weights, mask, *self.pattern, target, scope=self.scope)
-        return magnitude_prune_to(weights, mask, target, scope=self.scope)
+        return gradual_step(
+            weights,
+            mask,
+            target,
+            previous,
+            counts=self.counts,
+            scope=self.scope,
+            pattern=self.pattern,
+        )

@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config, ConfigError, build_config, merge
+from ..config import Config, ConfigError, PruningConfig, build_config, merge
 from ..pruning import parse_pattern
 from .plan import CyclePlan, RunPlan
 from .standard import (
+    budget_plan,
     ensemble_of_ingredients_run,
     ensemble_run,
     gradual_plan,
@@ -67,6 +68,15 @@ _LINEAGES_FIXED = {"ingredients": {"start": "finetune", "combine": "single", "si
 _SWAMP_PAPER = "SWAMP (Choi et al., ICLR 2024, arXiv 2305.14852)"
 _SMS_PAPER = "Sparse Model Soups (Zimmer et al., ICLR 2024, arXiv 2306.16788; ZIB-IOL/SMS)"
 _LTH_PAPER = "lottery tickets (Frankle & Carbin 2019; Frankle et al. 2020; open_lth)"
+_BIMP_PAPER = "Budgeted IMP (Zimmer et al., ICLR 2023, arXiv 2111.00843; ZIB-IOL/BIMP)"
+# What the BIMP code does: a dense run from scratch, then prune-retrain phases with ALLR and
+# Nesterov momentum (its SGD sets nesterov = weight_decay > 0); no BatchNorm recalibration.
+_BIMP_CODE = {
+    "train": {"nesterov": True},
+    "pruning": {"retrain_schedule": "allr", "target_sparsity": 0.9, "rewind_epochs": 0.0},
+}
+# The phases' lengths come from pruning.retrain_budget alone.
+_BIMP_FIXED = {"pruning": {"retrain_epochs": 0}, "ingredients": {"length_factor": 1.0}}
 
 
 def _lineage_average(name: str, summary: str, headline: str) -> Recipe:
@@ -218,7 +228,26 @@ RECIPES: dict[str, Recipe] = {
                 "ingredients": {"count": 1, "combine": "single", "start": "rewind"},
             },
             plan=gradual_plan,
-            reference="Zhu & Gupta 2017 (gradual magnitude pruning)",
+            reference="Zhu & Gupta 2017 (gradual magnitude pruning); pruning.gmp_interval, "
+            "gmp_counts = 'bimp': as ZIB-IOL/BIMP's GMP",
+        ),
+        Recipe(
+            "bimp",
+            "budgeted IMP: a dense run, then pruning.cycles prune-retrain phases (ALLR) that "
+            "share pruning.retrain_budget epochs",
+            defaults=_BIMP_CODE,
+            fixed=merge(_FINETUNE_ONE, _BIMP_FIXED),
+            plan=budget_plan,
+            reference=_BIMP_PAPER,
+        ),
+        Recipe(
+            "sms-bimp",
+            "Sparse Model Soups on BIMP's phases: m ingredients per phase from the last soup, "
+            "averaged; the phases share pruning.retrain_budget epochs",
+            defaults=merge(_BIMP_CODE, {"ingredients": {"count": 3, "combine": "uniform"}}),
+            fixed=merge(_BIMP_FIXED, {"ingredients": {"start": "finetune"}}),
+            plan=budget_plan,
+            reference=f"{_SMS_PAPER} on {_BIMP_PAPER}",
         ),
     ]
 }
@@ -313,6 +342,55 @@ def _check_pattern(config: Config, n: int, m: int) -> None:
         )
 
 
+def _check_gmp_reference(config: Config) -> None:
+    """``pruning.gmp_interval`` and ``gmp_counts``: gmp's options, and what they exclude."""
+    p, t = config.pruning, config.train
+    gmp = config.recipe == "gmp"
+    if not gmp and (p.gmp_interval > 0 or p.gmp_counts != "exact"):
+        which = "gmp_interval" if p.gmp_interval > 0 else "gmp_counts"
+        raise ConfigError(
+            f"pruning.{which} sets recipe gmp's schedule; recipe {config.recipe} has none"
+        )
+    if p.gmp_interval > 0 and 2 * p.gmp_interval > t.epochs:
+        raise ConfigError(
+            f"pruning.gmp_interval = {p.gmp_interval} needs train.epochs >= "
+            f"{2 * p.gmp_interval} (one interval to prune in, one at the target), got {t.epochs}"
+        )
+    default = PruningConfig()
+    moved = [
+        name for name in ("gmp_start", "gmp_end") if getattr(p, name) != getattr(default, name)
+    ]
+    if p.gmp_interval > 0 and moved:
+        raise ConfigError(
+            f"pruning.{moved[0]} places the every-epoch schedule; pruning.gmp_interval = "
+            f"{p.gmp_interval} prunes from epoch {p.gmp_interval} to the last interval: leave "
+            f"pruning.{moved[0]} unset"
+        )
+    if p.gmp_counts == "bimp" and p.n_m is not None:
+        raise ConfigError(
+            f"pruning.gmp_counts = 'bimp' removes a share of all alive weights, which breaks "
+            f"pruning.pattern = {p.pattern!r}: use gmp_counts = 'exact'"
+        )
+
+
+def _check_budget(config: Config) -> None:
+    """``pruning.retrain_budget``: bimp's, at least one epoch per phase."""
+    p = config.pruning
+    if not config.recipe.endswith("bimp"):
+        if p.retrain_budget:
+            raise ConfigError(
+                f"pruning.retrain_budget splits the retraining of recipe bimp; recipe "
+                f"{config.recipe} retrains pruning.retrain_epochs per cycle"
+            )
+        return
+    budget = p.retrain_budget or config.train.epochs
+    if p.cycles < 1 or budget < p.cycles:
+        raise ConfigError(
+            f"recipe {config.recipe}: pruning.retrain_budget ({budget} epochs) must give each of "
+            f"the pruning.cycles ({p.cycles}) phases at least one epoch"
+        )
+
+
 def check_config(config: Config) -> None:
     """Checks that involve more than one field, and every cycle's training settings.
 
@@ -334,6 +412,8 @@ def check_config(config: Config) -> None:
         raise ConfigError(
             f"pruning.gmp_end ({p.gmp_end}) must be after pruning.gmp_start ({p.gmp_start})"
         )
+    _check_gmp_reference(config)
+    _check_budget(config)
     if ing.seed_per_ingredient and ing.vary == "seed":
         raise ConfigError(
             "ingredients.seed_per_ingredient only matters when ingredients.vary is "

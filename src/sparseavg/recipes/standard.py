@@ -14,7 +14,9 @@ from typing import cast
 
 from ..averaging import AcceptRule
 from ..config import Config
-from ..pruning import GradualMagnitudePruning, Rounding, Scope
+from ..pruning import GmpCounts, GradualMagnitudePruning, MaskSchedule, Rounding, Scope
+from ..pruning.budget import split_epochs
+from ..pruning.gmp_reference import IntervalGradualPruning
 from ..training import TrainSettings
 from ..training.settings import DERIVED_SCHEDULES
 from ..utils.seeding import derive_seed
@@ -259,21 +261,50 @@ def shared_dense_plan(config: Config, lineage: int, cycle: int, rewind_step: int
 
 
 def gradual_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
-    """Gradual magnitude pruning: one training run whose mask tightens every epoch."""
+    """Gradual magnitude pruning: one training run whose mask tightens on a cubic schedule,
+    after every epoch between ``pruning.gmp_start`` and ``gmp_end``, or after every
+    ``pruning.gmp_interval``-th epoch as the BIMP code schedules it; each step counted per
+    ``pruning.gmp_counts``."""
     plan = standard_plan(config, lineage, cycle, rewind_step)
     if not plan.start.trains:
         return plan
+    p = config.pruning
     epochs = config.train.epochs
-    first = round(config.pruning.gmp_start * epochs)
-    last = min(max(first + 1, round(config.pruning.gmp_end * epochs)), epochs)
-    schedule = GradualMagnitudePruning(
-        first,
-        last,
-        config.pruning.target_sparsity,
-        cast(Scope, config.pruning.scope),
-        pattern=config.pruning.n_m,
-    )
+    counts = cast(GmpCounts, p.gmp_counts)
+    scope = cast(Scope, p.scope)
+    schedule: MaskSchedule
+    if p.gmp_interval > 0:
+        schedule = IntervalGradualPruning(
+            epochs, p.gmp_interval, p.target_sparsity, scope=scope, counts=counts, pattern=p.n_m
+        )
+    else:
+        first = round(p.gmp_start * epochs)
+        last = min(max(first + 1, round(p.gmp_end * epochs)), epochs)
+        schedule = GradualMagnitudePruning(
+            first, last, p.target_sparsity, scope, pattern=p.n_m, counts=counts
+        )
     return replace(plan, during=schedule)
+
+
+def phase_epochs(config: Config) -> tuple[int, ...]:
+    """Each pruning phase's retraining epochs under a budget (bimp): ``pruning.retrain_budget``
+    (0: ``train.epochs``) split over ``pruning.cycles`` as the BIMP code splits
+    ``n_epochs_to_split`` (:func:`~sparseavg.pruning.budget.split_epochs`)."""
+    p = config.pruning
+    return split_epochs(p.retrain_budget or config.train.epochs, p.cycles)
+
+
+def budget_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
+    """Budgeted IMP: :func:`standard_plan` (fine-tuning) whose phase ``c`` retrains for
+    :func:`phase_epochs` ``[c - 1]`` epochs; ALLR's clip then uses that phase's length over
+    the dense cycle 0's ``train.epochs`` (the reference's ``n_epochs``)."""
+    if cycle == 0:
+        return standard_plan(config, lineage, cycle, rewind_step)
+    phase = phase_epochs(config)[cycle - 1]
+    phased = dataclasses.replace(
+        config, pruning=dataclasses.replace(config.pruning, retrain_epochs=phase)
+    )
+    return standard_plan(phased, lineage, cycle, rewind_step)
 
 
 # -- run plans -----------------------------------------------------------------------------------
