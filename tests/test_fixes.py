@@ -42,7 +42,7 @@ def test_a_cycle_of_one_model_trains_the_base_settings(vary, field, base, tmp_pa
 @pytest.mark.parametrize("steps", [35, 7, 17, 99, 100, 1001])
 def test_llr_warmup_starts_at_zero_and_never_exceeds_the_peak(steps):
     """Before: peak * (step + 1) / (0.1 * steps), 0.1143 at peak 0.1 for 35 steps."""
-    settings = TrainSettings(schedule="llr", lr=0.1)
+    settings = TrainSettings(schedule="llr", lr=0.1, warmup=0.1)  # a retraining's
     rates = [learning_rate(settings, s, steps, None) for s in range(steps)]
     assert max(rates) <= 0.1
     warm = int(0.1 * steps)  # the SMS code's int(0.1 * iterations): none below 10 steps

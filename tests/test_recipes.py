@@ -93,7 +93,7 @@ def test_sms_fine_tunes_with_the_retrain_settings_and_varies_one_hyperparameter(
     wds = [i.settings.weight_decay for i in p.ingredients]
     assert wds == pytest.approx([5e-5, 1e-4, 2e-4])
     assert {(s.epochs, s.schedule, s.lr, s.warmup) for s in settings(values, 1)} == {
-        (10, "llr", 0.2, 0.0)
+        (10, "llr", 0.2, 0.1)
     }
     assert len({i.seed for i in p.ingredients}) == 1  # one batch order, as the SMS code
     lengths = {**values, "ingredients": {"vary": "length"}}  # default factors 0.5 .. 2

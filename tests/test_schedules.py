@@ -6,6 +6,8 @@ from bisect import bisect_right
 import pytest
 import torch
 
+from sparseavg.recipes import resolve_config
+from sparseavg.recipes.standard import base_settings, retrain_settings
 from sparseavg.training import TrainSettings, learning_rate, smallest_rate
 
 DENSE = TrainSettings(epochs=10, lr=0.1, schedule="cosine")  # the run being retrained
@@ -61,7 +63,7 @@ def sms_code_rates(kind, total, peak, low=0.0):
 
 @pytest.mark.parametrize("total", [35, 100, 391])
 def test_llr_matches_the_sms_code_up_to_its_repeated_peak_step(total):
-    ours = rates(TrainSettings(epochs=1, lr=0.1, schedule="llr"), total)
+    ours = rates(TrainSettings(epochs=1, lr=0.1, schedule="llr", warmup=0.1), total)
     theirs = sms_code_rates("llr", total, 0.1)
     warm = int(0.1 * total)
     assert ours[: warm + 1] == pytest.approx(theirs[: warm + 1], abs=1e-12)  # the warm-up
@@ -73,7 +75,7 @@ def test_llr_matches_the_sms_code_up_to_its_repeated_peak_step(total):
 
 
 def test_clr_decays_to_the_dense_runs_smallest_rate_like_the_sms_code():
-    settings = TrainSettings(epochs=2, lr=0.1, schedule="clr", original=DENSE)
+    settings = TrainSettings(epochs=2, lr=0.1, schedule="clr", warmup=0.1, original=DENSE)
     low = smallest_rate(DENSE, 200)
     assert low == pytest.approx(min(dense_rate(s) for s in range(200)))
     ours = rates(settings)
@@ -97,13 +99,13 @@ def test_lrw_replays_the_dense_runs_last_epochs():
 
 
 def test_slr_compresses_the_dense_schedule_after_a_warm_up():
-    ours = rates(TrainSettings(epochs=2, lr=0.1, schedule="slr", original=DENSE))
+    ours = rates(TrainSettings(epochs=2, lr=0.1, schedule="slr", warmup=0.1, original=DENSE))
     warm = 4  # int(0.1 * 40)
     assert ours[0] == 0.0 and ours[warm] == pytest.approx(0.1)
     expected = [dense_rate(int(j * 200 / 36)) for j in range(36)]
     assert ours[warm:] == pytest.approx(expected)
     warm_dense = TrainSettings(epochs=10, lr=0.1, schedule="cosine", warmup=0.1)
-    slr = rates(TrainSettings(epochs=2, lr=0.1, schedule="slr", original=warm_dense))
+    slr = rates(TrainSettings(epochs=2, lr=0.1, schedule="slr", warmup=0.1, original=warm_dense))
     assert slr[warm : warm + 4] == [0.1] * 4  # the dense warm-up's steps read as the peak
 
 
@@ -137,5 +139,25 @@ def test_the_sms_codes_clr_overshoot_depends_on_the_retraining_length(total, ove
     overshoots the peak on the step after the warm-up, less the longer the retraining."""
     theirs = sms_code_rates("clr", total, 0.1, smallest_rate(DENSE, 200))
     assert (max(theirs) / 0.1 - 1) * 100 == pytest.approx(overshoot_percent, abs=5e-5)
-    ours = rates(TrainSettings(epochs=total // 20, lr=0.1, schedule="clr", original=DENSE))
+    ours = rates(
+        TrainSettings(epochs=total // 20, lr=0.1, schedule="clr", warmup=0.1, original=DENSE)
+    )
     assert len(ours) == total and max(ours) <= 0.1
+
+
+def test_a_dense_llr_with_warmup_zero_has_no_warm_up():
+    """Issue 16: a dense ``train.schedule = "llr"`` always got a 10 % warm-up (rate 0.0 at
+    step 0, 0.0024 at step 1 of 100); the SMS code's dense linear schedule has none unless
+    asked, so warm-up 0 is none: 0.1 at step 0, 0.099 at step 1. A fine-tuning cycle keeps
+    the SMS code's 10 %."""
+    config = resolve_config({"recipe": "imp", "train": {"schedule": "llr", "epochs": 10}})
+    dense = base_settings(config)
+    assert dense.warmup == 0.0
+    assert [learning_rate(dense, s, 100, None) for s in (0, 1, 50)] == pytest.approx(
+        [0.1, 0.099, 0.05], abs=1e-15
+    )
+    retrain = retrain_settings(resolve_config({"recipe": "sms", "train": {"epochs": 10}}))
+    assert (retrain.schedule, retrain.warmup) == ("llr", 0.1)
+    assert [learning_rate(retrain, s, 100, None) for s in (0, 10)] == pytest.approx([0.0, 0.1])
+    warm = TrainSettings(epochs=10, lr=0.1, schedule="llr", warmup=0.1)
+    assert learning_rate(warm, 0, 100, None) == 0.0  # a warm-up asked for is kept

@@ -133,7 +133,7 @@ def test_learning_rate_schedules():
     assert [learning_rate(s, i, 100, None) for i in (49, 50, 75)] == pytest.approx(
         [0.1, 0.01, 0.001]
     )
-    s = TrainSettings(lr=0.1, schedule="llr")  # 10 % warm-up from 0, then linear decay to 0
+    s = TrainSettings(lr=0.1, schedule="llr", warmup=0.1)  # warm-up from 0, linear decay to 0
     assert learning_rate(s, 0, 100, None) == 0.0
     assert learning_rate(s, 10, 100, None) == pytest.approx(0.1)
     assert learning_rate(s, 55, 100, None) == pytest.approx(0.05)

@@ -151,7 +151,14 @@ class TrainConfig:
     nesterov: bool = _f(False, "Nesterov momentum")
     weight_decay: float = _f(5e-4, "weight decay", lo=0.0)
     schedule: TrainSchedule = _f("cosine", "learning-rate schedule")
-    warmup: float = _f(0.0, "fraction of steps with linear warm-up", lo=0.0, hi=1.0, hi_open=True)
+    warmup: float = _f(
+        0.0,
+        "fraction of steps spent warming up from rate 0 (linear; a half cosine for llr); 0 is "
+        "none, for every schedule (fine-tuning cycles use the SMS code's 10 % for llr/slr/clr)",
+        lo=0.0,
+        hi=1.0,
+        hi_open=True,
+    )
     milestones: list[float] = _f(
         [0.5, 0.75],
         "step schedule: fractions of training where lr drops",

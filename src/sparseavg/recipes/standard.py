@@ -18,6 +18,7 @@ from ..pruning import GmpCounts, GradualMagnitudePruning, MaskSchedule, Rounding
 from ..pruning.budget import split_epochs
 from ..pruning.gmp_reference import IntervalGradualPruning
 from ..training import TrainSettings
+from ..training.schedules import DEFAULT_RETRAIN_WARMUP
 from ..training.settings import DERIVED_SCHEDULES
 from ..utils.seeding import derive_seed
 from .plan import Combiner, CyclePlan, IngredientPlan, MaskRule, RunPlan, SettingsRule, StartRule
@@ -51,6 +52,9 @@ from .rules import (
 
 # -- settings ------------------------------------------------------------------------------------
 
+#: the retraining schedules the SMS code warms up (``int(0.1 * iterations)`` steps)
+RETRAIN_WARMUP: tuple[str, ...] = ("llr", "slr", "clr")
+
 
 def base_settings(config: Config) -> TrainSettings:
     """The :class:`TrainSettings` of ``config.train``: training from scratch or a ticket."""
@@ -81,9 +85,10 @@ def retrain_settings(config: Config) -> TrainSettings:
     ``ingredients.length_factor`` (imp+) applied.
 
     The schedule is ``pruning.retrain_schedule`` (else ``train.schedule``) over the retraining
-    epochs, with no warm-up of its own but the SMS code's 10 % for llr/slr/clr/allr; ft, lrw,
-    slr and clr derive from the dense run's settings. ``allr`` is planned as ``llr``: its peak
-    is chosen when the cycle starts (:class:`~.rules.AdaptivePeak`).
+    epochs, with the SMS code's 10 % warm-up for llr/slr/clr/allr and none for the others
+    (``train.warmup`` is the dense run's); ft, lrw, slr and clr derive from the dense run's
+    settings. ``allr`` is planned as ``llr``: its peak is chosen when the cycle starts
+    (:class:`~.rules.AdaptivePeak`).
     """
     p = config.pruning
     base = base_settings(config)
@@ -94,7 +99,7 @@ def retrain_settings(config: Config) -> TrainSettings:
         epochs=max(1, round((p.retrain_epochs or base.epochs) * config.ingredients.length_factor)),
         schedule=kind,
         lr=p.retrain_lr or base.lr,
-        warmup=0.0,
+        warmup=DEFAULT_RETRAIN_WARMUP if kind in RETRAIN_WARMUP else 0.0,
         original=base if kind in DERIVED_SCHEDULES else None,
     )
 

@@ -12,11 +12,15 @@ derive from the run being retrained (``settings.original``), with the SMS names:
 ==========  =================================================================================
 ``ft``      constant at the original's smallest rate after its warm-up (Han et al.)
 ``lrw``     the original's last ``n`` steps (learning-rate rewinding, Renda et al.)
-``slr``     10 % warm-up to the peak, then the original schedule compressed into the remaining
+``slr``     warm-up to the peak, then the original schedule compressed into the remaining
             steps, its own warm-up replaced by the peak (scaled restarting, Le & Hua)
-``clr``     10 % warm-up, then a cosine from the peak to the original's smallest rate
-``llr``     10 % warm-up, then linear decay to 0 (the SMS default)
+``clr``     warm-up, then a cosine from the peak to the original's smallest rate
+``llr``     warm-up, then linear decay to 0 (the SMS default)
 ==========  =================================================================================
+
+The warm-up is ``settings.warmup`` for every schedule (0: none, as the SMS code's dense
+runs without ``n_epochs_warmup``); the recipes give the SMS code's 10 %
+(:data:`DEFAULT_RETRAIN_WARMUP`) to a fine-tuning cycle's llr, slr and clr.
 
 ``allr`` (llr with an adaptive peak) is chosen per cycle by the recipes, from the norm the
 pruning removed; it reaches this module as an llr schedule with that peak.
@@ -33,6 +37,8 @@ import math
 
 from .settings import TrainSettings
 
+#: the SMS code's warm-up of its llr, slr and clr retraining (``int(0.1 * iterations)``
+#: steps): the fraction ``sparseavg.recipes`` gives a fine-tuning cycle's settings
 DEFAULT_RETRAIN_WARMUP = 0.1
 _COSINE_WARMUP = ("llr", "slr", "clr")
 
@@ -57,11 +63,9 @@ def learning_rate(
 
 
 def warmup_steps(settings: TrainSettings, horizon: int) -> int:
-    """Steps of the warm-up in a schedule of ``horizon`` steps: ``int(fraction * horizon)``."""
-    fraction = settings.warmup
-    if fraction == 0 and settings.schedule in _COSINE_WARMUP:
-        fraction = DEFAULT_RETRAIN_WARMUP
-    return int(fraction * horizon)
+    """Steps of the warm-up in a schedule of ``horizon`` steps: ``int(settings.warmup *
+    horizon)`` (a warm-up of 0 is none, for every schedule)."""
+    return int(settings.warmup * horizon)
 
 
 def _rate(settings: TrainSettings, step: int, horizon: int, floor: float, spe: int) -> float:

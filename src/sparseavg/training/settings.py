@@ -46,7 +46,8 @@ class TrainSettings:
             (cosine from ``lr`` to the original's smallest rate).
         warmup: fraction of the (pre-SWA) steps spent warming up from 0 to ``lr``;
             ``int(warmup * steps)`` steps, linear for constant/step/cosine and a half cosine for
-            llr/slr/clr (as the SMS code), which default to 0.1 when this is 0.
+            llr/slr/clr (as the SMS code warms up its retraining); 0 is no warm-up, for every
+            schedule (the recipes give a fine-tuning cycle's llr/slr/clr the SMS code's 0.1).
         milestones: for ``"step"``: fractions of the (pre-SWA) steps at which lr drops.
         gamma: lr factor at each milestone.
         swa_start: ``None`` for no SWA; else the fraction of epochs after which SWA begins. From
