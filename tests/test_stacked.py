@@ -287,6 +287,24 @@ def test_float64_bn_buffers_are_per_ingredient():
     )
 
 
+@pytest.mark.parametrize(("drop_last", "spe"), [(False, 6), (True, 5)])
+def test_float64_stacked_equals_sequential_with_a_partial_last_batch(drop_last, spe):
+    """90 samples in batches of 16: 5 full batches and one of 10, which both executors train
+    on (6 steps an epoch) unless ``drop_last`` (5)."""
+    model, split, mask = problem("conv", n=90)
+    work = work_of(model, mask)
+    jobs = [
+        dataclasses.replace(j, settings=dataclasses.replace(j.settings, drop_last=drop_last))
+        for j in THREE
+    ]
+    seq = run(Sequential(), model, split, work, jobs)
+    stk = run(Stacked(), model, split, work, jobs)
+    assert stk.messages == []
+    assert_results_close(stk, seq, F64)
+    assert {r.steps for r in stk.results.values()} == {4 * spe}
+    assert [e.step for e in stk.results[0].history] == [spe, 2 * spe, 3 * spe, 4 * spe]
+
+
 def test_float32_stacked_equals_sequential():
     model, split, mask = problem("conv", torch.float32)
     work = work_of(model, mask)

@@ -11,6 +11,8 @@ from helpers import tiny_net, tiny_split
 from sparseavg.data import Split
 from sparseavg.data.augment import Augmentation, host_to_device
 from sparseavg.pruning import Mask, magnitude_prune, prunable_parameters
+from sparseavg.recipes import resolve_config
+from sparseavg.recipes.standard import base_settings, retrain_settings
 from sparseavg.training import TrainSettings, learning_rate, train
 from sparseavg.training.loop import build_optimizer, steps_per_epoch
 from sparseavg.training.masking import MaskEnforcer
@@ -20,7 +22,7 @@ from sparseavg.utils.seeding import make_generator
 def _reference_train(model, data, settings, seed, mask):
     """The plain loop ``train`` was written from: lr set every step, ``zero_grad``, losses
     stored one by one. Returns ``(state, epoch mean losses)``."""
-    spe = steps_per_epoch(data, settings.batch_size)
+    spe = steps_per_epoch(data, settings.batch_size, settings.drop_last)
     total = settings.epochs * spe
     optimizer = build_optimizer(model, settings)
     enforcer = MaskEnforcer(model, mask)
@@ -31,7 +33,9 @@ def _reference_train(model, data, settings, seed, mask):
     for epoch in range(settings.epochs):
         g = make_generator(seed, "epoch", epoch)
         step_losses = torch.empty(spe)
-        batches = data.batches(settings.batch_size, generator=g, augment=True, drop_last=True)
+        batches = data.batches(
+            settings.batch_size, generator=g, augment=True, drop_last=settings.drop_last
+        )
         for i, (x, y) in enumerate(batches):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(settings, step, total, None)
@@ -57,6 +61,8 @@ def _augmented_split() -> Split:
     [
         TrainSettings(epochs=2, batch_size=16, lr=0.1, nesterov=True, warmup=0.2),
         TrainSettings(epochs=2, batch_size=16, optimizer="adamw", lr=0.01, schedule="constant"),
+        TrainSettings(epochs=2, batch_size=20, lr=0.1, schedule="llr"),  # 96 = 4 x 20 + 16
+        TrainSettings(epochs=2, batch_size=20, lr=0.1, schedule="llr", drop_last=True),
     ],
 )
 @pytest.mark.parametrize("masked", [False, True])
@@ -120,3 +126,41 @@ def test_compiled_forward_trains_to_the_same_loss():
     compiled = train(mlp(), data, settings, seed=0, compile=True)
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
     assert compiled.losses[-1] < compiled.losses[0]
+
+
+@pytest.mark.parametrize(("drop_last", "steps"), [(False, 3), (True, 2)])
+def test_an_epoch_trains_its_last_partial_batch_unless_drop_last(drop_last, steps):
+    """Issue 16: every epoch dropped its last partial batch (10 samples in batches of 4: 2
+    steps an epoch, an llr schedule of 4 steps); the SMS code and open_lth keep it: 3 steps
+    an epoch, a schedule of 3 x epochs = 6 steps. ``drop_last`` keeps the old count."""
+    data = tiny_split(n=10)
+    settings = TrainSettings(
+        epochs=2, batch_size=4, lr=0.1, schedule="llr", augment=False, drop_last=drop_last
+    )
+    assert steps_per_epoch(data, 4, drop_last) == steps
+    seen = []
+    result = train(tiny_net(), data, settings, seed=0, progress=lambda s, t, _: seen.append(t))
+    total = 2 * steps
+    assert result.steps == total and set(seen) == {total}
+    assert [e.step for e in result.history] == [steps, total]
+    # each epoch's last rate: llr over all 2 x steps steps, no warm-up
+    expected = [0.1 * (1 - (steps - 1) / total), 0.1 * (1 - (total - 1) / total)]
+    assert [e.lr for e in result.history] == pytest.approx(expected, abs=1e-15)
+
+
+def test_the_partial_batch_changes_the_weights_and_the_config_passes_drop_last_on():
+    data = tiny_split(n=10)
+    kept, dropped = (
+        train(
+            tiny_net(),
+            data,
+            TrainSettings(epochs=1, batch_size=4, schedule="constant", drop_last=d),
+            seed=0,
+        )
+        for d in (False, True)
+    )
+    assert (kept.steps, dropped.steps) == (3, 2)
+    assert not torch.equal(kept.state["fc.weight"], dropped.state["fc.weight"])
+    assert base_settings(resolve_config({})).drop_last is False
+    config = resolve_config({"recipe": "sms", "train": {"drop_last": True}})
+    assert base_settings(config).drop_last and retrain_settings(config).drop_last

@@ -145,6 +145,11 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = _f(30, "epochs per training run", lo=0)
     batch_size: int = _f(128, "samples per step", lo=1)
+    drop_last: bool = _f(
+        False,
+        "skip each epoch's last partial batch (false: train on it too, as the SMS code and "
+        "open_lth do; schedules count the steps an epoch really has)",
+    )
     optimizer: Optimizer = _f("sgd", "optimizer")
     lr: float = _f(0.1, "peak learning rate", lo=0.0, lo_open=True)
     momentum: float = _f(0.9, "SGD momentum", lo=0.0, hi=1.0, hi_open=True)

@@ -147,7 +147,7 @@ def prepare(
     if task is None:
         device = resolve_device(config.execution.device)
         data = load_data(config, device)
-        if len(data.train) < config.train.batch_size:
+        if config.train.drop_last and len(data.train) < config.train.batch_size:
             raise ConfigError(
                 f"train.batch_size ({config.train.batch_size}) is larger than the training "
                 f"split ({len(data.train)} samples): an epoch would have no step"
@@ -177,7 +177,7 @@ def prepare(
     source = _source_run(config, names, model)
     recipe = get_recipe(config.recipe)
     run_plan = recipe.run(config)
-    spe = task.steps_per_epoch(config.train.batch_size)
+    spe = task.steps_per_epoch(config.train.batch_size, config.train.drop_last)
     return Context(
         config=config,
         recipe=recipe,
@@ -613,7 +613,7 @@ class _IngredientHooks:
         which = str(indices[0]) if len(indices) == 1 else f"{indices[0]}-{indices[-1]}"
         label += f" ingredient{'s' if len(indices) > 1 else ''} {which}/{self.count}"
         settings = jobs[0].settings
-        spe = self.ctx.task.steps_per_epoch(settings.batch_size)
+        spe = self.ctx.task.steps_per_epoch(settings.batch_size, settings.drop_last)
         return _Tracker(self.ctx.reporter, label, spe, settings.epochs)
 
     def finish(self, job: Job, result: TrainResult, seconds: float) -> Outcome:

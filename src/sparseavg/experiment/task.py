@@ -62,8 +62,9 @@ class Task(Protocol):
         ``model``."""
         ...
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        """Global steps in one epoch (1 for a user's loop, whose steps are epochs)."""
+    def steps_per_epoch(self, batch_size: int, drop_last: bool) -> int:
+        """Global steps in one epoch of batches of ``batch_size``, the last partial one
+        skipped if ``drop_last`` (1 for a user's loop, whose steps are epochs)."""
         ...
 
     def train_ticket(
@@ -198,8 +199,8 @@ class DataTask:
     def pretrained(self, model: nn.Module) -> State:
         return load_pretrained(self.config.model.pretrained, model)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return steps_per_epoch(self.data.train, batch_size)
+    def steps_per_epoch(self, batch_size: int, drop_last: bool) -> int:
+        return steps_per_epoch(self.data.train, batch_size, drop_last)
 
     def train_ticket(
         self, model: nn.Module, settings: TrainSettings, seed: int, stop_step: int
@@ -344,7 +345,7 @@ class UserTask:
     def pretrained(self, model: nn.Module) -> State:
         return clone_state(model, device="cpu")
 
-    def steps_per_epoch(self, batch_size: int) -> int:
+    def steps_per_epoch(self, batch_size: int, drop_last: bool) -> int:
         return 1
 
     def train_ticket(

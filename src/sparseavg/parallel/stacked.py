@@ -75,6 +75,7 @@ from .trainers import LoopTrainer
 SHARED_SETTINGS: tuple[str, ...] = (
     "epochs",
     "batch_size",
+    "drop_last",
     "optimizer",
     "momentum",
     "nesterov",
@@ -185,7 +186,7 @@ class Plan:
 
     @classmethod
     def of(cls, settings: TrainSettings, data: BatchSource, device: torch.device) -> Plan:
-        spe = steps_per_epoch(data, settings.batch_size)
+        spe = steps_per_epoch(data, settings.batch_size, settings.drop_last)
         bf16, channels_last = settings.resolved(device)
         return cls(
             settings,
@@ -337,7 +338,7 @@ def epoch_batches(
             settings.batch_size,
             generator=make_generator(job.seed, "epoch", epoch),
             augment=settings.augment,
-            drop_last=True,
+            drop_last=settings.drop_last,
         )
         for job in jobs
     ]

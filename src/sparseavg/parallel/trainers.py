@@ -49,7 +49,7 @@ class LoopTrainer:
     def epoch_ends(self, job: Job, start_step: int) -> int:
         """:func:`~sparseavg.train` calls ``on_epoch_end`` at every full epoch boundary it
         crosses."""
-        spe = steps_per_epoch(self.data, job.settings.batch_size)
+        spe = steps_per_epoch(self.data, job.settings.batch_size, job.settings.drop_last)
         epochs = job.settings.epochs
         if start_step >= epochs * spe:
             return 0

@@ -62,6 +62,7 @@ def base_settings(config: Config) -> TrainSettings:
     return TrainSettings(
         epochs=t.epochs,
         batch_size=t.batch_size,
+        drop_last=t.drop_last,
         optimizer=t.optimizer,
         lr=t.lr,
         momentum=t.momentum,

@@ -88,7 +88,7 @@ def run_study(
             val_fraction=cs[0].data.val_fraction,
             split_seed=cs[0].data.split_seed,
         )
-        spe = steps_per_epoch(data.train, cs[0].train.batch_size)
+        spe = steps_per_epoch(data.train, cs[0].train.batch_size, cs[0].train.drop_last)
         runs = []
         for c in cs:
             path = by_config[id(c)]

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..data import BatchSource
+from ..data.split import count_batches
 from ..pruning import Mask, MaskSchedule
 from ..utils.seeding import make_generator
 from ..utils.state import State, clone_state
@@ -130,9 +131,11 @@ class Progress(Protocol):
     def __call__(self, step: int, total: int, loss: float | None) -> None: ...
 
 
-def steps_per_epoch(data: BatchSource, batch_size: int) -> int:
-    """Optimizer steps in one epoch: full batches only (at least one)."""
-    return max(1, len(data) // batch_size)
+def steps_per_epoch(data: BatchSource, batch_size: int, drop_last: bool = False) -> int:
+    """Optimizer steps in one epoch: every batch, the last partial one included
+    (``ceil(len(data) / batch_size)``), or full batches only with ``drop_last`` (at least
+    one)."""
+    return max(1, count_batches(len(data), batch_size, drop_last))
 
 
 def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -209,7 +212,7 @@ def train(
     device = model_device(model)
     if mask_schedule is not None and mask is None:
         raise ValueError("a mask_schedule needs a mask to change")
-    spe = steps_per_epoch(data, settings.batch_size)
+    spe = steps_per_epoch(data, settings.batch_size, settings.drop_last)
     total_steps = settings.epochs * spe
     stop = total_steps if stop_step is None else min(stop_step, total_steps)
     swa_start_epoch = settings.swa_start_epoch
@@ -259,7 +262,10 @@ def train(
         step_losses: list[Tensor] = []
         step_hits: list[Tensor] = []
         batches = data.batches(
-            settings.batch_size, generator=generator, augment=settings.augment, drop_last=True
+            settings.batch_size,
+            generator=generator,
+            augment=settings.augment,
+            drop_last=settings.drop_last,
         )
         first = step
         for i, (x, y) in enumerate(batches):

@@ -30,8 +30,11 @@ class TrainSettings:
     """Hyperparameters of one training run of one model under one mask.
 
     Attributes:
-        epochs: passes over the training split (each drops its last partial batch).
+        epochs: passes over the training split.
         batch_size: samples per step.
+        drop_last: skip each epoch's last partial batch; by default an epoch trains on it too
+            (``ceil(samples / batch_size)`` steps, as the SMS code's and open_lth's loaders),
+            and every schedule counts those steps.
         optimizer: ``"sgd"`` (momentum, optional Nesterov), ``"adam"`` or ``"adamw"``.
         lr: peak learning rate.
         momentum: SGD momentum (ignored by Adam, which uses its default betas).
@@ -69,6 +72,7 @@ class TrainSettings:
 
     epochs: int = 30
     batch_size: int = 128
+    drop_last: bool = False
     optimizer: Optimizer = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
