@@ -239,7 +239,7 @@ class _StopAfter:
 
 @pytest.mark.parametrize(
     ("values", "stops", "last"),
-    [(BIMP_TINY, (30, 95), "cycle_03"), (SMS_BIMP_TINY, (115, 25), "cycle_02")],
+    [(BIMP_TINY, (30, 110), "cycle_03"), (SMS_BIMP_TINY, (115, 25), "cycle_02")],
     ids=["bimp", "sms-bimp"],
 )
 def test_resumed_mid_phase_equals_an_uninterrupted_run(tmp_path, values, stops, last):
