@@ -42,6 +42,6 @@ def test_allr_is_the_sms_codes_adaptive_peak():
     for phase, d in ((0, 0.2), (2, 0.01), (1, 0.9)):
         floor = min(float(b.phase_epochs[phase]) / b.dense_epochs, 1.0) * max_lr
         reference = min(max(d / math.sqrt(f) * max_lr, floor), max_lr)
-        peak = AdaptivePeak(max_lr, f, b.phase_epochs[phase], b.dense_epochs).peak(d)
+        peak = AdaptivePeak(max_lr, f, b.dense_epochs).peak(d, b.phase_epochs[phase])
         assert peak == reference
-    assert AdaptivePeak(max_lr, f, 4, 30).peak(0.01) == b.allr_floor(2) * max_lr
+    assert AdaptivePeak(max_lr, f, 30).peak(0.01, 4) == b.allr_floor(2) * max_lr

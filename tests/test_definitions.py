@@ -2,17 +2,22 @@
 ignores the rule it names (issue 8, item 7)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from engine_helpers import TrainCalls, rows, tiny_config, tiny_run
 from sparseavg.averaging import evaluate_ensemble
+from sparseavg.config import ConfigError
 from sparseavg.data import load_dataset
 from sparseavg.models import build_model
 from sparseavg.pruning import Mask, magnitude_prune, relative_norm_drop
+from sparseavg.recipes import get_recipe
+from sparseavg.recipes.plan import StartFacts
 from sparseavg.recipes.rules import AdaptivePeak
 from sparseavg.recipes.standard import ingredient_seed
+from sparseavg.training import TrainSettings
 from sparseavg.utils.files import load_tensors
 
 T0 = 28  # rewind_epochs 0.5 of 56 steps (7,200 samples, batch 128)
@@ -143,7 +148,7 @@ def test_allr_picks_its_peak_from_the_norm_the_pruning_removed(tmp_path, monkeyp
     previous, mask = _load(run, 0, "combined.safetensors"), _load(run, 1, "mask.safetensors")
     names = [n for n, _ in build_model("conv1d", 10, (1, 40), width=8).named_parameters()]
     drop = relative_norm_drop(previous, mask.applied(previous), names)
-    expected = AdaptivePeak(0.05, 0.2, 1, 2).peak(drop)
+    expected = AdaptivePeak(0.05, 0.2, 2).peak(drop, 1)
     trained = calls.ingredients()[1]["settings"]
     assert trained.schedule == "llr" and trained.lr == pytest.approx(expected)
     info = json.loads((run / "cycle_01/ingredient_0/info.json").read_text())
@@ -195,3 +200,67 @@ def test_recalibrate_never_keeps_the_averaged_statistics(tmp_path):
     finals = [load_tensors(run / f"cycle_01/ingredient_{k}/final.safetensors") for k in (0, 1)]
     combined = load_tensors(run / "cycle_01/combined.safetensors")
     assert not torch.allclose(combined[key], (finals[0][key] + finals[1][key]) / 2, rtol=1e-2)
+
+
+def test_allr_varying_the_rate_trains_each_ingredient_llr_from_its_own_peak(tmp_path, monkeypatch):
+    """Issue 16: under ALLR the adaptive peak overwrote every ingredient's rate, so values
+    [0.5, 1, 2] all trained at one rate (the clip's floor, 0.025 each). The SMS code trains
+    LLR from each split's own value when it varies the rate: 0.025, 0.05, 0.1 here."""
+    calls = TrainCalls(monkeypatch)
+    values = {
+        "recipe": "sms",
+        "pruning": {"retrain_schedule": "allr", "retrain_epochs": 1},
+        "ingredients": {"count": 3, "vary": "lr", "values": [0.5, 1.0, 2.0]},
+    }
+    run = tiny_run(tmp_path, values)
+    trained = [c["settings"] for c in calls.ingredients()[1:]]
+    assert [(s.schedule, s.warmup, s.lr) for s in trained] == [
+        ("llr", 0.1, 0.025),
+        ("llr", 0.1, 0.05),
+        ("llr", 0.1, 0.1),
+    ]
+    infos = [json.loads((run / f"cycle_01/ingredient_{k}/info.json").read_text()) for k in range(3)]
+    assert [i["lr"] for i in infos] == [0.025, 0.05, 0.1]
+    finals = [_load(run, 1, f"ingredient_{k}/final.safetensors") for k in range(3)]
+    assert not _same(finals[0], finals[1]) and not _same(finals[1], finals[2])
+
+
+def test_allr_varying_the_length_clips_each_ingredient_with_its_own_length(tmp_path, monkeypatch):
+    """Issue 16: ALLR's lower clip min(E_r / E_o, 1) * max_lr used the base retraining length
+    for every ingredient (E_r = 2 of E_o = 4: 0.025 for all three); the SMS code's E_r is the
+    split's own retrain_length: lengths 1, 2, 4 are held at 0.0125, 0.025 and 0.05."""
+    rule = AdaptivePeak(max_lr=0.05, fraction=0.2, original_epochs=4)
+    base = TrainSettings(epochs=2, lr=0.05, schedule="llr", warmup=0.1)
+    peaks = [rule(replace(base, epochs=e), StartFacts(0.0)).lr for e in (1, 2, 4, 8)]
+    assert peaks == [0.0125, 0.025, 0.05, 0.05]
+    calls = TrainCalls(monkeypatch)
+    values = {
+        "recipe": "sms",
+        "train": {"epochs": 4},
+        "pruning": {"retrain_schedule": "allr", "retrain_epochs": 2},
+        "ingredients": {"count": 3, "vary": "length", "values": [0.5, 1.0, 2.0]},
+    }
+    tiny_run(tmp_path, values)
+    trained = [c["settings"] for c in calls.ingredients()[1:]]
+    # the pruning removed little norm here, so every peak sits on its own floor
+    assert [(s.epochs, s.lr) for s in trained] == [(1, 0.0125), (2, 0.025), (4, 0.05)]
+
+
+@pytest.mark.parametrize("schedule", ["ft", "lrw", "slr"])
+def test_varying_the_rate_is_refused_where_the_retraining_has_no_peak(schedule):
+    """ft, lrw and slr take their rates from the dense run: vary = "lr" varied nothing (or
+    only slr's warm-up), silently."""
+    values = {
+        "recipe": "sms",
+        "pruning": {"retrain_schedule": schedule, "retrain_epochs": 1},
+        "ingredients": {"vary": "lr"},
+    }
+    with pytest.raises(ConfigError, match=f"retrain_schedule = '{schedule}' does not use"):
+        tiny_config(values)
+    clr = tiny_config({**values, "pruning": {"retrain_schedule": "clr", "retrain_epochs": 1}})
+    p = get_recipe("sms").plan(clr, 0, 1, 0)
+    assert [(i.settings.schedule, i.settings.lr) for i in p.ingredients] == [
+        ("clr", 0.025),
+        ("clr", 0.05),
+        ("clr", 0.1),
+    ]

@@ -173,7 +173,7 @@ def test_bimp_plans_a_dense_run_then_phases_with_their_own_lengths():
         p = recipe.plan(config, 0, cycle, 0)
         assert p.start == FineTune() and p.mask == MagnitudePrune(f)
         assert [i.settings.epochs for i in p.ingredients] == [epochs]
-        assert p.adapt == AdaptivePeak(0.1, f, epochs, 4)
+        assert p.adapt == AdaptivePeak(0.1, f, 4)
 
 
 @pytest.mark.parametrize(
@@ -208,7 +208,7 @@ def test_bimp_phases_share_the_budget_and_clip_allr_with_their_own_length(tmp_pa
         mask = Mask.load(run / f"cycle_{cycle:02d}" / "mask.safetensors")
         drop = relative_norm_drop(previous, mask.applied(previous), names)
         peak = _info(run, cycle)["lr"]
-        assert peak == AdaptivePeak(0.05, f, length, 4).peak(drop)
+        assert peak == AdaptivePeak(0.05, f, 4).peak(drop, length)
         peaks.append(peak)
     # phase 3 (3 of the dense run's 4 epochs) is held at its own floor 0.75 * 0.05 (its
     # scaled peak is 0.0265); the 1-epoch phases' floor is 0.0125, below their scaled peaks

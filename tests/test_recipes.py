@@ -142,19 +142,17 @@ def test_retraining_schedules_by_their_sms_names():
     llr = settings(base, 1)[0]
     assert (llr.schedule, llr.original) == ("llr", None)
     allr = plan({**base, "pruning": {"retrain_epochs": 10, "retrain_schedule": "allr"}}, 1)
-    assert allr.adapt == AdaptivePeak(
-        max_lr=0.1, fraction=0.2, retrain_epochs=10, original_epochs=30
-    )
+    assert allr.adapt == AdaptivePeak(max_lr=0.1, fraction=0.2, original_epochs=30)
     assert allr.ingredients[0].settings.schedule == "llr"
     with pytest.raises(ConfigError, match="'lrw' rewinds the last"):
         resolve_config({**base, "pruning": {"retrain_epochs": 40, "retrain_schedule": "lrw"}})
 
 
 def test_allr_scales_the_peak_by_the_norm_drop_and_clips_it_like_the_sms_code():
-    rule = AdaptivePeak(max_lr=0.1, fraction=0.2, retrain_epochs=10, original_epochs=100)
-    assert rule.peak(0.0) == pytest.approx(0.01)  # floor: min(10 / 100, 1) * 0.1
-    assert rule.peak(0.2**0.5 * 0.5) == pytest.approx(0.05)  # d / sqrt(f) * max_lr
-    assert rule.peak(1.0) == pytest.approx(0.1)  # ceiling: max_lr
+    rule = AdaptivePeak(max_lr=0.1, fraction=0.2, original_epochs=100)
+    assert rule.peak(0.0, 10) == pytest.approx(0.01)  # floor: min(10 / 100, 1) * 0.1
+    assert rule.peak(0.2**0.5 * 0.5, 10) == pytest.approx(0.05)  # d / sqrt(f) * max_lr
+    assert rule.peak(1.0, 10) == pytest.approx(0.1)  # ceiling: max_lr
 
 
 def test_imp_plus_retrains_length_factor_times_longer():

@@ -344,7 +344,14 @@ class IngredientsConfig:
         "per-class accuracies (macro: torchmetrics' MulticlassAccuracy default, the SMS code's) "
         "or the share of samples right (accuracy)",
     )
-    vary: Vary = _f("seed", "the one hyperparameter that differs between ingredients")
+    vary: Vary = _f(
+        "seed",
+        "the one hyperparameter that differs between ingredients. lr: the schedule's peak "
+        "(clr: the cosine's start; allr: each ingredient trains llr from its own peak, not "
+        "the adaptive one, as the SMS code trains LLR from each split's value; refused with "
+        "pruning.retrain_schedule ft, lrw or slr, whose rates are the dense run's). length: "
+        "the (re)training epochs (allr's lower clip uses each ingredient's own)",
+    )
     seed_per_ingredient: bool = _f(
         False,
         "with vary = weight_decay, lr or length: also give each ingredient its own seed (batch "

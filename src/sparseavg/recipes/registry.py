@@ -75,6 +75,9 @@ _BIMP_CODE = {
     "train": {"nesterov": True},
     "pruning": {"retrain_schedule": "allr", "target_sparsity": 0.9, "rewind_epochs": 0.0},
 }
+# The retraining schedules whose rates are the dense run's, not a peak that ingredients.vary =
+# "lr" could vary (slr's peak only shapes its warm-up).
+VARY_LR_REFUSED: tuple[str, ...] = ("ft", "lrw", "slr")
 # The phases' lengths come from pruning.retrain_budget alone.
 _BIMP_FIXED = {"pruning": {"retrain_epochs": 0}, "ingredients": {"length_factor": 1.0}}
 
@@ -435,6 +438,12 @@ def check_config(config: Config) -> None:
         raise ConfigError(
             "ingredients.start = 'reinit' (the lottery-ticket control) trains another run's "
             "masks from a new initialisation: set pruning.masks_from to that run's directory"
+        )
+    if ing.vary == "lr" and ing.start == "finetune" and p.retrain_schedule in VARY_LR_REFUSED:
+        raise ConfigError(
+            f"ingredients.vary = 'lr' varies the retraining's peak rate, which "
+            f"pruning.retrain_schedule = {p.retrain_schedule!r} does not use (its rates are "
+            f"the dense run's): use llr or allr (the SMS code's LLR from each value) or clr"
         )
     if p.retrain_schedule == "lrw" and (p.retrain_epochs or t.epochs) > t.epochs:
         raise ConfigError(

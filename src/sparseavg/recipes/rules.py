@@ -216,21 +216,24 @@ class Borrow:
 class AdaptivePeak:
     """SMS's ALLR: an LLR schedule whose peak is ``max_lr`` scaled by the relative norm the
     pruning removed, ``d / sqrt(fraction)``, clipped to ``[min(E_r / E_o, 1) · max_lr,
-    max_lr]`` (``E_r`` retraining and ``E_o`` original epochs), as the SMS code chooses it."""
+    max_lr]`` (``E_r`` the ingredient's own retraining epochs, ``E_o`` the original's), as
+    the SMS code chooses it: its ``n_epochs_finetune`` is the split's ``retrain_length``
+    when it varies the length (``runners/baseRunner.py`` ``fine_tuning``)."""
 
     max_lr: float
     fraction: float
-    retrain_epochs: int
     original_epochs: int
 
-    def peak(self, relative_norm_drop: float) -> float:
-        """The schedule's peak for a measured relative norm drop."""
-        low = min(self.retrain_epochs / max(self.original_epochs, 1), 1.0) * self.max_lr
+    def peak(self, relative_norm_drop: float, retrain_epochs: int) -> float:
+        """The schedule's peak for a measured relative norm drop and a retraining of
+        ``retrain_epochs`` epochs."""
+        low = min(retrain_epochs / max(self.original_epochs, 1), 1.0) * self.max_lr
         scaled = relative_norm_drop / self.fraction**0.5 * self.max_lr
         return min(max(scaled, low), self.max_lr)
 
     def __call__(self, settings: TrainSettings, facts: StartFacts) -> TrainSettings:
-        return replace(settings, schedule="llr", lr=self.peak(facts.relative_norm_drop))
+        peak = self.peak(facts.relative_norm_drop, settings.epochs)
+        return replace(settings, schedule="llr", lr=peak)
 
 
 # -- combiners -----------------------------------------------------------------------------------

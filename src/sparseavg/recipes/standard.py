@@ -206,10 +206,13 @@ def standard_plan(config: Config, lineage: int, cycle: int, rewind_step: int) ->
     checkpoint. Cycle c ≥ 1 derives its mask from the previous combined model and trains K
     ingredients from θ_T0 ⊙ m (``start = "rewind"``), the previous model ⊙ m
     (``"finetune"``, with the ``pruning.retrain_*`` settings) or a new initialisation ⊙ m
-    (``"reinit"``). A shuffled mask rewinds to θ_T0 ⊙ m_L ⊙ m, m_L the mask it shuffles, as
-    open_lth (``pruning.shuffle_start = "ticket"``: θ_T0 ⊙ m). SWAMP+ trains one model
-    below ``ingredients.single_until``, with SWA or, with ``ingredients.early = "imp"``, as
-    plain IMP.
+    (``"reinit"``). ``pruning.retrain_schedule = "allr"`` chooses each fine-tuning
+    ingredient's peak from the norm drop and its own length, except under
+    ``ingredients.vary = "lr"``: then each trains llr from its own rate, as the SMS code
+    trains LLR from each split's value. A shuffled mask rewinds to θ_T0 ⊙ m_L ⊙ m, m_L the
+    mask it shuffles, as open_lth (``pruning.shuffle_start = "ticket"``: θ_T0 ⊙ m). SWAMP+
+    trains one model below ``ingredients.single_until``, with SWA or, with
+    ``ingredients.early = "imp"``, as plain IMP.
     """
     ing = config.ingredients
     mask = prune_rule(config, lineage, cycle)
@@ -226,11 +229,11 @@ def standard_plan(config: Config, lineage: int, cycle: int, rewind_step: int) ->
     elif ing.start == "finetune":
         count = ing.count
         settings, start = retrain_settings(config), FineTune()
-        if config.pruning.retrain_schedule == "allr":
+        if config.pruning.retrain_schedule == "allr" and ing.vary != "lr":
+            # varying the rate, the SMS code trains LLR from each split's own value instead
             adapt = AdaptivePeak(
                 max_lr=settings.lr,
                 fraction=config.prune_fraction,
-                retrain_epochs=settings.epochs,
                 original_epochs=config.train.epochs,
             )
     else:
