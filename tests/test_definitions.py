@@ -11,16 +11,19 @@ from engine_helpers import TrainCalls, rows, tiny_config, tiny_run
 from sparseavg.averaging import evaluate_ensemble
 from sparseavg.config import ConfigError
 from sparseavg.data import load_dataset
+from sparseavg.experiment import engine
 from sparseavg.models import build_model
 from sparseavg.pruning import Mask, magnitude_prune, relative_norm_drop
 from sparseavg.recipes import get_recipe
 from sparseavg.recipes.plan import StartFacts
 from sparseavg.recipes.rules import AdaptivePeak
-from sparseavg.recipes.standard import ingredient_seed
-from sparseavg.training import TrainSettings
+from sparseavg.recipes.standard import base_settings, ingredient_seed
+from sparseavg.training import TrainSettings, train
 from sparseavg.utils.files import load_tensors
+from sparseavg.utils.seeding import derive_seed
+from sparseavg.utils.state import clone_state
 
-T0 = 28  # rewind_epochs 0.5 of 56 steps (7,200 samples, batch 128)
+T0 = 28  # rewind_epochs 0.5 of 57 steps (7,200 samples, batch 128): round(28.5)
 
 
 def _load(run, cycle, name, member=None):
@@ -264,3 +267,38 @@ def test_varying_the_rate_is_refused_where_the_retraining_has_no_peak(schedule):
         ("clr", 0.05),
         ("clr", 0.1),
     ]
+
+
+@pytest.mark.parametrize("recipe", ["imp-ft", "sms"])
+def test_a_fine_tuning_recipe_trains_its_dense_model_in_one_run(tmp_path, monkeypatch, recipe):
+    """Issue 16: cycle 0 of a fine-tuning recipe was a common run to rewind_epochs (28 steps
+    here) plus a continuation from step 28 with a fresh optimizer and another seed; the SMS
+    code trains its dense model in one run. Now cycle 0 is one call of ``train`` from the
+    initialisation at step 0, bit for bit a plain run of train.epochs with the ingredient's
+    seed, and no ticket is made."""
+    calls = TrainCalls(monkeypatch)
+    run = tiny_run(tmp_path / "run", {"recipe": recipe})
+    config = tiny_config({"recipe": recipe})
+    assert not any(c["common"] for c in calls.calls)  # no run to a rewind point
+    dense = calls.calls[0]
+    assert dense["start_step"] == 0 and dense["result"].steps == 2 * 57
+    assert not (run / "cycle_00" / "ticket.safetensors").exists()
+    ctx = engine.prepare(config, tmp_path / "plain")
+    model = ctx.task.build(derive_seed(config.seed, "lineage", 0, "init"))
+    assert _same(dense["start"], clone_state(model, device="cpu"))
+    seed = ingredient_seed(config, 0, 0, 0)
+    plain = train(model, ctx.task.data.train, base_settings(config), seed=seed)
+    assert dense["seed"] == seed and _same(dense["result"].state, plain.state)
+    saved = _load(run, 0, "ingredient_0/final.safetensors")
+    weights = [n for n, _ in model.named_parameters()]  # (BatchNorm buffers recalibrated)
+    assert all(torch.equal(saved[n], plain.state[n]) for n in weights)
+
+
+def test_a_rewinding_recipe_still_trains_its_ticket_to_the_rewind_point(tmp_path, monkeypatch):
+    calls = TrainCalls(monkeypatch)
+    run = tiny_run(tmp_path, {"recipe": "imp"})
+    common = [c for c in calls.calls if c["common"]]
+    assert len(common) == 1 and common[0]["result"].steps == T0
+    ticket = _load(run, 0, "ticket.safetensors")
+    assert _same(ticket, common[0]["result"].state)
+    assert calls.ingredients()[0]["start_step"] == T0

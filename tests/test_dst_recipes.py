@@ -17,8 +17,15 @@ from sparseavg.parallel import Sequential, Stacked
 from sparseavg.pruning import GradualMagnitudePruning, Mask, fraction_per_cycle, relative_norm_drop
 from sparseavg.pruning.gmp_reference import IntervalGradualPruning
 from sparseavg.recipes import get_recipe, resolve_config
-from sparseavg.recipes.rules import AdaptivePeak, DenseMask, FineTune, MagnitudePrune, Rewind
+from sparseavg.recipes.rules import (
+    AdaptivePeak,
+    DenseMask,
+    FineTune,
+    MagnitudePrune,
+    Reinit,
+)
 from sparseavg.utils.files import load_tensors
+from sparseavg.utils.seeding import derive_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: ~5x faster on a busy CPU
 
@@ -166,7 +173,8 @@ def test_bimp_plans_a_dense_run_then_phases_with_their_own_lengths():
     assert config.pruning.retrain_schedule == "allr" and config.train.nesterov
     assert config.pruning.target_sparsity == 0.9 and config.bn.recalibrate == "averaged"
     zero = recipe.plan(config, 0, 0, 0)
-    assert zero.start == Rewind() and zero.mask == DenseMask()
+    init = derive_seed(config.seed, "lineage", 0, "init")
+    assert zero.start == Reinit(init) and zero.mask == DenseMask()
     assert [i.settings.epochs for i in zero.ingredients] == [4]
     f = fraction_per_cycle(0.9, 3)
     for cycle, epochs in ((1, 1), (2, 1), (3, 3)):

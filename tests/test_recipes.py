@@ -31,6 +31,7 @@ from sparseavg.recipes.rules import (
     SourceMask,
     Uniform,
 )
+from sparseavg.utils.seeding import derive_seed
 
 T0 = 56  # a rewind step
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -187,7 +188,8 @@ def test_imp_avg_lineages_share_the_dense_model_then_prune_separately():
     recipe = get_recipe("imp-avg")
     assert recipe.run(config).lineages == 3
     zero = [recipe.plan(config, m, 0, T0) for m in range(3)]
-    assert len(zero[0].ingredients) == 1 and zero[0].start == Rewind()
+    init = derive_seed(config.seed, "lineage", 0, "init")
+    assert len(zero[0].ingredients) == 1 and zero[0].start == Reinit(init)  # one dense run
     assert [(p.start, p.ingredients) for p in zero[1:]] == [(Borrow(0), ())] * 2
     ones = [recipe.plan(config, m, 1, T0) for m in range(3)]
     assert all(p.start == FineTune() and p.mask == MagnitudePrune(0.2, "global", {}) for p in ones)

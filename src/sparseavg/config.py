@@ -268,7 +268,10 @@ class PruningConfig:
         "from instead of the dense model",
     )
     rewind_epochs: float = _f(
-        1.0, "rewind point T0 in epochs (fractions allowed; 0 = the initialisation)", lo=0.0
+        1.0,
+        "rewinding recipes: the ticket's rewind point T0 in epochs (fractions allowed; 0 = the "
+        "initialisation); fine-tuning recipes train cycle 0 in one run and ignore it",
+        lo=0.0,
     )
     retrain_epochs: int = _f(
         0, "fine-tuning cycles: epochs of each retraining (0 = train.epochs)", lo=0

@@ -474,7 +474,8 @@ def check_config(config: Config) -> None:
         )
     if t.epochs == 0 and not config.model.pretrained:
         raise ConfigError("train.epochs = 0 needs a model.pretrained checkpoint")
-    if p.rewind_epochs >= config.train.epochs and not config.model.pretrained:
+    rewinds = ing.start != "finetune"
+    if rewinds and p.rewind_epochs >= config.train.epochs and not config.model.pretrained:
         raise ConfigError(
             f"pruning.rewind_epochs ({p.rewind_epochs:g}) must be less than train.epochs "
             f"({config.train.epochs})"

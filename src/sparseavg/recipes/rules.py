@@ -178,8 +178,9 @@ class FineTune:
 
 @dataclass(frozen=True)
 class Reinit:
-    """Start from a new random initialisation ⊙ m at step 0 (the lottery-ticket
-    re-initialisation control); ``seed`` draws the initialisation."""
+    """Start from a random initialisation ⊙ m at step 0; ``seed`` draws it: the lottery-ticket
+    re-initialisation control (a new one), and the dense cycle 0 of fine-tuning recipes (the
+    lineage's own, trained in one run)."""
 
     seed: int
     trains: bool = True

@@ -201,18 +201,20 @@ def combiner(config: Config, count: int) -> Combiner:
 def standard_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
     """IMP with rewinding, fine-tuning or re-initialisation; K ingredients; any combine.
 
-    Cycle 0 trains the dense model from the shared rewind point θ_T0 (rewinding recipes train
-    their K particles from there; the others one dense model), or takes the pretrained
-    checkpoint. Cycle c ≥ 1 derives its mask from the previous combined model and trains K
-    ingredients from θ_T0 ⊙ m (``start = "rewind"``), the previous model ⊙ m
-    (``"finetune"``, with the ``pruning.retrain_*`` settings) or a new initialisation ⊙ m
-    (``"reinit"``). ``pruning.retrain_schedule = "allr"`` chooses each fine-tuning
-    ingredient's peak from the norm drop and its own length, except under
-    ``ingredients.vary = "lr"``: then each trains llr from its own rate, as the SMS code
-    trains LLR from each split's value. A shuffled mask rewinds to θ_T0 ⊙ m_L ⊙ m, m_L the
-    mask it shuffles, as open_lth (``pruning.shuffle_start = "ticket"``: θ_T0 ⊙ m). SWAMP+
-    trains one model below ``ingredients.single_until``, with SWA or, with
-    ``ingredients.early = "imp"``, as plain IMP.
+    Cycle 0 trains the dense model, or takes the pretrained checkpoint: rewinding recipes train
+    their K particles from the shared rewind point θ_T0 (the ticket, the initialisation trained
+    ``pruning.rewind_epochs`` by a common run); fine-tuning recipes train one dense model in one
+    run of ``train.epochs`` from the lineage's initialisation (one optimizer, one seed, one
+    schedule), as the SMS code trains its dense model, and have no ticket. Cycle c ≥ 1 derives
+    its mask from the previous combined model and trains K ingredients from θ_T0 ⊙ m (``start =
+    "rewind"``), the previous model ⊙ m (``"finetune"``, with the ``pruning.retrain_*``
+    settings) or a new initialisation ⊙ m (``"reinit"``). ``pruning.retrain_schedule = "allr"``
+    chooses each fine-tuning ingredient's peak from the norm drop and its own length, except
+    under ``ingredients.vary = "lr"``: then each trains llr from its own rate, as the SMS code
+    trains LLR from each split's value. A shuffled mask rewinds to θ_T0 ⊙ m_L ⊙ m, m_L the mask
+    it shuffles, as open_lth (``pruning.shuffle_start = "ticket"``: θ_T0 ⊙ m). SWAMP+ trains one
+    model below ``ingredients.single_until``, with SWA or, with ``ingredients.early = "imp"``,
+    as plain IMP.
     """
     ing = config.ingredients
     mask = prune_rule(config, lineage, cycle)
@@ -221,7 +223,10 @@ def standard_plan(config: Config, lineage: int, cycle: int, rewind_step: int) ->
     early = cycle < ing.single_until
     start: StartRule
     adapt: SettingsRule | None = None
-    if cycle == 0 or ing.start == "rewind":
+    if cycle == 0 and ing.start == "finetune":
+        count, settings = 1, base_settings(config)
+        start = Reinit(derive_seed(config.seed, "lineage", lineage, "init"))
+    elif cycle == 0 or ing.start == "rewind":
         count = 1 if early or (cycle == 0 and ing.start != "rewind") else ing.count
         settings, start = base_settings(config), Rewind()
         if isinstance(mask, ShuffleLayers) and config.pruning.shuffle_start == "pruned_ticket":
@@ -321,9 +326,11 @@ def budget_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> C
 
 def _common(config: Config) -> TrainSettings | None:
     """The common dense run's settings: cycle 0's first ingredient (None when cycle 0 trains
-    nothing)."""
+    nothing or does not start from a ticket)."""
     plan = standard_plan(_one_model(config), 0, 0, 0)
-    return plan.ingredients[0].settings if plan.ingredients else None
+    if not plan.ingredients or not isinstance(plan.start, Rewind):
+        return None
+    return plan.ingredients[0].settings
 
 
 def run_plan(config: Config) -> RunPlan:
