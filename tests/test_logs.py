@@ -270,8 +270,9 @@ def test_epochs_jsonl_holds_every_epoch_that_train_returned(swamp_run):
                 | record.to_dict()
             )
     assert rows == expected
-    # the particles start at the rewind point (step 28, half of epoch 0) and train 2 epochs
-    assert [(r["epoch"], r["step"]) for r in rows[:2]] == [(0, 56), (1, 112)]
+    # the particles start at the rewind point (step 28, half of epoch 0: 57 steps, the last
+    # partial batch included) and train 2 epochs
+    assert [(r["epoch"], r["step"]) for r in rows[:2]] == [(0, 57), (1, 114)]
     assert all(0 < r["train_accuracy"] < 1 and r["lr"] > 0 for r in rows)
     for cycle, ingredient in ((0, 0), (1, 1)):
         info = json.loads((path / f"cycle_0{cycle}/ingredient_{ingredient}/info.json").read_text())
@@ -324,11 +325,11 @@ def test_an_interrupted_run_resumes_to_the_same_logs(swamp_run, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path, _StopAfter(50))
     path = tmp_path / reference.name
-    assert _checkpoint_history(path / "cycle_00/ingredient_0/checkpoint.pt") == [(0, 56)]
+    assert _checkpoint_history(path / "cycle_00/ingredient_0/checkpoint.pt") == [(0, 57)]
     # resumed there; then inside cycle 1's second particle, after its first epoch
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path, _StopAfter(270))
-    assert _checkpoint_history(path / "cycle_01/ingredient_1/checkpoint.pt") == [(0, 56)]
+    assert _checkpoint_history(path / "cycle_01/ingredient_1/checkpoint.pt") == [(0, 57)]
     assert [r["cycle"] for r in jsonl(path / "epochs.jsonl")] == [0] * 4  # cycle 0 only
     run(config, tmp_path)
     for name in ("epochs.jsonl", "results.jsonl"):

@@ -147,10 +147,10 @@ def prepare(
     if task is None:
         device = resolve_device(config.execution.device)
         data = load_data(config, device)
-        if config.train.drop_last and len(data.train) < config.train.batch_size:
+        if len(data.train) < config.train.batch_size:
             raise ConfigError(
                 f"train.batch_size ({config.train.batch_size}) is larger than the training "
-                f"split ({len(data.train)} samples): an epoch would have no step"
+                f"split ({len(data.train)} samples): use at most {len(data.train)}"
             )
         task = DataTask(config, data, device)
     model = task.build(derive_seed(config.seed, "lineage", 0, "init"))
