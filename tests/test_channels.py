@@ -311,3 +311,40 @@ def test_gmp_prunes_whole_channels_to_its_channel_target(tmp_path):
     _whole(mask, groups)
     assert sum(int(a.sum()) for a in alive_channels(mask, groups)) == 12  # round(0.5 * 24)
     assert all(not combined[n][~mask[n]].any() for n in mask)
+
+
+# -- the user's own model and loop ----------------------------------------------------------------
+
+
+@needs_tp
+@pytest.mark.slow
+def test_own_run_traces_the_users_example_and_refuses_without_one(tmp_path):
+    import sparseavg
+    from engine_helpers import tiny_config
+    from test_own import _builtin_as_train_fn, _mnist1d
+
+    config = tiny_config({"recipe": "imp"})
+    data, model_fn, eval_fn = _mnist1d(config)
+    train_fn = _builtin_as_train_fn(data, config.train.batch_size)
+    values = {
+        "train": {"epochs": 2, "lr": 0.05},
+        "pruning": {"cycles": 2, "rewind_epochs": 1, "granularity": "channel", "fraction": 0.25},
+    }
+    with pytest.raises(ConfigError, match=r"pass an input batch of your model as example="):
+        sparseavg.imp(model_fn, train_fn, eval_fn, runs_dir=tmp_path / "a", config=values)
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+    result = sparseavg.imp(
+        model_fn,
+        train_fn,
+        eval_fn,
+        runs_dir=tmp_path / "b",
+        config=values,
+        example=torch.zeros(2, *data.input_shape),
+        progress=False,
+    )
+    counts = []
+    for cycle in range(3):
+        mask, groups, _ = _channels(result.path, cycle)
+        _whole(mask, groups)
+        counts.append(sum(int(a.sum()) for a in alive_channels(mask, groups)))
+    assert counts == [24, 18, 14]

@@ -272,8 +272,8 @@ def _channel_groups(
     example = example_input(task)
     if example is None:
         raise ConfigError(
-            f"{what} traces the model to find its coupled channels: give your task an example "
-            "input batch (UserTask(example=...))"
+            f"{what} traces the model to find its coupled channels: pass an input batch of "
+            "your model as example= (sparseavg.prune/imp/swamp/sms, UserTask)"
         )
     try:
         groups = channel_groups(model, example, names)
