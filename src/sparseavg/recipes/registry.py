@@ -405,8 +405,6 @@ def _check_granularity(config: Config) -> None:
             )
         return
     what = "pruning.granularity = 'channel'"
-    if not torch_pruning_available():
-        raise ConfigError(f"{what} needs the torch-pruning package: {CHANNELS_INSTALL}")
     if p.n_m is not None:
         raise ConfigError(
             f"{what} removes whole channels; pruning.pattern = {p.pattern!r} keeps N of every "
@@ -423,6 +421,8 @@ def _check_granularity(config: Config) -> None:
     for bad, name, why in conflicts:
         if bad:
             raise ConfigError(f"{name} {why}; {what} removes whole channels: leave it unset")
+    if not torch_pruning_available():
+        raise ConfigError(f"{what} needs the torch-pruning package: {CHANNELS_INSTALL}")
 
 
 def check_config(config: Config) -> None:
