@@ -49,6 +49,8 @@ RetrainSchedule = Literal[
 ]
 PruneMethod = Literal["magnitude", "random", "shuffle"]
 ShuffleStart = Literal["pruned_ticket", "ticket"]
+Granularity = Literal["weight", "channel"]
+ChannelNorm = Literal["l1", "l2"]
 IngredientStart = Literal["rewind", "finetune", "reinit"]
 Combine = Literal["single", "uniform", "greedy"]
 Vary = Literal["seed", "weight_decay", "lr", "length"]
@@ -239,6 +241,18 @@ class PruningConfig:
         "'unstructured', or 'N:M' (e.g. '2:4', which GPU sparse kernels run): keep N of every M "
         "consecutive input-channel weights; cycles reach it with the sparsity 1-N/M as "
         "target_sparsity and the last cycle leaves exactly N per group (gmp: the last step)",
+    )
+    granularity: Granularity = _f(
+        "weight",
+        "what a cycle removes: single weights (weight), or whole output channels (channel: conv "
+        "filters, linear rows, with the BatchNorms and next layers' input columns coupled to "
+        "them, as Torch-Pruning groups them; fraction and target_sparsity then count channels; "
+        "needs the structured extra)",
+    )
+    channel_norm: ChannelNorm = _f(
+        "l1",
+        "granularity channel: a channel's score over its group's masked weights, their mean "
+        "absolute value (l1) or root mean square (l2); the lowest go first",
     )
     shuffle_start: ShuffleStart = _f(
         "pruned_ticket",

@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help='also write FILE.onnx, batch size free (needs pip install "sparseavg[onnx]")',
     )
+    export.add_argument(
+        "--slim",
+        action="store_true",
+        help="also write the model with its pruned channels removed: FILE.slim.safetensors, "
+        "FILE.slim.pt2 (torch.export.load(path).module() runs it) and, with onnx installed, "
+        'FILE.slim.onnx (needs pip install "sparseavg[structured]")',
+    )
 
     analyze = sub.add_parser(
         "analyze",
@@ -327,12 +334,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..experiment.export import export_cycle, size_line
+    from ..experiment.export import export_cycle, size_line, slim_line
 
-    paths = export_cycle(args.run_dir, args.cycle, args.out, member=args.member, onnx=args.onnx)
+    paths = export_cycle(
+        args.run_dir, args.cycle, args.out, member=args.member, onnx=args.onnx, slim=args.slim
+    )
     for kind, p in paths.items():
         print(f"{kind:<8} {p}")
     print(size_line(paths["sparse"], paths["state"]))
+    if args.slim:
+        print(slim_line(paths["summary"]))
     return EXIT_OK
 
 

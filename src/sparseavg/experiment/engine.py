@@ -36,6 +36,7 @@ from ..pruning import (
     relative_norm_drop,
     ungroupable,
 )
+from ..pruning.channels import ChannelGroups, channel_groups
 from ..recipes import (
     CyclePlan,
     LineageResult,
@@ -44,6 +45,7 @@ from ..recipes import (
     StartFacts,
     get_recipe,
 )
+from ..recipes.rules import with_channel_groups
 from ..training import DivergenceError, Evaluation, TrainResult, TrainState
 from ..training.evaluate import model_device
 from ..utils.files import CorruptFileError
@@ -54,7 +56,7 @@ from .progress import NullReporter, Reporter
 from .rundir import RunDir
 from .runinfo import RunDirError, RunInfo, read_run
 from .store import LineageFiles, RunStore
-from .task import DataTask, Task, load_data
+from .task import DataTask, Task, example_input, load_data
 
 
 class RunError(RuntimeError):
@@ -110,6 +112,7 @@ class Context:
     initial_mask: Mask | None
     source: RunInfo | None = None
     executor: Executor = field(default_factory=Sequential)
+    channels: ChannelGroups | None = None
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
@@ -175,6 +178,7 @@ def prepare(
     _check_groups(config, model, names, initial_mask)
     _check_weights_survive(config, {n: w.numel() for n, w in weights.items()}, initial_mask)
     source = _source_run(config, names, model)
+    channels = _channel_groups(config, task, model, names)
     recipe = get_recipe(config.recipe)
     run_plan = recipe.run(config)
     spe = task.steps_per_epoch(config.train.batch_size, config.train.drop_last)
@@ -195,6 +199,7 @@ def prepare(
         initial_mask=initial_mask,
         source=source,
         executor=executor,
+        channels=channels,
     )
 
 
@@ -254,6 +259,34 @@ def _check_groups(config: Config, model: nn.Module, names: list[str], initial: M
                 f"pruning.initial_mask leaves {fewest} of {m} weights alive in a group of "
                 f"{name}, fewer than the {n} that {what} keeps"
             )
+
+
+def _channel_groups(
+    config: Config, task: Task, model: nn.Module, names: list[str]
+) -> ChannelGroups | None:
+    """Under ``pruning.granularity = "channel"``: the model's channel groups over the prunable
+    weights, traced from the task's example input; refuses a model with none."""
+    if config.pruning.granularity != "channel":
+        return None
+    what = "pruning.granularity = 'channel'"
+    example = example_input(task)
+    if example is None:
+        raise ConfigError(
+            f"{what} traces the model to find its coupled channels: pass an input batch of "
+            "your model as example= (sparseavg.prune/imp/swamp/sms, UserTask)"
+        )
+    try:
+        groups = channel_groups(model, example, names)
+    except Exception as err:  # Torch-Pruning's tracer raises many kinds
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{what}: Torch-Pruning cannot trace the model ({reason})") from None
+    if not groups:
+        raise ConfigError(
+            f"{what}: {type(model).__name__} has no channel that can be pruned (every group "
+            "touches a layer kept dense, the output layer, or a layer other than conv, linear "
+            "and BatchNorm)"
+        )
+    return groups
 
 
 def _group_name(group: list[str]) -> str:
@@ -381,6 +414,8 @@ def _run_cycle(ctx: Context, cycle: int) -> None:
     results = []
     for lineage in range(ctx.plan.lineages):
         plan = ctx.recipe.plan(ctx.config, lineage, cycle, ctx.rewind_step)
+        if ctx.channels is not None:
+            plan = with_channel_groups(plan, ctx.channels)
         needed = ctx.state_bytes() * (2 * len(plan.ingredients) + 4) + (1 << 20)
         ctx.store.rundir.check_free_space(needed, f"cycle {cycle}")
         results.append(_run_lineage(ctx, plan, lineage))

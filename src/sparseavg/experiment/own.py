@@ -99,6 +99,7 @@ def prune(
     score_fn: ScoreFn | None = None,
     pretrained: bool = False,
     progress: bool | Reporter = True,
+    example: Any = None,
 ) -> OwnRun:
     """Run (or resume) ``recipe`` on the user's model, loop and metrics.
 
@@ -129,6 +130,9 @@ def prune(
         pretrained: ``model_fn`` returns a trained model: cycle 0 is that model (SMS's
             start), and rewinding recipes rewind to it.
         progress: log lines on stderr (True), nothing (False), or a reporter.
+        example: an input batch of the model (a tensor, or a tuple of positional inputs);
+            ``pruning.granularity = "channel"`` traces the model with it to find the
+            channels pruned together.
 
     Returns:
         The run's directory and rows. Under torchrun with ``execution.mode = "distributed"``,
@@ -163,6 +167,7 @@ def prune(
         bn_batches=bn_batches,
         forward=forward,
         score_fn=score_fn,
+        example=example,
     )
     probe = task.build(0)
     problem = name_part_problem(type(probe).__name__)

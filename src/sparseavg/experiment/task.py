@@ -302,6 +302,15 @@ def needs_bn_batches(model: nn.Module) -> str:
     )
 
 
+def example_input(task: Task) -> Any | None:
+    """An input batch to trace the task's model with (channel groups, the slim export): two
+    zero samples of the data set's shape for the built-in data, the user's ``example`` for a
+    :class:`UserTask`, else ``None``."""
+    if isinstance(task, DataTask):
+        return torch.zeros(2, *task.data.input_shape, device=task.device)
+    return getattr(task, "example", None)
+
+
 @dataclass(frozen=True)
 class UserTask:
     """A run of the user's own model and loop.
@@ -320,6 +329,8 @@ class UserTask:
         forward: ``forward(model, batch)`` for those batches (default: ``model(**batch)`` for
             dicts, ``model(batch[0])`` for tuples, ``model(batch)`` for tensors).
         score_fn: ``score_fn(model) -> float`` on held-out data, for greedy soups.
+        example: an input batch of the model (a tensor, or a tuple of positional inputs),
+            which ``pruning.granularity = "channel"`` traces to find the coupled channels.
     """
 
     model_fn: Callable[[], nn.Module]
@@ -331,6 +342,7 @@ class UserTask:
     score_fn: ScoreFn | None = None
     bn_momentum: float | None = None
     bn_limit: int | None = None
+    example: Any = None
 
     @property
     def trainer(self) -> Trainer:

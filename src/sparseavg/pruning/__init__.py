@@ -1,6 +1,14 @@
 """Masks and pruning: which weights live, pure functions that choose the next mask, and the
 compact file of a pruned model."""
 
+from .channels import (
+    ChannelGradualPruning,
+    ChannelGroup,
+    channel_groups,
+    channel_prune,
+    channel_prune_to,
+    slim_model,
+)
 from .compress import Compressed, compress, decompress, load_sparse, save_sparse
 from .mask import LayerSparsity, Mask, MaskError
 from .measures import relative_norm_drop
@@ -44,6 +52,8 @@ from .strategies import (
 __all__ = [
     "ROUNDINGS",
     "SCOPES",
+    "ChannelGradualPruning",
+    "ChannelGroup",
     "Compressed",
     "GmpCounts",
     "GradualMagnitudePruning",
@@ -55,6 +65,9 @@ __all__ = [
     "Scope",
     "SemiStructured",
     "SemiStructuredError",
+    "channel_groups",
+    "channel_prune",
+    "channel_prune_to",
     "compress",
     "cubic_sparsity",
     "decompress",
@@ -75,6 +88,7 @@ __all__ = [
     "save_sparse",
     "semi_structured_problem",
     "shuffle_within_layers",
+    "slim_model",
     "sparsity_after",
     "to_groups",
     "to_semi_structured",

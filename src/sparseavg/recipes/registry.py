@@ -8,6 +8,8 @@ from typing import Any
 
 from ..config import Config, ConfigError, PruningConfig, build_config, merge
 from ..pruning import parse_pattern
+from ..pruning.channels import INSTALL as CHANNELS_INSTALL
+from ..pruning.channels import torch_pruning_available
 from .plan import CyclePlan, RunPlan
 from .standard import (
     budget_plan,
@@ -394,6 +396,38 @@ def _check_budget(config: Config) -> None:
         )
 
 
+def _check_granularity(config: Config) -> None:
+    """``pruning.granularity = "channel"``: the package it needs, and what it cannot be
+    combined with (each removes or counts single weights)."""
+    p = config.pruning
+    if p.granularity != "channel":
+        if p.channel_norm != "l1":
+            raise ConfigError(
+                f"pruning.channel_norm = {p.channel_norm!r} scores channels; "
+                "pruning.granularity is 'weight' (set it to 'channel')"
+            )
+        return
+    what = "pruning.granularity = 'channel'"
+    if p.n_m is not None:
+        raise ConfigError(
+            f"{what} removes whole channels; pruning.pattern = {p.pattern!r} keeps N of every "
+            "M weights: choose one"
+        )
+    conflicts = [
+        (p.method != "magnitude", f"pruning.method = {p.method!r}", "ranks single weights"),
+        (bool(p.layer_fractions), "pruning.layer_fractions", "sets per-layer weight rates"),
+        (p.rounding != "round", f"pruning.rounding = {p.rounding!r}", "counts single weights"),
+        (p.gmp_interval > 0, "pruning.gmp_interval", "is the BIMP code's weight schedule"),
+        (p.gmp_counts != "exact", f"pruning.gmp_counts = {p.gmp_counts!r}", "counts weights"),
+        (config.recipe == "imp-reprune", "recipe imp-reprune", "re-prunes by single weights"),
+    ]
+    for bad, name, why in conflicts:
+        if bad:
+            raise ConfigError(f"{name} {why}; {what} removes whole channels: leave it unset")
+    if not torch_pruning_available():
+        raise ConfigError(f"{what} needs the torch-pruning package: {CHANNELS_INSTALL}")
+
+
 def check_config(config: Config) -> None:
     """Checks that involve more than one field, and every cycle's training settings.
 
@@ -457,6 +491,7 @@ def check_config(config: Config) -> None:
             "train.swa_schedule = 'switch' (the step schedule over all epochs, then a constant "
             "swa_lr from swa_start) or use a cosine or llr schedule"
         )
+    _check_granularity(config)
     nm = p.n_m  # a malformed pattern raises ConfigError here
     if nm is not None:
         _check_pattern(config, *nm)

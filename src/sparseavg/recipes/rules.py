@@ -20,10 +20,17 @@ from ..pruning import (
     random_prune,
     shuffle_within_layers,
 )
+from ..pruning.channels import (
+    ChannelGradualPruning,
+    ChannelGroups,
+    Norm,
+    bound,
+    channel_prune,
+)
 from ..training import TrainSettings
 from ..utils.seeding import make_generator
 from ..utils.state import State
-from .plan import CombineTools, MaskRule, MaskSources, StartFacts, StartSources
+from .plan import CombineTools, CyclePlan, MaskRule, MaskSources, StartFacts, StartSources
 
 # -- mask rules ----------------------------------------------------------------------------------
 
@@ -52,6 +59,37 @@ class MagnitudePrune:
         return magnitude_prune(
             state, mask, self.fraction, self.scope, self.layer_fractions, self.rounding
         )
+
+
+@dataclass(frozen=True)
+class ChannelPrune:
+    """Remove ``fraction`` of the previous model's alive channels with the lowest ``norm``
+    score, coupled layers together (:func:`~sparseavg.pruning.channels.channel_prune`).
+    ``groups`` (the model's channel groups) is ``None`` until the engine binds it
+    (:func:`with_channel_groups`)."""
+
+    fraction: float
+    scope: Scope = "global"
+    norm: Norm = "l1"
+    groups: ChannelGroups | None = None
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        state, mask = sources.previous()
+        return channel_prune(
+            state, mask, bound(self.groups), self.fraction, norm=self.norm, scope=self.scope
+        )
+
+
+def with_channel_groups(plan: CyclePlan, groups: ChannelGroups) -> CyclePlan:
+    """``plan`` with the model's channel groups given to its channel rules (a
+    :class:`ChannelPrune` mask rule, a :class:`~sparseavg.pruning.channels.ChannelGradualPruning`
+    schedule); other plans are returned as they are."""
+    mask, during = plan.mask, plan.during
+    if isinstance(mask, ChannelPrune):
+        mask = replace(mask, groups=groups)
+    if isinstance(during, ChannelGradualPruning):
+        during = replace(during, groups=groups)
+    return replace(plan, mask=mask, during=during)
 
 
 @dataclass(frozen=True)

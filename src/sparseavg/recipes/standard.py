@@ -16,6 +16,7 @@ from ..averaging import AcceptRule
 from ..config import Config
 from ..pruning import GmpCounts, GradualMagnitudePruning, MaskSchedule, Rounding, Scope
 from ..pruning.budget import split_epochs
+from ..pruning.channels import ChannelGradualPruning, Norm
 from ..pruning.gmp_reference import IntervalGradualPruning
 from ..training import TrainSettings
 from ..training.schedules import DEFAULT_RETRAIN_WARMUP
@@ -33,6 +34,7 @@ from .readouts import (
 from .rules import (
     AdaptivePeak,
     Borrow,
+    ChannelPrune,
     DenseMask,
     FineTune,
     Greedy,
@@ -176,6 +178,8 @@ def prune_rule(config: Config, lineage: int, cycle: int) -> MaskRule:
             base = RandomNMPrune(*nm, fraction, seed, scope)
         else:
             base = NMPrune(*nm, fraction, scope)
+    elif p.granularity == "channel":
+        base = ChannelPrune(config.prune_fraction, scope, cast(Norm, p.channel_norm))
     elif p.method == "random":
         base = RandomPrune(config.prune_fraction, seed, scope, dict(p.layer_fractions), rounding)
     else:
@@ -278,7 +282,8 @@ def gradual_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> 
     """Gradual magnitude pruning: one training run whose mask tightens on a cubic schedule,
     after every epoch between ``pruning.gmp_start`` and ``gmp_end``, or after every
     ``pruning.gmp_interval``-th epoch as the BIMP code schedules it; each step counted per
-    ``pruning.gmp_counts``."""
+    ``pruning.gmp_counts``. Under ``pruning.granularity = "channel"`` the steps prune whole
+    channels to the schedule's channel sparsity."""
     plan = standard_plan(config, lineage, cycle, rewind_step)
     if not plan.start.trains:
         return plan
@@ -294,9 +299,13 @@ def gradual_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> 
     else:
         first = round(p.gmp_start * epochs)
         last = min(max(first + 1, round(p.gmp_end * epochs)), epochs)
-        schedule = GradualMagnitudePruning(
-            first, last, p.target_sparsity, scope, pattern=p.n_m, counts=counts
-        )
+        if p.granularity == "channel":
+            norm = cast(Norm, p.channel_norm)
+            schedule = ChannelGradualPruning(first, last, p.target_sparsity, scope, norm)
+        else:
+            schedule = GradualMagnitudePruning(
+                first, last, p.target_sparsity, scope, pattern=p.n_m, counts=counts
+            )
     return replace(plan, during=schedule)
 
 
