@@ -469,3 +469,19 @@ def test_a_pretrained_batchnorm_model_souped_greedily_on_a_metric_of_choice(tmp_
     assert calls["score"] > 0 and calls["forward"] > 0
     soup = json.loads((result.path / "cycle_01" / "soup.json").read_text())
     assert soup["selected"] and set(soup["selected"]) <= {0, 1, 2}
+
+
+def test_a_loop_that_changes_the_mask_in_place_is_stopped(tmp_path):
+    """A train_fn that sets the mask all-True would make the cycle record 0 % sparsity while
+    the saved mask prunes weights the model still holds: refused after the call."""
+
+    def revives(model, mask, seed, settings):
+        loop(model, mask, seed, settings)
+        for keep in mask.values():
+            keep.fill_(True)
+
+    with pytest.raises(MaskError, match=r"^train_fn changed the mask in place \(\d+ entries"):
+        sparseavg.imp(
+            TiedLM, revives, accuracy, runs_dir=tmp_path, config=OWN, prunable=PRUNABLE,
+            progress=False,
+        )  # fmt: skip
