@@ -485,3 +485,30 @@ def test_a_loop_that_changes_the_mask_in_place_is_stopped(tmp_path):
             TiedLM, revives, accuracy, runs_dir=tmp_path, config=OWN, prunable=PRUNABLE,
             progress=False,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"accuracy": math.nan}, r"^cycle 0: eval_fn's accuracy is nan \(role "),
+        ({"loss": math.inf}, r"^cycle 0: eval_fn's loss is inf \(role "),
+        ({"top3": -math.inf}, r"^cycle 0: eval_fn's top3 is -inf \(role "),
+    ],
+    ids=["nan-accuracy", "inf-loss", "inf-metric"],
+)
+def test_a_non_finite_metric_is_refused_before_any_row_is_written(tmp_path, bad, match):
+    """Today a NaN accuracy is written as bare NaN into results.jsonl (not JSON) and an inf
+    loss becomes null: refused, naming the metric and the cycle, before the cycle's rows."""
+
+    def broken(model) -> dict:
+        return {**accuracy(model), **bad}
+
+    from sparseavg.experiment.engine import RunError
+
+    with pytest.raises(RunError, match=match):
+        sparseavg.imp(
+            TiedLM, loop, broken, runs_dir=tmp_path, config=OWN, prunable=PRUNABLE,
+            progress=False,
+        )  # fmt: skip
+    assert not list(tmp_path.rglob("results.jsonl"))
+    assert not list(tmp_path.rglob("rows.json"))

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -386,10 +387,27 @@ def _run_cycle(ctx: Context, cycle: int) -> None:
         results.append(_run_lineage(ctx, plan, lineage))
     tools = _Readouts(ctx, cycle, time.perf_counter() - started)
     rows = [row for readout in ctx.plan.readouts for row in readout(cycle, results, tools)]
+    check_finite_rows(cycle, rows)
     for r in rows:
         if r["accuracy"] is not None and not math.isfinite(r["loss"]):
             r["loss"] = None
     ctx.store.finish_cycle(cycle, rows)
+
+
+def check_finite_rows(cycle: int, rows: Sequence[dict[str, Any]]) -> None:
+    """Raise :class:`RunError` naming the first non-finite metric of a cycle's rows: every
+    value a user's ``eval_fn`` returned (``metrics``), and every row's ``accuracy``. A
+    built-in evaluation's non-finite ``loss`` is left to be recorded as unknown (``null``)."""
+    for r in rows:
+        values = r.get("metrics") or {"accuracy": r["accuracy"]}
+        source = "eval_fn's" if "metrics" in r else "the evaluation's"
+        for name, value in values.items():
+            if value is not None and not math.isfinite(value):
+                where = f"role {r['role']}, lineage {r['lineage']}, ingredient {r['ingredient']}"
+                raise RunError(
+                    f"cycle {cycle}: {source} {name} is {value} ({where}); results hold finite "
+                    "numbers only: make eval_fn return finite metrics"
+                )
 
 
 def _run_lineage(ctx: Context, plan: CyclePlan, lineage: int) -> LineageResult:

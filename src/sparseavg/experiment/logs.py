@@ -159,7 +159,9 @@ def epoch_rows(
 
 def write_epochs(directory: Path, rows: Sequence[Row]) -> None:
     """Rewrite ``epochs.jsonl`` and ``epochs.csv`` in ``directory`` from ``rows``."""
-    text = "".join(json.dumps({c: r.get(c) for c in EPOCH_COLUMNS}) + "\n" for r in rows)
+    text = "".join(
+        json.dumps({c: r.get(c) for c in EPOCH_COLUMNS}, allow_nan=False) + "\n" for r in rows
+    )
     atomic_write_text(directory / EPOCHS_JSONL, text)
     write_csv(directory / EPOCHS_CSV, rows, EPOCH_COLUMNS)
 
