@@ -299,6 +299,9 @@ def test_refused_before_anything_is_written(tmp_path):
 
     prunable = {"prunable": ["0.weight", "3.weight"]}
     refused("BatchNorm layers.*pass bn_batches", **prunable, model_fn=with_bn)
+    refused(
+        r"^bn_batches is empty.*mean 0, variance 1", **prunable, model_fn=with_bn, bn_batches=[]
+    )
     gmp = {**OWN, "pruning": {"cycles": 0, "target_sparsity": 0.5, "rewind_epochs": 0.0}}
     refused("cannot run your own train_fn", recipe="gmp", config=gmp)
 
