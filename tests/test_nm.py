@@ -67,6 +67,16 @@ def test_parse_pattern_refuses_with_what_it_accepts(text):
         parse_pattern(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [("02:4", "2:4"), ("2:04", "2:4"), ("\uff12:\uff14", "2:4"), ("0002:0008", "2:8")],
+)
+def test_parse_pattern_refuses_other_spellings_naming_the_canonical_one(text, canonical):
+    """'02:4', '2:04' and full-width digits parsed as 2:4 but hashed as other run names."""
+    with pytest.raises(ValueError, match=rf"^{text!r} is written {canonical!r} \(ASCII"):
+        parse_pattern(text)
+
+
 # -- exact masks ---------------------------------------------------------------------------------
 
 

@@ -36,7 +36,8 @@ _PATTERN = re.compile(r"(\d+):(\d+)")
 
 
 def parse_pattern(text: str) -> tuple[int, int] | None:
-    """``"unstructured"`` -> ``None``; ``"N:M"`` -> ``(N, M)`` with ``0 < N < M <= 32``.
+    """``"unstructured"`` -> ``None``; ``"N:M"`` -> ``(N, M)`` with ``0 < N < M <= 32``,
+    written canonically (ASCII digits, no leading zeros).
 
     Raises:
         ValueError: anything else, with what is accepted.
@@ -48,6 +49,8 @@ def parse_pattern(text: str) -> tuple[int, int] | None:
     if match is None:
         raise ValueError(f"{text!r} is not {accepted}")
     n, m = int(match.group(1)), int(match.group(2))
+    if text != f"{n}:{m}":  # one spelling per pattern: the text is hashed into the run's name
+        raise ValueError(f"{text!r} is written '{n}:{m}' (ASCII digits, no leading zeros)")
     if not 0 < n < m <= MAX_GROUP:
         raise ValueError(f"{text!r} is not {accepted}")
     return n, m
