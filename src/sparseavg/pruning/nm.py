@@ -57,8 +57,13 @@ def parse_pattern(text: str) -> tuple[int, int] | None:
 
 
 def _check_nm(n: int, m: int) -> None:
-    if not 0 < n < m <= MAX_GROUP:
-        raise ValueError(f"an N:M pattern needs 0 < N < M <= {MAX_GROUP}, got {n}:{m}")
+    """Refuse ``n`` and ``m`` unless they are integers (not bools) with ``0 < n < m <= 32``."""
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (n, m))
+    if not (ints and 0 < n < m <= MAX_GROUP):
+        raise ValueError(
+            f"n and m: an N:M pattern needs integers 0 < n < m <= {MAX_GROUP}, got n = {n!r}, "
+            f"m = {m!r}"
+        )
 
 
 def group_problem(shape: Sequence[int], m: int) -> str | None:
