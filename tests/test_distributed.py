@@ -294,6 +294,22 @@ def test_a_hand_started_rank_alone_says_so_in_one_line(tmp_path: Path, rank: int
     assert not runs.exists()
 
 
+@pytest.mark.parametrize("mode", ["auto", "sequential", "stacked"])
+def test_torchrun_without_the_distributed_mode_is_refused(tmp_path, monkeypatch, capsys, mode):
+    """Every rank would run the whole experiment and race for the run's lock, with no hint."""
+    from sparseavg.cli.main import main
+
+    for name, value in _hand_started(1, _free_port()).items():
+        monkeypatch.setenv(name, value)
+    runs = tmp_path / "runs"
+    assert main(_args("swamp", runs, "--set", f"execution.mode={mode}")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("sparseavg: error: this process is rank 1 of 2 under torchrun")
+    assert 'set execution.mode = "distributed"' in err[0]
+    assert not runs.exists()
+
+
 OWN_SCRIPT = """
 import os
 import sys

@@ -14,6 +14,7 @@ it and ends with the same results.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from torch import nn
 from ..averaging import has_batchnorm
 from ..config import Config, ConfigError
 from ..parallel import Auto, Executor, Job, Outcome, Sequential, Stacked, Work
-from ..parallel.distributed import NEEDS_TORCHRUN, Team
+from ..parallel.distributed import NEEDS_TORCHRUN, Team, launched_by_torchrun
 from ..parallel.distributed import serve as serve_jobs
 from ..pruning import (
     Mask,
@@ -122,6 +123,12 @@ def choose_executor(config: Config, device: torch.device) -> Executor:
     mode = config.execution.mode
     if mode == "distributed":
         raise ConfigError(NEEDS_TORCHRUN)
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise ConfigError(
+            f"this process is rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} under "
+            f"torchrun, but execution.mode = {mode!r}: every rank would run the whole "
+            'experiment; set execution.mode = "distributed" (--set execution.mode=distributed)'
+        )
     if mode == "stacked":
         return Stacked()
     if mode == "auto" and device.type == "cuda":
