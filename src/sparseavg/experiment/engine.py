@@ -51,7 +51,7 @@ from ..training.evaluate import model_device
 from ..utils.files import CorruptFileError
 from ..utils.seeding import derive_seed
 from ..utils.state import State, clone_state
-from .logs import TENSORBOARD_INSTALL, tensorboard_available
+from .logs import TENSORBOARD_INSTALL, tensorboard_available, tensorboard_problem
 from .progress import NullReporter, Reporter
 from .rundir import RunDir
 from .runinfo import RunDirError, RunInfo, read_run
@@ -149,8 +149,8 @@ def prepare(
     built-in loop). Raises ConfigError / MaskError / DataUnavailableError; writes nothing."""
     if config.execution.tensorboard and not tensorboard_available():
         raise ConfigError(
-            "execution.tensorboard = true needs the tensorboard package, which is not "
-            f"installed: {TENSORBOARD_INSTALL}"
+            "execution.tensorboard = true needs torch.utils.tensorboard, which does not import "
+            f"({tensorboard_problem()}): {TENSORBOARD_INSTALL}"
         )
     if task is None:
         device = resolve_device(config.execution.device)
