@@ -169,3 +169,19 @@ def test_ensemble_of_identical_models_equals_the_model():
     with torch.no_grad():
         logit_mean = ((model(data.x) + other(data.x)) / 2).softmax(1)
     assert not torch.allclose(mixed, logit_mean, atol=1e-4)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.1])
+def test_recalibration_on_no_batches_is_refused_and_keeps_the_statistics(momentum):
+    """No batches would reset every BatchNorm layer to mean 0, variance 1 (a user's
+    ``bn_batches`` function returning an empty loader): refused, the statistics unchanged."""
+    from sparseavg.averaging.batchnorm import recalibrate_bn_on
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    model[1].running_mean.fill_(2.0)
+    model[1].running_var.fill_(3.0)
+    with pytest.raises(ValueError, match=r"^no batches to recalibrate BatchNorm on"):
+        recalibrate_bn_on(model, iter([]), momentum=momentum)
+    assert model[1].running_mean.tolist() == [2.0] * 4
+    assert model[1].running_var.tolist() == [3.0] * 4
+    assert model[1].momentum == 0.1

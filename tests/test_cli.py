@@ -55,3 +55,21 @@ def test_other_os_errors_name_both_paths(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "report", denied)
     assert cli.main(["report", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "sparseavg: error: /a/x.tmp -> /a/x: Permission denied\n"
+
+
+def test_flags_cannot_be_abbreviated(tmp_path, capsys, monkeypatch):
+    """argparse took ``--seed 0,1`` as ``--seeds`` and started the two-hour study: every parser
+    refuses an abbreviation with exit 2 and one line, and nothing starts."""
+    import sparseavg.study.run
+
+    started = []
+    monkeypatch.setattr(sparseavg.study.run, "run_study", lambda *a, **k: started.append(a))
+    runs = str(tmp_path / "runs")
+    assert cli.main(["study", "--seed", "0,1", "--runs-dir", runs, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sparseavg: error: unrecognized arguments: --seed 0,1")
+    assert len(err.splitlines()) == 1
+    assert cli.main(["run", "--recip", "imp", "--quiet"]) == 2
+    assert "unrecognized arguments: --recip" in capsys.readouterr().err
+    assert cli.main(["--hel"]) == 2
+    assert started == [] and not list(tmp_path.iterdir())

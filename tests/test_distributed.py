@@ -257,6 +257,59 @@ def test_execution_timeout_reaches_the_process_group(monkeypatch, tmp_path: Path
     assert not any(tmp_path.iterdir())
 
 
+def _hand_started(rank: int, port: int) -> dict[str, str]:
+    """torchrun's variables for one hand-started rank of 2 whose peer never starts."""
+    return {
+        "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+    }  # fmt: skip
+
+
+def test_a_rank_whose_leader_never_starts_stops_within_execution_timeout(monkeypatch) -> None:
+    """Rank 1 of 2 started by hand, rank 0 never: a DistStoreError traceback after 48 s with
+    execution.timeout = 20 (torch retries its connect for twice its timeout); now one line
+    within the timeout."""
+    from sparseavg.parallel.distributed import DistributedError, connect
+
+    for name, value in _hand_started(1, _free_port()).items():
+        monkeypatch.setenv(name, value)
+    started = time.monotonic()
+    with pytest.raises(DistributedError, match=r"^rank 1 of 2: rank 0 did not answer at "):
+        connect(2.0, cuda=False)
+    assert time.monotonic() - started < 2.0 + 1.0
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_hand_started_rank_alone_says_so_in_one_line(tmp_path: Path, rank: int) -> None:
+    runs = tmp_path / "runs"
+    args = _args("swamp", runs, "--set", "execution.mode=distributed")
+    cmd = [sys.executable, "-m", "sparseavg", *args, "--set", "execution.timeout=2"]
+    env = _env(**_hand_started(rank, _free_port()))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sparseavg: stopped: rank {rank} of 2: ")
+    assert "within execution.timeout = 2 s; start all 2 ranks" in lines[0]
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("mode", ["auto", "sequential", "stacked"])
+def test_torchrun_without_the_distributed_mode_is_refused(tmp_path, monkeypatch, capsys, mode):
+    """Every rank would run the whole experiment and race for the run's lock, with no hint."""
+    from sparseavg.cli.main import main
+
+    for name, value in _hand_started(1, _free_port()).items():
+        monkeypatch.setenv(name, value)
+    runs = tmp_path / "runs"
+    assert main(_args("swamp", runs, "--set", f"execution.mode={mode}")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("sparseavg: error: this process is rank 1 of 2 under torchrun")
+    assert 'set execution.mode = "distributed"' in err[0]
+    assert not runs.exists()
+
+
 OWN_SCRIPT = """
 import os
 import sys

@@ -58,3 +58,18 @@ def test_all_or_nothing_writes_every_file_or_puts_each_back(
         tc.write_text("half")
         raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_a_raw_pickle_is_refused_in_one_line_without_torchs_warning(tmp_path):
+    """torch.load(weights_only=True) warned in two lines about the pickle protocol before our
+    one-line refusal of a raw pickle (e.g. as model.pretrained)."""
+    import pickle
+    import warnings
+
+    path = tmp_path / "raw.pkl"
+    path.write_bytes(pickle.dumps({"a": {1, 2}}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(files.CorruptFileError, match=r"raw\.pkl: refused by torch\.load"):
+            files.safe_torch_load(path)
+    assert [str(w.message) for w in caught] == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import struct
 import sys
@@ -455,8 +456,41 @@ def test_tensorboard_without_the_package_is_refused_before_anything_is_written(
     tmp_path, monkeypatch
 ):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # nor imported before
     config = tiny_config({"execution": {"tensorboard": True}})
     with pytest.raises(ConfigError, match=r'pip install "sparseavg\[tensorboard\]"'):
         prepare(config, tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
     prepare(tiny_config({}), tmp_path / "runs")  # the option off: no tensorboard needed
+
+
+def test_tensorboard_installed_but_broken_is_refused_before_training(tmp_path, monkeypatch):
+    """The package is found (find_spec) but torch.utils.tensorboard does not import (a
+    version clash): refused before cycle 0 trains, not after it, naming the import error."""
+    pytest.importorskip("tensorboard")
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # its import fails
+    config = tiny_config({**SWAMP, "execution": {"tensorboard": True}})
+    with pytest.raises(ConfigError, match=r"^execution\.tensorboard = true needs torch\.utils"):
+        run(config, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_results_and_epoch_logs_refuse_what_is_not_json(tmp_path):
+    """json.dumps writes a NaN as bare ``NaN``, which no JSON reader accepts: the run's files
+    refuse it (the engine refuses non-finite metrics before they get here) and keep their
+    old content."""
+    from sparseavg.experiment.rundir import RunDir
+
+    rd = RunDir(tmp_path, run_id="x")
+    rd.write_results([{"accuracy": 0.5}])
+    before = (tmp_path / "results.jsonl").read_text(encoding="utf-8")
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            rd.write_results([{"accuracy": bad}])
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            rd.write_json(tmp_path / "rows.json", [{"loss": bad}])
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            logs.write_epochs(tmp_path, [{"train_loss": bad}])
+    assert (tmp_path / "results.jsonl").read_text(encoding="utf-8") == before
+    assert not (tmp_path / "rows.json").exists()
+    assert not (tmp_path / "epochs.jsonl").exists()

@@ -67,6 +67,16 @@ def test_parse_pattern_refuses_with_what_it_accepts(text):
         parse_pattern(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [("02:4", "2:4"), ("2:04", "2:4"), ("\uff12:\uff14", "2:4"), ("0002:0008", "2:8")],
+)
+def test_parse_pattern_refuses_other_spellings_naming_the_canonical_one(text, canonical):
+    """'02:4', '2:04' and full-width digits parsed as 2:4 but hashed as other run names."""
+    with pytest.raises(ValueError, match=rf"^{text!r} is written {canonical!r} \(ASCII"):
+        parse_pattern(text)
+
+
 # -- exact masks ---------------------------------------------------------------------------------
 
 
@@ -211,7 +221,7 @@ def test_weights_that_cannot_be_grouped_are_refused_by_name():
 
 @pytest.mark.parametrize(("n", "m"), [(4, 4), (0, 4), (3, 2), (2, 64)])
 def test_a_bad_n_m_is_refused(n, m):
-    with pytest.raises(ValueError, match=f"0 < N < M <= 32, got {n}:{m}"):
+    with pytest.raises(ValueError, match=f"0 < n < m <= 32, got n = {n}, m = {m}$"):
         nm_prune(ROWS, Mask.ones_like(ROWS), n, m)
 
 
@@ -276,3 +286,20 @@ def test_to_semi_structured_refuses_weights_left_on_the_cpu(monkeypatch):
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)).half()
     with pytest.raises(SemiStructuredError, match=r"weights of 0, 2 are not on a CUDA device"):
         to_semi_structured(model)
+
+
+@pytest.mark.parametrize(
+    ("n", "m"), [(2.0, 4), (2, 4.0), (True, 4), ("2", 4), (4, 2), (0, 4), (2, 33)]
+)
+def test_n_and_m_are_named_when_they_are_not_integers_with_0_lt_n_lt_m(n, m):
+    """nm_prune(W, M, 2.0, 4) raised a TypeError about slice indices, naming neither."""
+    weights = {"w": torch.arange(16.0).reshape(2, 8)}
+    mask = Mask.ones_like(weights)
+    message = rf"^n and m: an N:M pattern needs integers 0 < n < m <= 32, got n = {n!r}, m = {m!r}$"
+    for prune in (
+        lambda: nm_prune(weights, mask, n, m),
+        lambda: nm_prune_to(weights, mask, n, m, 0.5),
+        lambda: random_nm_prune(mask, n, m, generator=torch.Generator()),
+    ):
+        with pytest.raises(ValueError, match=message):
+            prune()

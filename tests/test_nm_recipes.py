@@ -60,6 +60,17 @@ def test_unstructured_is_the_default_and_changes_no_run_name():
         (_with(TWO_FOUR, masks_from="runs/imp"), "pruning.masks_from takes every mask"),
         (_with(TWO_FOUR, layer_fractions={"fc.weight": 0.1}), "pruning.layer_fractions"),
         ({"pruning": {"pattern": "2:1"}}, r"pruning\.pattern: '2:1' is not"),
+        ({"pruning": {"pattern": "02:4"}}, r"^pruning\.pattern: '02:4' is written '2:4'"),
+        # a fraction the pattern (or a target) replaces would only rename the run
+        (
+            _with(TWO_FOUR, fraction=0.3),
+            r"^pruning\.fraction = 0\.3 is not used with pruning\.pattern",
+        ),
+        (
+            {"pruning": {"fraction": 0.3, "target_sparsity": 0.9}},
+            r"^pruning\.fraction = 0\.3 is not used with pruning\.target_sparsity",
+        ),
+        ({"recipe": "gmp", "pruning": {"fraction": 0.3}}, r"^pruning\.fraction = 0\.3 is not"),
     ],
 )
 def test_combinations_that_cannot_end_n_m_are_refused(values, message):

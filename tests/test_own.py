@@ -299,6 +299,9 @@ def test_refused_before_anything_is_written(tmp_path):
 
     prunable = {"prunable": ["0.weight", "3.weight"]}
     refused("BatchNorm layers.*pass bn_batches", **prunable, model_fn=with_bn)
+    refused(
+        r"^bn_batches is empty.*mean 0, variance 1", **prunable, model_fn=with_bn, bn_batches=[]
+    )
     gmp = {**OWN, "pruning": {"cycles": 0, "target_sparsity": 0.5, "rewind_epochs": 0.0}}
     refused("cannot run your own train_fn", recipe="gmp", config=gmp)
 
@@ -469,3 +472,46 @@ def test_a_pretrained_batchnorm_model_souped_greedily_on_a_metric_of_choice(tmp_
     assert calls["score"] > 0 and calls["forward"] > 0
     soup = json.loads((result.path / "cycle_01" / "soup.json").read_text())
     assert soup["selected"] and set(soup["selected"]) <= {0, 1, 2}
+
+
+def test_a_loop_that_changes_the_mask_in_place_is_stopped(tmp_path):
+    """A train_fn that sets the mask all-True would make the cycle record 0 % sparsity while
+    the saved mask prunes weights the model still holds: refused after the call."""
+
+    def revives(model, mask, seed, settings):
+        loop(model, mask, seed, settings)
+        for keep in mask.values():
+            keep.fill_(True)
+
+    with pytest.raises(MaskError, match=r"^train_fn changed the mask in place \(\d+ entries"):
+        sparseavg.imp(
+            TiedLM, revives, accuracy, runs_dir=tmp_path, config=OWN, prunable=PRUNABLE,
+            progress=False,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"accuracy": math.nan}, r"^cycle 0: eval_fn's accuracy is nan \(role "),
+        ({"loss": math.inf}, r"^cycle 0: eval_fn's loss is inf \(role "),
+        ({"top3": -math.inf}, r"^cycle 0: eval_fn's top3 is -inf \(role "),
+    ],
+    ids=["nan-accuracy", "inf-loss", "inf-metric"],
+)
+def test_a_non_finite_metric_is_refused_before_any_row_is_written(tmp_path, bad, match):
+    """Today a NaN accuracy is written as bare NaN into results.jsonl (not JSON) and an inf
+    loss becomes null: refused, naming the metric and the cycle, before the cycle's rows."""
+
+    def broken(model) -> dict:
+        return {**accuracy(model), **bad}
+
+    from sparseavg.experiment.engine import RunError
+
+    with pytest.raises(RunError, match=match):
+        sparseavg.imp(
+            TiedLM, loop, broken, runs_dir=tmp_path, config=OWN, prunable=PRUNABLE,
+            progress=False,
+        )  # fmt: skip
+    assert not list(tmp_path.rglob("results.jsonl"))
+    assert not list(tmp_path.rglob("rows.json"))

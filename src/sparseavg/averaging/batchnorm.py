@@ -17,6 +17,8 @@ Forward = Callable[[nn.Module, Any], Any]
 
 RECALIBRATION_BATCH_SIZE = 256
 
+_NONE = object()  # what next() gives on an empty iterator
+
 
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether any module of ``model`` is a BatchNorm layer."""
@@ -104,12 +106,22 @@ def recalibrate_bn_on(
     from the reset values. The model's mode and its layers' momenta are restored.
 
     Unlike ``update_bn`` it takes the user's batches as they come (dicts of tensors included)
-    and a ``forward`` for models whose call differs (pytorch#49082)."""
+    and a ``forward`` for models whose call differs (pytorch#49082).
+
+    Raises:
+        ValueError: ``batches`` is empty (checked before the statistics are reset)."""
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not layers:
         return
     if momentum is not None and not 0.0 < momentum <= 1.0:
         raise ValueError(f"momentum must be in (0, 1] or None, got {momentum}")
+    batches = iter(batches)
+    first = next(batches, _NONE)
+    if first is _NONE:
+        raise ValueError(
+            "no batches to recalibrate BatchNorm on: the statistics would be reset to mean 0, "
+            "variance 1; pass at least one batch"
+        )
     saved = [m.momentum for m in layers]
     was_training = model.training
     for m in layers:
@@ -117,7 +129,7 @@ def recalibrate_bn_on(
         m.momentum = momentum
     model.train()
     try:
-        for batch in batches:
+        for batch in itertools.chain([first], batches):
             forward(model, batch)
     finally:
         for m, value in zip(layers, saved, strict=True):

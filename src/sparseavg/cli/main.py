@@ -51,7 +51,12 @@ def _fields_help() -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``sparseavg: error: ...`` and exit code 2."""
+    """argparse with one-line errors: ``sparseavg: error: ...`` and exit code 2, and no
+    abbreviated flags (``--seed`` was taken as ``--seeds``); subparsers are ``_Parser`` too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"sparseavg: error: {message} (see {self.prog} --help)", file=sys.stderr)

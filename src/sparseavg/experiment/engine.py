@@ -14,10 +14,12 @@ it and ends with the same results.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +27,7 @@ from torch import nn
 from ..averaging import has_batchnorm
 from ..config import Config, ConfigError
 from ..parallel import Auto, Executor, Job, Outcome, Sequential, Stacked, Work
-from ..parallel.distributed import NEEDS_TORCHRUN, Team
+from ..parallel.distributed import NEEDS_TORCHRUN, Team, launched_by_torchrun
 from ..parallel.distributed import serve as serve_jobs
 from ..pruning import (
     Mask,
@@ -51,7 +53,7 @@ from ..training.evaluate import model_device
 from ..utils.files import CorruptFileError
 from ..utils.seeding import derive_seed
 from ..utils.state import State, clone_state
-from .logs import TENSORBOARD_INSTALL, tensorboard_available
+from .logs import TENSORBOARD_INSTALL, tensorboard_available, tensorboard_problem
 from .progress import NullReporter, Reporter
 from .rundir import RunDir
 from .runinfo import RunDirError, RunInfo, read_run
@@ -124,6 +126,12 @@ def choose_executor(config: Config, device: torch.device) -> Executor:
     mode = config.execution.mode
     if mode == "distributed":
         raise ConfigError(NEEDS_TORCHRUN)
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise ConfigError(
+            f"this process is rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} under "
+            f"torchrun, but execution.mode = {mode!r}: every rank would run the whole "
+            'experiment; set execution.mode = "distributed" (--set execution.mode=distributed)'
+        )
     if mode == "stacked":
         return Stacked()
     if mode == "auto" and device.type == "cuda":
@@ -144,8 +152,8 @@ def prepare(
     built-in loop). Raises ConfigError / MaskError / DataUnavailableError; writes nothing."""
     if config.execution.tensorboard and not tensorboard_available():
         raise ConfigError(
-            "execution.tensorboard = true needs the tensorboard package, which is not "
-            f"installed: {TENSORBOARD_INSTALL}"
+            "execution.tensorboard = true needs torch.utils.tensorboard, which does not import "
+            f"({tensorboard_problem()}): {TENSORBOARD_INSTALL}"
         )
     if task is None:
         device = resolve_device(config.execution.device)
@@ -421,10 +429,27 @@ def _run_cycle(ctx: Context, cycle: int) -> None:
         results.append(_run_lineage(ctx, plan, lineage))
     tools = _Readouts(ctx, cycle, time.perf_counter() - started)
     rows = [row for readout in ctx.plan.readouts for row in readout(cycle, results, tools)]
+    check_finite_rows(cycle, rows)
     for r in rows:
         if r["accuracy"] is not None and not math.isfinite(r["loss"]):
             r["loss"] = None
     ctx.store.finish_cycle(cycle, rows)
+
+
+def check_finite_rows(cycle: int, rows: Sequence[dict[str, Any]]) -> None:
+    """Raise :class:`RunError` naming the first non-finite metric of a cycle's rows: every
+    value a user's ``eval_fn`` returned (``metrics``), and every row's ``accuracy``. A
+    built-in evaluation's non-finite ``loss`` is left to be recorded as unknown (``null``)."""
+    for r in rows:
+        values = r.get("metrics") or {"accuracy": r["accuracy"]}
+        source = "eval_fn's" if "metrics" in r else "the evaluation's"
+        for name, value in values.items():
+            if value is not None and not math.isfinite(value):
+                where = f"role {r['role']}, lineage {r['lineage']}, ingredient {r['ingredient']}"
+                raise RunError(
+                    f"cycle {cycle}: {source} {name} is {value} ({where}); results hold finite "
+                    "numbers only: make eval_fn return finite metrics"
+                )
 
 
 def _run_lineage(ctx: Context, plan: CyclePlan, lineage: int) -> LineageResult:

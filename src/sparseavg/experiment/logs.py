@@ -26,7 +26,6 @@ in place whole.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -159,7 +158,9 @@ def epoch_rows(
 
 def write_epochs(directory: Path, rows: Sequence[Row]) -> None:
     """Rewrite ``epochs.jsonl`` and ``epochs.csv`` in ``directory`` from ``rows``."""
-    text = "".join(json.dumps({c: r.get(c) for c in EPOCH_COLUMNS}) + "\n" for r in rows)
+    text = "".join(
+        json.dumps({c: r.get(c) for c in EPOCH_COLUMNS}, allow_nan=False) + "\n" for r in rows
+    )
     atomic_write_text(directory / EPOCHS_JSONL, text)
     write_csv(directory / EPOCHS_CSV, rows, EPOCH_COLUMNS)
 
@@ -167,10 +168,21 @@ def write_epochs(directory: Path, rows: Sequence[Row]) -> None:
 # -- TensorBoard ---------------------------------------------------------------------------------
 
 
+def tensorboard_problem() -> str | None:
+    """Why ``torch.utils.tensorboard.SummaryWriter`` (what the events are written with) does
+    not import, in one line, or ``None`` when it does. A real import: a package that is
+    installed but fails to import (a version clash) is caught before a run trains."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except Exception as err:  # ImportError, or whatever a broken install raises
+        text = str(err).strip()
+        return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+    return None
+
+
 def tensorboard_available() -> bool:
-    """Whether the ``tensorboard`` package (which ``torch.utils.tensorboard`` needs) can be
-    imported, without importing it."""
-    return importlib.util.find_spec("tensorboard") is not None
+    """Whether TensorBoard events can be written (:func:`tensorboard_problem` finds none)."""
+    return tensorboard_problem() is None
 
 
 def _member(lineage: Any, lineages: int) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,6 +247,11 @@ def _check_task(config: Config, model: nn.Module, bn_batches: Any, score_fn: Any
         and (bn.recalibrate == "always" or (bn.recalibrate == "averaged" and averages))
     ):
         raise ConfigError(needs_bn_batches(model))
+    if has_batchnorm(model) and isinstance(bn_batches, Sized) and len(bn_batches) == 0:
+        raise ConfigError(
+            "bn_batches is empty: recalibrating on no batches would reset the BatchNorm "
+            "statistics to mean 0, variance 1; pass at least one batch"
+        )
     if config.ingredients.combine == "greedy" and score_fn is None:
         raise ConfigError(NEEDS_SCORE_FN)
 

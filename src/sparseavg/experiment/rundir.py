@@ -202,7 +202,7 @@ class RunDir:
 
     @staticmethod
     def write_json(path: Path, value: Any) -> None:
-        atomic_write_text(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(value, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
     @staticmethod
     def read_json(path: Path) -> Any:
@@ -286,6 +286,6 @@ class RunDir:
     def write_results(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite ``results.jsonl`` and its twin ``results.csv`` from all complete cycles'
         rows (atomically)."""
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows)
         atomic_write_text(self.results_path, text)
         write_csv(self.path / RESULTS_CSV, rows, RESULT_COLUMNS)

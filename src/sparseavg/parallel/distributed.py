@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -111,12 +112,51 @@ def connect(timeout_s: float, cuda: bool) -> Team:
     if owns:
         if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
+        _wait_for_leader(timeout_s)
+        try:
+            dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
+        except RuntimeError as err:  # DistStoreError, DistNetworkError: a rank never came
+            raise DistributedError(_unjoined(timeout_s, err)) from None
     if owns and not cuda:
         group = dist.group.WORLD
     else:  # gloo for the messages, with the run's timeout (every rank creates it)
         group = dist.new_group(backend="gloo", timeout=timeout)
     return Team(dist.get_rank(), dist.get_world_size(), local_rank, group, owns)
+
+
+def _wait_for_leader(timeout_s: float) -> None:
+    """On a worker rank, wait up to ``timeout_s`` seconds for rank 0 to listen at
+    ``MASTER_ADDR:MASTER_PORT`` (torch's own connect retries for about twice its timeout and
+    prints a C++ stack while it does), else raise :class:`DistributedError` in one line."""
+    if int(os.environ["RANK"]) == 0:
+        return
+    address = (os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection(address, timeout=max(min(left, 1.0), 0.05)):
+                return
+        except OSError:
+            if time.monotonic() + 0.2 >= deadline:
+                raise DistributedError(_unjoined(timeout_s, None)) from None
+            time.sleep(0.2)
+
+
+def _unjoined(timeout_s: float, err: BaseException | None) -> str:
+    """Why this rank could not join its job, in one line."""
+    rank, size = os.environ["RANK"], os.environ["WORLD_SIZE"]
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    if err is None:
+        what = f"rank 0 did not answer at {where}"
+    else:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        what = f"the ranks did not all meet at {where} ({first})"
+    return (
+        f"rank {rank} of {size}: {what} within execution.timeout = {timeout_s:g} s; start "
+        f"all {size} ranks with the same MASTER_ADDR and MASTER_PORT (torchrun starts them "
+        "together)"
+    )
 
 
 def disconnect(team: Team, finished: bool) -> None:

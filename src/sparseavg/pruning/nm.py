@@ -36,7 +36,8 @@ _PATTERN = re.compile(r"(\d+):(\d+)")
 
 
 def parse_pattern(text: str) -> tuple[int, int] | None:
-    """``"unstructured"`` -> ``None``; ``"N:M"`` -> ``(N, M)`` with ``0 < N < M <= 32``.
+    """``"unstructured"`` -> ``None``; ``"N:M"`` -> ``(N, M)`` with ``0 < N < M <= 32``,
+    written canonically (ASCII digits, no leading zeros).
 
     Raises:
         ValueError: anything else, with what is accepted.
@@ -48,14 +49,21 @@ def parse_pattern(text: str) -> tuple[int, int] | None:
     if match is None:
         raise ValueError(f"{text!r} is not {accepted}")
     n, m = int(match.group(1)), int(match.group(2))
+    if text != f"{n}:{m}":  # one spelling per pattern: the text is hashed into the run's name
+        raise ValueError(f"{text!r} is written '{n}:{m}' (ASCII digits, no leading zeros)")
     if not 0 < n < m <= MAX_GROUP:
         raise ValueError(f"{text!r} is not {accepted}")
     return n, m
 
 
 def _check_nm(n: int, m: int) -> None:
-    if not 0 < n < m <= MAX_GROUP:
-        raise ValueError(f"an N:M pattern needs 0 < N < M <= {MAX_GROUP}, got {n}:{m}")
+    """Refuse ``n`` and ``m`` unless they are integers (not bools) with ``0 < n < m <= 32``."""
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (n, m))
+    if not (ints and 0 < n < m <= MAX_GROUP):
+        raise ValueError(
+            f"n and m: an N:M pattern needs integers 0 < n < m <= {MAX_GROUP}, got n = {n!r}, "
+            f"m = {m!r}"
+        )
 
 
 def group_problem(shape: Sequence[int], m: int) -> str | None:

@@ -378,6 +378,22 @@ def _check_gmp_reference(config: Config) -> None:
         )
 
 
+def _check_fraction(config: Config) -> None:
+    """A ``pruning.fraction`` set (not its default) where a target decides every cycle's
+    fraction: it would change only the run's name."""
+    p = config.pruning
+    if p.fraction == PruningConfig().fraction or p.target_sparsity <= 0:
+        return
+    if p.n_m is not None:
+        why = f"pruning.pattern = {p.pattern!r}, whose sparsity {p.target_sparsity:g} sets it"
+    else:
+        why = f"pruning.target_sparsity = {p.target_sparsity:g}, which sets it"
+    raise ConfigError(
+        f"pruning.fraction = {p.fraction:g} is not used with {why} (each cycle removes "
+        "1-(1-s)^(1/cycles)); leave pruning.fraction unset"
+    )
+
+
 def _check_budget(config: Config) -> None:
     """``pruning.retrain_budget``: bimp's, at least one epoch per phase."""
     p = config.pruning
@@ -451,6 +467,7 @@ def check_config(config: Config) -> None:
         )
     _check_gmp_reference(config)
     _check_budget(config)
+    _check_fraction(config)
     if ing.seed_per_ingredient and ing.vary == "seed":
         raise ConfigError(
             "ingredients.seed_per_ingredient only matters when ingredients.vary is "

@@ -46,8 +46,13 @@ class Setting:
     groups: tuple[Group, ...] = field(default_factory=tuple)
 
     def configs(self, group: Group, seeds: tuple[int, ...] = STUDY_SEEDS) -> list[Config]:
-        """The resolved configs of ``group``, one per seed."""
+        """The resolved configs of ``group``, one per seed. A group with its own target
+        (``target_sparsity`` or ``pattern``) drops the base's ``fraction``, which the target
+        replaces."""
         values = merge(self.base, group.values)
+        if {"target_sparsity", "pattern"} & set(group.values.get("pruning", {})):
+            pruning = {k: v for k, v in values["pruning"].items() if k != "fraction"}
+            values = {**values, "pruning": pruning}
         return [resolve_config(merge(values, {"seed": s})) for s in seeds]
 
     def group(self, label: str) -> Group:

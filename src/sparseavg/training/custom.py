@@ -205,6 +205,23 @@ def check_mask_kept(model: nn.Module, mask: Mask | None, when: str) -> None:
         )
 
 
+def check_mask_unchanged(mask: Mask, before: dict[str, Tensor]) -> None:
+    """Raise :class:`~sparseavg.MaskError` when ``mask`` differs from the copy ``before``
+    taken ahead of ``train_fn`` (the loop wrote to the recipe's mask in place)."""
+    changed = {
+        name: int((keep != before[name].to(keep.device)).sum())
+        for name, keep in mask.items()
+        if not torch.equal(keep, before[name].to(keep.device))
+    }
+    if changed:
+        where = ", ".join(f"{n} ({k})" for n, k in list(changed.items())[:4])
+        raise MaskError(
+            f"train_fn changed the mask in place ({sum(changed.values())} entries: {where}); "
+            "the mask is the recipe's: read it, keep it with sparseavg.attach(model, mask, "
+            "optimizer), never write to it"
+        )
+
+
 def run_user_loop(
     train_fn: TrainFn,
     model: nn.Module,
@@ -225,7 +242,7 @@ def run_user_loop(
     result's ``swa_state`` averages the snapshots :meth:`LoopSettings.end_epoch` took.
 
     Raises:
-        MaskError: pruned weights are nonzero after the run.
+        MaskError: ``train_fn`` wrote to the mask, or pruned weights are nonzero after the run.
         DivergenceError: the loop reported a NaN/inf loss, or left NaN/inf weights.
         RuntimeError: ``train_fn`` did not call ``end_epoch`` once per epoch although the
             recipe averages over epochs (SWA).
@@ -234,7 +251,9 @@ def run_user_loop(
     swa = AveragedModel(model, use_buffers=False) if settings.swa_start is not None else None
     loop = LoopSettings(settings, start_epoch, stop, cycle, index, mask, progress, swa)
     model.train()
+    before = {name: keep.clone() for name, keep in mask.items()}
     train_fn(model, mask, seed, loop)
+    check_mask_unchanged(mask, before)
     if not _finite(model):
         raise DivergenceError(stop, max(stop - 1, 0))
     check_mask_kept(model, mask, "after train_fn")

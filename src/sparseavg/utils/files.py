@@ -11,6 +11,7 @@ import contextlib
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -174,9 +175,13 @@ def load_tensors(path: PathLike, device: str | torch.device = "cpu") -> dict[str
 def safe_torch_load(path: PathLike) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU: tensors, numbers, strings, lists and
     dicts only, so no code in the file runs. Anything else, or a damaged file, raises
-    :class:`CorruptFileError` with a one-line message naming the file."""
+    :class:`CorruptFileError` with a one-line message naming the file. torch's warning about
+    a pickle protocol it was not written with (any raw pickle) is not shown: the refusal, or
+    the load, says what matters."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:
