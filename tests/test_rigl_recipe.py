@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine_helpers import rows, tiny_run
 from helpers import tiny_net, tiny_split
+from sparseavg.config import ConfigError
 from sparseavg.pruning import Mask, StepMaskSchedule, prunable_parameters
 from sparseavg.pruning.rigl import (
     RigLSchedule,
@@ -16,7 +18,11 @@ from sparseavg.pruning.rigl import (
     rigl_drop_fraction,
     rigl_interval,
 )
+from sparseavg.recipes import get_recipe, resolve_config
+from sparseavg.recipes.rules import Rewind, SparseStart
 from sparseavg.training import TrainSettings, train
+from sparseavg.utils.files import load_tensors
+from test_dst_recipes import _Checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -167,3 +173,142 @@ def test_an_update_step_takes_no_optimizer_step_and_grown_weights_start_at_zero(
     # the biases and BatchNorm trained on: unchanged by a step without an optimizer step
     for name in ("conv.bias", "fc.bias", "bn.weight"):
         assert torch.equal(state.model[name], before.state[name]), name
+
+
+# -- the recipe ----------------------------------------------------------------------------------
+
+# tiny MNIST-1D conv1d (width 8): 14 steps an epoch, 56 in all; end step round(0.75 * 56) = 42,
+# the automatic ΔT 42 // 20 = 2: 22 updates at steps 0, 2, ..., 42
+RIGL_TINY = {
+    "recipe": "rigl",
+    "train": {"epochs": 4, "batch_size": 512},
+    "pruning": {"cycles": 0, "rewind_epochs": 0.0},
+}
+# the prunable weights without the first conv (1 x 8 x 5, kept dense): 2 convs of 8 x 8 x 5
+# and the 10 x 80 classifier
+LAYERS = {"features.3.weight": 320, "features.6.weight": 320, "fc.weight": 800}
+
+
+def test_rigl_plans_one_run_from_a_seeded_sparse_start():
+    config = resolve_config({"recipe": "rigl", "train": {"epochs": 10}})
+    p = config.pruning
+    assert (p.cycles, p.target_sparsity, p.rewind_epochs, p.exclude_first) == (0, 0.9, 0.0, True)
+    assert (p.rigl_distribution, p.rigl_interval, p.rigl_drop_fraction, p.rigl_end) == (
+        "erk",
+        0,
+        0.3,
+        0.75,
+    )
+    plan = get_recipe("rigl").plan(config, 0, 0, 0)
+    assert plan.mask == SparseStart(1 - 0.9, "erk", (0, "lineage", 0, "cycle", 0, "rigl"))
+    assert plan.during == RigLSchedule(0.3, 0.75, 0)
+    assert plan.start == Rewind() and [i.settings.epochs for i in plan.ingredients] == [10]
+    uniform = resolve_config(
+        {
+            "recipe": "rigl",
+            "seed": 3,
+            "pruning": {
+                "rigl_distribution": "uniform",
+                "rigl_interval": 7,
+                "rigl_drop_fraction": 0.5,
+                "rigl_end": 0.5,
+                "target_sparsity": 0.8,
+            },
+        }
+    )
+    plan = get_recipe("rigl").plan(uniform, 0, 0, 0)
+    assert plan.mask == SparseStart(1 - 0.8, "uniform", (3, "lineage", 0, "cycle", 0, "rigl"))
+    assert plan.during == RigLSchedule(0.5, 0.5, 7)
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"recipe": "rigl", "pruning": {"cycles": 1}}, "recipe fixes it to 0"),
+        ({"recipe": "rigl", "pruning": {"target_sparsity": 0.0}}, "target_sparsity in"),
+        ({"recipe": "rigl", "pruning": {"pattern": "2:4"}}, "pruning.pattern = '2:4': recipe"),
+        ({"recipe": "rigl", "pruning": {"scope": "layerwise"}}, "leave pruning.scope unset"),
+        ({"recipe": "rigl", "pruning": {"initial_mask": "m.safetensors"}}, "initial_mask ="),
+        ({"recipe": "rigl", "train": {"swa": True, "swa_start": 0.5}}, "swa_start >= 0.75"),
+        ({"recipe": "rigl", "pruning": {"rigl_distribution": "er2"}}, "'er2' is not one of"),
+        ({"recipe": "rigl", "pruning": {"rigl_end": 0.0}}, "rigl_end"),
+        ({"recipe": "gmp", "pruning": {"rigl_interval": 5}}, "recipe gmp has none"),
+        ({"recipe": "imp", "pruning": {"rigl_distribution": "uniform"}}, "rigl_distribution sets"),
+    ],
+)
+def test_rigl_options_are_refused_where_they_mean_nothing(values, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        resolve_config(values)
+    assert resolve_config(
+        {"recipe": "rigl", "train": {"swa": True, "swa_start": 0.75}}
+    ).train.swa  # SWA once the mask is fixed is fine
+
+
+class _Updates:
+    """Notes every step at which a RigLSchedule updated the mask."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.steps: list[tuple[int, int, int]] = []
+        real = RigLSchedule.update_step
+        notes = self
+
+        def spy(schedule, step, steps_per_epoch, total_steps, *args):
+            notes.steps.append((step, steps_per_epoch, total_steps))
+            return real(schedule, step, steps_per_epoch, total_steps, *args)
+
+        monkeypatch.setattr(RigLSchedule, "update_step", spy)
+
+
+def test_rigl_run_keeps_each_layers_alive_count_and_zeros_through_every_epoch(
+    tmp_path, monkeypatch
+):
+    """The ERK start by hand: raw (sum shape / prod shape) 21/320, 21/320, 90/800; eps =
+    144 / 132 so the layers hold 32 + 32 + 80 = 144 alive; each layer N - floor((1 - eps p) N)
+    = 23, 23, 99 (145: one more than 10 % of 1440, rigl's flooring). Every epoch checkpoint
+    keeps those counts, with pruned weights and their momentum exactly 0."""
+    updates = _Updates(monkeypatch)
+    notes = _Checkpoints(monkeypatch)
+    run = tiny_run(tmp_path, RIGL_TINY)
+    assert updates.steps == [(s, 14, 56) for s in range(0, 43, 2)]
+    assert RigLSchedule().update_steps(56) == list(range(0, 43, 2))  # 22 updates
+    expected = {"features.3.weight": 23, "features.6.weight": 23, "fc.weight": 99}
+    masks = [n["mask"] for n in notes.seen]
+    assert [n["step"] for n in notes.seen] == [14, 28, 42, 56]
+    assert masks[0] != masks[1] != masks[2]  # the mask moved in each of the first 3 epochs
+    assert masks[2] == masks[3]  # and not after the end step (its drop fraction is 0)
+    for n in notes.seen:
+        assert {name: int(m.sum()) for name, m in n["mask"].items()} == expected
+        assert {name: m.numel() for name, m in n["mask"].items()} == LAYERS
+        for name, keep in n["mask"].items():
+            assert not n["model"][name][~keep].any(), (n["step"], name)
+            assert not n["momentum"][name][~keep].any(), (n["step"], name)
+    start = SparseStart(0.1, "erk", (0, "lineage", 0, "cycle", 0, "rigl"))
+    first = start(0, _Dense({k: torch.ones(s, dtype=torch.bool) for k, s in _SHAPES.items()}))
+    assert {name: int(m.sum()) for name, m in first.items()} == expected
+    assert first != masks[0]  # 7 updates moved it in epoch 0
+    final = Mask.load(run / "cycle_00" / "mask.safetensors")
+    assert final == masks[-1]
+    [row] = rows(run)
+    assert (row["role"], row["alive"], row["total"], row["headline"]) == (
+        "combined",
+        145,
+        1440,
+        True,
+    )
+    combined = load_tensors(run / "cycle_00" / "combined.safetensors")
+    assert sum(int(combined[name].ne(0).sum()) for name in final) <= 145
+    assert all(not combined[name][~keep].any() for name, keep in final.items())
+    assert combined["features.0.weight"].ne(0).all()  # the first layer trained dense
+
+
+_SHAPES = {"features.3.weight": (8, 8, 5), "features.6.weight": (8, 8, 5), "fc.weight": (10, 80)}
+
+
+class _Dense:
+    """MaskSources with only the dense mask."""
+
+    def __init__(self, mask):
+        self.mask = Mask(mask)
+
+    def dense(self):
+        return self.mask
