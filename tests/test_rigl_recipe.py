@@ -3,12 +3,28 @@ exact counts (issue 17). Reference: google-research/rigl at d39fc7d, docs/dst-de
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from torch import nn
 
-from engine_helpers import rows, tiny_run
+import sparseavg.experiment.engine as engine
+from engine_helpers import (
+    final_weights,
+    only_run,
+    rows,
+    same_weights,
+    tiny_args,
+    tiny_config,
+    tiny_run,
+)
 from helpers import tiny_net, tiny_split
+from sparseavg.cli.main import main
 from sparseavg.config import ConfigError
+from sparseavg.parallel import Sequential, Stacked
+from sparseavg.parallel.base import Work
+from sparseavg.parallel.stacked import unstackable
 from sparseavg.pruning import Mask, StepMaskSchedule, prunable_parameters
 from sparseavg.pruning.rigl import (
     RigLSchedule,
@@ -22,7 +38,7 @@ from sparseavg.recipes import get_recipe, resolve_config
 from sparseavg.recipes.rules import Rewind, SparseStart
 from sparseavg.training import TrainSettings, train
 from sparseavg.utils.files import load_tensors
-from test_dst_recipes import _Checkpoints
+from test_dst_recipes import _Checkpoints, _StopAfter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -283,7 +299,7 @@ def test_rigl_run_keeps_each_layers_alive_count_and_zeros_through_every_epoch(
             assert not n["model"][name][~keep].any(), (n["step"], name)
             assert not n["momentum"][name][~keep].any(), (n["step"], name)
     start = SparseStart(0.1, "erk", (0, "lineage", 0, "cycle", 0, "rigl"))
-    first = start(0, _Dense({k: torch.ones(s, dtype=torch.bool) for k, s in _SHAPES.items()}))
+    first = start(0, _Dense(_SHAPES))
     assert {name: int(m.sum()) for name, m in first.items()} == expected
     assert first != masks[0]  # 7 updates moved it in epoch 0
     final = Mask.load(run / "cycle_00" / "mask.safetensors")
@@ -305,10 +321,89 @@ _SHAPES = {"features.3.weight": (8, 8, 5), "features.6.weight": (8, 8, 5), "fc.w
 
 
 class _Dense:
-    """MaskSources with only the dense mask."""
+    """MaskSources with only the dense mask of ``shapes``."""
 
-    def __init__(self, mask):
-        self.mask = Mask(mask)
+    def __init__(self, shapes):
+        self.mask = Mask({name: torch.ones(s, dtype=torch.bool) for name, s in shapes.items()})
 
     def dense(self):
         return self.mask
+
+
+def test_rigl_resumed_mid_run_equals_an_uninterrupted_run(tmp_path):
+    """Interrupted in epoch 2 (after the checkpoint of epoch 1, whose mask differs from the
+    start's), then resumed: the same rows, mask and weights, bit for bit."""
+    from sparseavg.experiment import run
+
+    config = tiny_config(RIGL_TINY)
+    reference = run(config, tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "b", _StopAfter(20))
+    [checkpoint] = (tmp_path / "b").rglob("checkpoint.pt")
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["step"] == 14  # the checkpoint of epoch 0, with the mask 7 updates made
+    start = SparseStart(0.1, "erk", (0, "lineage", 0, "cycle", 0, "rigl"))
+    assert Mask(state["mask"]) != start(0, _Dense(_SHAPES))
+    resumed = run(config, tmp_path / "b")
+    assert rows(resumed) == rows(reference)
+    assert same_weights(final_weights(resumed), final_weights(reference))
+    a = Mask.load(resumed / "cycle_00" / "mask.safetensors")
+    assert a == Mask.load(reference / "cycle_00" / "mask.safetensors")
+
+
+def test_rigl_under_the_stacked_executor_equals_sequential(tmp_path, monkeypatch):
+    """One model: the stacked executor trains it as sequential does (nothing to stack, no
+    message), bit for bit; with several jobs it would fall back, naming the mask schedule."""
+    prepare = engine.prepare
+
+    def with_executor(executor):
+        def patched(*args, **kwargs):
+            return dataclasses.replace(prepare(*args, **kwargs), executor=executor)
+
+        return patched
+
+    monkeypatch.setattr(engine, "prepare", with_executor(Sequential()))
+    sequential = tiny_run(tmp_path / "sequential", RIGL_TINY)
+    monkeypatch.setattr(engine, "prepare", with_executor(Stacked()))
+    stacked = tiny_run(tmp_path / "stacked", RIGL_TINY)
+    assert rows(stacked) == rows(sequential)
+    files = sorted(p.relative_to(sequential) for p in sequential.rglob("*.safetensors"))
+    assert len(files) >= 3
+    for f in files:
+        a, b = load_tensors(stacked / f), load_tensors(sequential / f)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    config = tiny_config(RIGL_TINY)
+    work = Work(0, 0, {}, 0, Mask({}), get_recipe("rigl").plan(config, 0, 0, 0).during)
+    assert unstackable(nn.Linear(2, 2), work, []) == (
+        "a mask schedule changes the mask during training"
+    )
+
+
+def test_rigl_runs_from_the_cli_with_uniform_layers(tmp_path, capsys):
+    """Uniform: every layer N - floor(0.9 N) alive: 32, 32, 80."""
+    args = tiny_args("rigl", tmp_path, "--set", 'pruning.rigl_distribution="uniform"', cycles=None)
+    assert main([*args, "--set", "pruning.rewind_epochs=0.0"]) == 0
+    run = only_run(tmp_path)
+    mask = Mask.load(run / "cycle_00" / "mask.safetensors")
+    assert {name: int(m.sum()) for name, m in mask.items()} == {
+        "features.3.weight": 32,
+        "features.6.weight": 32,
+        "fc.weight": 80,
+    }
+    [row] = rows(run)
+    assert (row["alive"], row["total"], row["sparsity"]) == (144, 1440, 0.9)
+    assert str(run) in capsys.readouterr().out
+
+
+def test_rigl_on_your_own_training_loop_is_refused(tmp_path):
+    """The user's train_fn has no per-step hook: refused before anything is written."""
+    import sparseavg
+    from test_own import OWN, PRUNABLE, TiedLM, accuracy, loop
+
+    config = {**OWN, "pruning": {"rewind_epochs": 0.0, "target_sparsity": 0.5}}
+    with pytest.raises(ConfigError, match="recipe 'rigl' changes the mask inside the built-in"):
+        sparseavg.prune(
+            "rigl", TiedLM, loop, accuracy, runs_dir=tmp_path, config=config,
+            prunable=PRUNABLE, progress=False,
+        )  # fmt: skip
+    assert not list(tmp_path.iterdir())
