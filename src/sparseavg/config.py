@@ -28,6 +28,7 @@ import tomli_w
 from .averaging import AcceptRule
 from .models import InitScheme
 from .pruning import GmpCounts, Rounding, Scope, fraction_per_cycle, parse_pattern
+from .pruning.rigl import Distribution
 from .training.settings import Optimizer, Precision, SwaSchedule
 
 #: Part of every run's hash. Bump it when a default changes (or what a value means), since a
@@ -326,6 +327,33 @@ class PruningConfig:
         "splits n_epochs_to_split (budget // cycles each, the last phase the rest: 10 over 3 "
         "= 3, 3, 4); 0 = train.epochs",
         lo=0,
+    )
+    rigl_distribution: Distribution = _f(
+        "erk",
+        "rigl: how the sparse start spreads target_sparsity over the layers: erk (Erdos-Renyi-"
+        "Kernel, denser small layers), er (Erdos-Renyi, conv kernels ignored) or uniform; each "
+        "layer gets floor(s_l * N_l) zeros at random places (seeded), as google-research/rigl",
+    )
+    rigl_interval: int = _f(
+        0,
+        "rigl: Delta T, optimizer steps between mask updates (an update step takes no optimizer "
+        "step); 0 = rigl's 100, or end step // 20 where 100 would give fewer than 20 updates "
+        "(small data sets: MNIST-1D's 10 epochs of 29 steps update every 10 steps)",
+        lo=0,
+    )
+    rigl_drop_fraction: float = _f(
+        0.3,
+        "rigl: share of each layer's alive weights dropped (and regrown) at step 0, decayed by "
+        "a cosine to 0 at rigl_end",
+        lo=0.0,
+        hi=1.0,
+    )
+    rigl_end: float = _f(
+        0.75,
+        "rigl: fraction of training after which the mask stays fixed (the paper's 75 %)",
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
     )
 
     @property

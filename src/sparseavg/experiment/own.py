@@ -104,8 +104,8 @@ def prune(
     """Run (or resume) ``recipe`` on the user's model, loop and metrics.
 
     Args:
-        recipe: any recipe of ``sparseavg inspect --recipes`` but ``gmp`` (which prunes
-            inside the built-in loop).
+        recipe: any recipe of ``sparseavg inspect --recipes`` but ``gmp`` and ``rigl``
+            (which change the mask inside the built-in loop).
         model_fn: ``model_fn() -> nn.Module`` on its training device. Called with torch's
             generator seeded, so each lineage's initialisation is fixed by the run's seed.
         train_fn: ``train_fn(model, mask, seed, settings) -> None`` trains one ingredient in

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -404,3 +405,91 @@ def apply_mask_update_(
             ]
         for t in targets:
             t.mul_(keep.to(t.dtype))
+
+
+#: rigl's ΔT (``mask_update_freq``, ImageNet and CIFAR flags): 100 steps
+RIGL_INTERVAL = 100
+#: the automatic ΔT aims at this many updates before the end step when 100 steps would give
+#: fewer (small data sets: MNIST-1D's 10 epochs are 290 steps)
+RIGL_MIN_UPDATES = 20
+
+
+def rigl_interval(end_step: int) -> int:
+    """The automatic ΔT for a run whose mask updates end at ``end_step``: rigl's 100 steps
+    where that leaves at least :data:`RIGL_MIN_UPDATES` updates before ``end_step``, else
+    ``end_step // 20`` (at least 1), so a short run still updates its mask about 20 times
+    (21 with step 0). MNIST-1D, 10 epochs of 29 steps, ends at step 218: ΔT = 10."""
+    return max(1, min(RIGL_INTERVAL, end_step // RIGL_MIN_UPDATES))
+
+
+@dataclass(frozen=True)
+class RigLSchedule:
+    """RigL's mask schedule (a :class:`~sparseavg.pruning.StepMaskSchedule`): at global steps
+    ``0, ΔT, 2ΔT, ... <= end_step`` drop the smallest-magnitude alive weights of each layer
+    and grow as many where the batch's dense gradient is largest (:func:`rigl_update`), the
+    fraction :func:`rigl_drop_fraction` of ``drop_fraction`` on a cosine decay to 0 at
+    ``end_step = max(1, round(end * total_steps))``.
+
+    Attributes:
+        drop_fraction: the initial drop fraction (rigl: 0.3), in [0, 1].
+        end: where the updates end, as a fraction of training, in (0, 1] (paper: 0.75).
+        interval: ΔT in optimizer steps; 0 = :func:`rigl_interval` of the end step.
+    """
+
+    drop_fraction: float = 0.3
+    end: float = 0.75
+    interval: int = 0
+    needs_gradients: bool = False  # the epoch-end hook does nothing
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.drop_fraction <= 1.0:
+            raise ValueError(f"drop_fraction must be in [0, 1], got {self.drop_fraction}")
+        if not 0.0 < self.end <= 1.0:
+            raise ValueError(f"end must be in (0, 1], got {self.end}")
+        if self.interval < 0:
+            raise ValueError(f"interval must be >= 0, got {self.interval}")
+
+    def end_step(self, total_steps: int) -> int:
+        """The last step that may update the mask."""
+        return max(1, round(self.end * total_steps))
+
+    def frequency(self, total_steps: int) -> int:
+        """ΔT in steps."""
+        return self.interval or rigl_interval(self.end_step(total_steps))
+
+    def update_steps(self, total_steps: int) -> list[int]:
+        """Every step (0-based) of a ``total_steps`` run that updates the mask."""
+        end = min(self.end_step(total_steps), total_steps - 1)
+        return list(range(0, end + 1, self.frequency(total_steps)))
+
+    def updates_at(self, step: int, steps_per_epoch: int, total_steps: int) -> bool:
+        return is_rigl_update_step(
+            step,
+            begin_step=0,
+            end_step=self.end_step(total_steps),
+            frequency=self.frequency(total_steps),
+        )
+
+    def update_step(
+        self,
+        step: int,
+        steps_per_epoch: int,
+        total_steps: int,
+        weights: Mapping[str, Tensor],
+        gradients: Mapping[str, Tensor],
+        mask: Mask,
+    ) -> tuple[Mask, dict[str, Tensor]]:
+        fraction = rigl_drop_fraction(
+            step, end_step=self.end_step(total_steps), initial=self.drop_fraction
+        )
+        return rigl_update(weights, gradients, mask, fraction)
+
+    def update(
+        self,
+        epochs_done: int,
+        weights: Mapping[str, Tensor],
+        gradients: Mapping[str, Tensor] | None,
+        mask: Mask,
+    ) -> Mask | None:
+        """Nothing at epoch ends: RigL changes the mask at steps only."""
+        return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -111,6 +111,39 @@ class MaskSchedule(Protocol):
         gradients: Mapping[str, Tensor] | None,
         mask: Mask,
     ) -> Mask | None: ...
+
+
+@runtime_checkable
+class StepMaskSchedule(MaskSchedule, Protocol):
+    """A :class:`MaskSchedule` that also changes the mask at chosen optimizer steps (RigL's
+    drop/grow every ΔT steps).
+
+    ``train`` asks :meth:`updates_at` before every optimizer step, after ``backward``. At an
+    update step it calls :meth:`update_step` with the current batch's dense gradients (of the
+    masked weights, before masking), writes the new mask into the weights and optimizer state
+    (weights it drops and weights it grows start at exactly 0 with zero optimizer state;
+    weights alive before and after keep theirs) and takes *no* optimizer step for that batch,
+    as rigl's ``SparseRigLOptimizerBase`` does: the batch's gradient only scores growth. The
+    step counter still advances, so an epoch is ``steps_per_epoch`` batches either way.
+
+    ``steps_per_epoch`` and ``total_steps`` are the run's (``train.epochs`` epochs of full
+    batches), so a schedule can be given in fractions of training.
+    """
+
+    def updates_at(self, step: int, steps_per_epoch: int, total_steps: int) -> bool: ...
+
+    def update_step(
+        self,
+        step: int,
+        steps_per_epoch: int,
+        total_steps: int,
+        weights: Mapping[str, Tensor],
+        gradients: Mapping[str, Tensor],
+        mask: Mask,
+    ) -> tuple[Mask, dict[str, Tensor]]:
+        """``(new mask, grown)``: ``grown[name]`` (bool, the weight's shape) marks the weights
+        alive now that were not alive before."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from .standard import (
     gradual_plan,
     lineage_average_run,
     member_plan,
+    rigl_plan,
     run_plan,
     shared_dense_plan,
     standard_plan,
@@ -70,6 +71,7 @@ _LINEAGES_FIXED = {"ingredients": {"start": "finetune", "combine": "single", "si
 _SWAMP_PAPER = "SWAMP (Choi et al., ICLR 2024, arXiv 2305.14852)"
 _SMS_PAPER = "Sparse Model Soups (Zimmer et al., ICLR 2024, arXiv 2306.16788; ZIB-IOL/SMS)"
 _LTH_PAPER = "lottery tickets (Frankle & Carbin 2019; Frankle et al. 2020; open_lth)"
+_RIGL_PAPER = "RigL (Evci et al., ICML 2020, arXiv 1911.11134; google-research/rigl)"
 _BIMP_PAPER = "Budgeted IMP (Zimmer et al., ICLR 2023, arXiv 2111.00843; ZIB-IOL/BIMP)"
 # What the BIMP code does: a dense run from scratch, then prune-retrain phases with ALLR and
 # Nesterov momentum (its SGD sets nesterov = weight_decay > 0); no BatchNorm recalibration.
@@ -254,6 +256,22 @@ RECIPES: dict[str, Recipe] = {
             plan=budget_plan,
             reference=f"{_SMS_PAPER} on {_BIMP_PAPER}",
         ),
+        Recipe(
+            "rigl",
+            "RigL: one run from a random sparse mask (pruning.rigl_distribution at "
+            "pruning.target_sparsity) that drops the smallest weights and regrows where the "
+            "dense gradient is largest every pruning.rigl_interval steps",
+            # the rigl code's default keeps the first layer dense (prune_first_layer=False)
+            defaults={
+                "pruning": {"target_sparsity": 0.9, "exclude_first": True, "rewind_epochs": 0.0}
+            },
+            fixed={
+                "pruning": {"cycles": 0, "method": "magnitude"},
+                "ingredients": {"count": 1, "combine": "single", "start": "rewind"},
+            },
+            plan=rigl_plan,
+            reference=_RIGL_PAPER,
+        ),
     ]
 }
 
@@ -394,6 +412,47 @@ def _check_fraction(config: Config) -> None:
     )
 
 
+_RIGL_FIELDS = ("rigl_distribution", "rigl_interval", "rigl_drop_fraction", "rigl_end")
+
+
+def _check_rigl(config: Config) -> None:
+    """``pruning.rigl_*``: recipe rigl's, and what rigl's own sparse start and per-layer
+    drop/grow leave no room for."""
+    p, t = config.pruning, config.train
+    default = PruningConfig()
+    moved = [n for n in _RIGL_FIELDS if getattr(p, n) != getattr(default, n)]
+    if config.recipe != "rigl":
+        if moved:
+            raise ConfigError(
+                f"pruning.{moved[0]} sets recipe rigl's schedule; recipe {config.recipe} has none"
+            )
+        return
+    if p.target_sparsity <= 0:
+        raise ConfigError("recipe rigl needs pruning.target_sparsity in (0, 1)")
+    own = {
+        "pattern": p.pattern != default.pattern,
+        "initial_mask": bool(p.initial_mask),
+        "masks_from": bool(p.masks_from),
+        "layer_fractions": bool(p.layer_fractions),
+        "rounding": p.rounding != default.rounding,
+        "scope": p.scope != default.scope,
+        "granularity": p.granularity != default.granularity,
+    }
+    given = [name for name, differs in own.items() if differs]
+    if given:
+        raise ConfigError(
+            f"pruning.{given[0]} = {getattr(p, given[0])!r}: recipe rigl draws its own random "
+            f"sparse start (pruning.rigl_distribution) and drops and grows per layer; leave "
+            f"pruning.{given[0]} unset"
+        )
+    if t.swa and t.swa_start < p.rigl_end:
+        raise ConfigError(
+            f"train.swa_start = {t.swa_start:g} averages weights while recipe rigl still moves "
+            f"the mask (until pruning.rigl_end = {p.rigl_end:g}): set train.swa_start >= "
+            f"{p.rigl_end:g}"
+        )
+
+
 def _check_budget(config: Config) -> None:
     """``pruning.retrain_budget``: bimp's, at least one epoch per phase."""
     p = config.pruning
@@ -468,6 +527,7 @@ def check_config(config: Config) -> None:
     _check_gmp_reference(config)
     _check_budget(config)
     _check_fraction(config)
+    _check_rigl(config)
     if ing.seed_per_ingredient and ing.vary == "seed":
         raise ConfigError(
             "ingredients.seed_per_ingredient only matters when ingredients.vary is "

@@ -27,6 +27,7 @@ from ..pruning.channels import (
     bound,
     channel_prune,
 )
+from ..pruning.rigl import Distribution, alive_counts, erk_densities, random_mask
 from ..training import TrainSettings
 from ..utils.seeding import make_generator
 from ..utils.state import State
@@ -164,6 +165,24 @@ class ShuffleLayers:
         return shuffle_within_layers(
             self.rule(cycle, sources), generator=make_generator(*self.seed)
         )
+
+
+@dataclass(frozen=True)
+class SparseStart:
+    """RigL's sparse start: the prunable weights (:meth:`MaskSources.dense`) at overall
+    ``density``, spread over the layers by ``distribution``
+    (:func:`~sparseavg.pruning.rigl.erk_densities`), each layer with ``N - floor((1 - d) *
+    N)`` alive weights at random places drawn from ``seed`` (rigl's sparse initialisation)."""
+
+    density: float
+    distribution: Distribution
+    seed: tuple[object, ...]
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        shapes = {name: tuple(alive.shape) for name, alive in sources.dense().items()}
+        densities = erk_densities(shapes, self.density, distribution=self.distribution)
+        counts = alive_counts(shapes, densities)
+        return random_mask(shapes, counts, generator=make_generator(*self.seed))
 
 
 @dataclass(frozen=True)

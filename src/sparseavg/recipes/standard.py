@@ -18,6 +18,7 @@ from ..pruning import GmpCounts, GradualMagnitudePruning, MaskSchedule, Rounding
 from ..pruning.budget import split_epochs
 from ..pruning.channels import ChannelGradualPruning, Norm
 from ..pruning.gmp_reference import IntervalGradualPruning
+from ..pruning.rigl import Distribution, RigLSchedule
 from ..training import TrainSettings
 from ..training.schedules import DEFAULT_RETRAIN_WARMUP
 from ..training.settings import DERIVED_SCHEDULES
@@ -49,6 +50,7 @@ from .rules import (
     ShuffleLayers,
     Single,
     SourceMask,
+    SparseStart,
     Uniform,
 )
 
@@ -307,6 +309,22 @@ def gradual_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> 
                 first, last, p.target_sparsity, scope, pattern=p.n_m, counts=counts
             )
     return replace(plan, during=schedule)
+
+
+def rigl_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
+    """RigL: one training run from the initialisation under a random mask at
+    ``pruning.target_sparsity`` (:class:`~.rules.SparseStart`, ``pruning.rigl_distribution``),
+    whose mask drops and grows every ``pruning.rigl_interval`` steps until ``pruning.rigl_end``
+    of training (:class:`~sparseavg.pruning.rigl.RigLSchedule`)."""
+    plan = standard_plan(config, lineage, cycle, rewind_step)
+    p = config.pruning
+    seed = (config.seed, "lineage", lineage, "cycle", cycle, "rigl")
+    distribution = cast(Distribution, p.rigl_distribution)
+    return replace(
+        plan,
+        mask=SparseStart(1.0 - p.target_sparsity, distribution, seed),
+        during=RigLSchedule(p.rigl_drop_fraction, p.rigl_end, p.rigl_interval),
+    )
 
 
 def phase_epochs(config: Config) -> tuple[int, ...]:

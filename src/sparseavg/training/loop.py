@@ -15,7 +15,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..data import BatchSource
 from ..data.split import count_batches
-from ..pruning import Mask, MaskSchedule
+from ..pruning import Mask, MaskSchedule, StepMaskSchedule
+from ..pruning.rigl import apply_mask_update_
 from ..utils.seeding import make_generator
 from ..utils.state import State, clone_state
 from .evaluate import model_device
@@ -201,7 +202,10 @@ def train(
             ``update`` is called at each epoch end (see
             :class:`~sparseavg.pruning.MaskSchedule`); a returned mask replaces the current
             one (weights and optimizer buffers of newly pruned weights are zeroed). Needs a
-            ``mask``. The current mask is checkpointed.
+            ``mask``. The current mask is checkpointed. A
+            :class:`~sparseavg.pruning.StepMaskSchedule` (RigL) also changes the mask at the
+            steps it names, from that batch's dense gradients, and those steps take no
+            optimizer step.
         compile: run the model's forward through ``torch.compile`` (the first steps wait for
             the compilation, tens of seconds; results differ from eager ones by rounding).
             Off by default. The mask, the optimizer and the loss stay eager.
@@ -250,6 +254,7 @@ def train(
     autocast = _autocast(device, use_bf16)
     trained = [p for group in optimizer.param_groups for p in group["params"]]
     schedule_gradients = mask_schedule is not None and mask_schedule.needs_gradients
+    step_schedule = mask_schedule if isinstance(mask_schedule, StepMaskSchedule) else None
     dense_gradients: dict[str, Tensor] | None = None
     current_lr: float | None = None
     while step < stop:
@@ -287,10 +292,17 @@ def train(
                 loss = F.cross_entropy(logits, y)
             _clear_gradients(trained)
             loss.backward()
+            skip = step_schedule is not None and step_schedule.updates_at(step, spe, total_steps)
+            if skip and step_schedule is not None and mask is not None:
+                mask = _update_mask_at_step(
+                    step_schedule, step, spe, total_steps, model, mask, enforcer, optimizer
+                )
+                enforcer = MaskEnforcer(model, mask)
             if schedule_gradients and step + 1 == (epoch + 1) * spe:
                 dense_gradients = enforcer.gradients()
             enforcer.mask_gradients()
-            optimizer.step()
+            if not skip:  # a step-schedule update step only scores growth (rigl)
+                optimizer.step()
             enforcer.mask_weights()
             step_losses.append(loss.detach())
             step_hits.append(correct_predictions(logits.detach(), y))
@@ -352,6 +364,29 @@ def train(
         mask=mask,
         history=history,
     )
+
+
+def _update_mask_at_step(
+    schedule: StepMaskSchedule,
+    step: int,
+    steps_per_epoch: int,
+    total_steps: int,
+    model: nn.Module,
+    mask: Mask,
+    enforcer: MaskEnforcer,
+    optimizer: torch.optim.Optimizer,
+) -> Mask:
+    """One :meth:`~sparseavg.pruning.StepMaskSchedule.update_step` from the current (dense,
+    not yet masked) gradients, written into the model and ``optimizer``'s state: dropped and
+    grown weights become exactly 0 with zero optimizer state. Returns the new mask."""
+    params = dict(model.named_parameters())
+    weights = {name: params[name].detach() for name in mask}
+    new_mask, grown = schedule.update_step(
+        step, steps_per_epoch, total_steps, weights, enforcer.gradients(), mask
+    )
+    new_mask = new_mask.to(model_device(model))
+    apply_mask_update_(params, new_mask, grown, optimizer.state)
+    return new_mask
 
 
 def _autocast(
