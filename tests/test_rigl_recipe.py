@@ -246,6 +246,7 @@ def test_rigl_plans_one_run_from_a_seeded_sparse_start():
         ({"recipe": "rigl", "pruning": {"pattern": "2:4"}}, "pruning.pattern = '2:4': recipe"),
         ({"recipe": "rigl", "pruning": {"scope": "layerwise"}}, "leave pruning.scope unset"),
         ({"recipe": "rigl", "pruning": {"initial_mask": "m.safetensors"}}, "initial_mask ="),
+        ({"recipe": "rigl", "pruning": {"granularity": "channel"}}, "granularity = 'channel'"),
         ({"recipe": "rigl", "train": {"swa": True, "swa_start": 0.5}}, "swa_start >= 0.75"),
         ({"recipe": "rigl", "pruning": {"rigl_distribution": "er2"}}, "'er2' is not one of"),
         ({"recipe": "rigl", "pruning": {"rigl_end": 0.0}}, "rigl_end"),
