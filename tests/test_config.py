@@ -134,8 +134,8 @@ def test_toml_keeps_empty_tables_and_lists():
 # -- run names -----------------------------------------------------------------------------------
 
 # Pinned: a change here renames every user's run directories (so their studies stop resuming).
-DEFAULT_NAME = "imp-mnist1d-conv1d-cc643f56"
-SWAMP_NAME = "swamp-mnist1d-conv1d-1fb1afb2"
+DEFAULT_NAME = "imp-mnist1d-conv1d-a3225da7"
+SWAMP_NAME = "swamp-mnist1d-conv1d-821663f1"
 
 
 def test_run_names_are_pinned():

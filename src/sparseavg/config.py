@@ -35,7 +35,7 @@ from .training.settings import Optimizer, Precision, SwaSchedule
 #: run directory's name hashes only the values that differ from the defaults: the same name
 #: would otherwise stand for another experiment. Adding a field with a default that keeps the
 #: old behaviour needs no bump and renames nothing.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class ConfigError(ValueError):
