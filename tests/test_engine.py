@@ -273,6 +273,39 @@ def test_report_and_inspect_commands(tmp_path, capsys):
     assert "swamp" in capsys.readouterr().out
 
 
+def test_rows_record_the_torch_version_and_thread_count_and_inspect_shows_them(tmp_path, capsys):
+    """Issue 16 item 5: a 2-thread run and a 1-thread one differ in the last digits (CPU
+    kernels reduce in another order), so every row says what computed it."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert main(tiny_args("imp", tmp_path, cycles=1)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    run = only_run(tmp_path)
+    assert {(r["torch"], r["threads"]) for r in rows(run)} == {(torch.__version__, 1)}
+    header = (run / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[header.index("seconds") + 1 : header.index("seconds") + 3] == ["threads", "torch"]
+    capsys.readouterr()
+    assert main(["inspect", str(run)]) == 0
+    assert f"\ncomputed  torch {torch.__version__}, 1 thread\n" in capsys.readouterr().out
+
+
+def test_inspect_names_the_cycles_of_each_thread_count_where_they_differ():
+    from sparseavg.experiment.inspect import _computed_with
+
+    rows = [
+        {"cycle": 0, "torch": "2.13.0", "threads": 2},
+        {"cycle": 0, "torch": "2.13.0", "threads": 2},
+        {"cycle": 1, "torch": "2.13.0", "threads": 1},
+        {"cycle": 2, "torch": "2.13.0", "threads": 2},
+    ]
+    assert _computed_with(rows) == (
+        "torch 2.13.0, 2 threads (cycles 0, 2); torch 2.13.0, 1 thread (cycles 1)"
+    )
+    assert _computed_with([{"cycle": 0, "accuracy": 0.5}]) == ""  # rows before issue 16
+
+
 def test_resolved_config_names_the_run_and_a_rerun_reuses_it(tmp_path, capsys):
     assert main(tiny_args("imp", tmp_path, cycles=0)) == 0
     run = only_run(tmp_path)

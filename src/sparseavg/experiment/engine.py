@@ -793,6 +793,10 @@ class _Readouts:
             "accuracy": None if evaluation is None else evaluation.accuracy,
             "loss": None if evaluation is None else evaluation.loss,
             "seconds": round(self.seconds, 3),
+            # CPU kernels reduce in another order with another thread count, and kernels
+            # change between torch releases: a result is reproducible bit for bit only with both
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
             "selected": None,
             "dropped": False,
             "headline": False,

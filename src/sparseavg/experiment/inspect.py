@@ -46,9 +46,29 @@ def describe_run(run_dir: str | Path) -> str:
             f"mask of {masks[-1].relative_to(rd.path)}:",
             Mask.load(masks[-1]).format_report(),
         ]
+    computed = _computed_with(info.rows())
+    if computed:
+        lines.insert(5, f"computed  {computed}")
     if complete:
         lines += ["", markdown_table(find_runs([rd.path]))]
     return "\n".join(lines)
+
+
+def _computed_with(rows: list[dict]) -> str:
+    """The torch versions and thread counts the run's cycles were read out with, cycles named
+    where they differ ("torch 2.13.0+cpu, 2 threads"); empty for rows that predate them."""
+    seen: dict[tuple[str, int], list[int]] = {}
+    for row in rows:
+        if "torch" in row and "threads" in row:
+            cycles = seen.setdefault((row["torch"], row["threads"]), [])
+            if row["cycle"] not in cycles:
+                cycles.append(row["cycle"])
+    parts = [
+        f"torch {version}, {threads} thread{'s' if threads != 1 else ''}"
+        + (f" (cycles {', '.join(map(str, cycles))})" if len(seen) > 1 else "")
+        for (version, threads), cycles in seen.items()
+    ]
+    return "; ".join(parts)
 
 
 def describe_file(path: str | Path) -> str:

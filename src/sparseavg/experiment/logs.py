@@ -65,6 +65,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "accuracy",
     "loss",
     "seconds",
+    "threads",
+    "torch",
     "selected",
     "dropped",
 )
