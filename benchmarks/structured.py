@@ -28,6 +28,7 @@ Needs the ``structured`` extra (torch-pruning).
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import time
 from collections.abc import Callable
@@ -128,20 +129,18 @@ def main() -> None:
             masked, slim, _, sparsity = channel_masked(name, pct / 100, seed=0)
             masked, slim = masked.to(device), slim.to(device)
             params = f"{parameter_count(masked) / 1e3:.0f}k->{parameter_count(slim) / 1e3:.0f}k"
+            forwards: dict[str, Callable[[torch.Tensor], object]] = {"masked": masked, "slim": slim}
+            if args.onnx:
+                threads = torch.get_num_threads()
+                forwards["ort masked"] = onnx_session(masked, threads)
+                forwards["ort slim"] = onnx_session(slim, threads)
             for batch in (int(b) for b in args.batches.split(",")):
                 x = torch.randn(batch, *SHAPE, device=device)
                 with torch.inference_mode():
                     diff = float((masked(x) - slim(x)).abs().max())
                     variants: dict[str, Callable[[], object]] = {
-                        "masked": lambda x=x: masked(x),
-                        "slim": lambda x=x: slim(x),
+                        k: functools.partial(f, x) for k, f in forwards.items()
                     }
-                    if args.onnx:
-                        threads = torch.get_num_threads()
-                        ort_masked = onnx_session(masked, threads)
-                        ort_slim = onnx_session(slim, threads)
-                        variants["ort masked"] = lambda x=x: ort_masked(x)
-                        variants["ort slim"] = lambda x=x: ort_slim(x)
                     steps = steps_for(variants["masked"], args.block_ms)
                     times = interleave(
                         {k: block(f, steps) for k, f in variants.items()}, device, args.repeats
@@ -162,7 +161,8 @@ def main() -> None:
                     )
                 print(row, flush=True)
     print(
-        f"summary: slim / masked forward time, median over rows {sorted(summary)[len(summary) // 2]:.3f}"
+        "summary: slim / masked forward time, median over rows "
+        f"{sorted(summary)[len(summary) // 2]:.3f}"
         f" (range {min(summary):.3f}-{max(summary):.3f}); 'removed' is the share of channels "
         "pruned; the max |diff| column is the slim model's largest output difference"
     )
