@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 TEST_EXTRAS ?= lightning,onnx,transformers,tensorboard,structured
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test study lint typecheck bench clean install
+.PHONY: demo test study lint typecheck bench gpu-check clean install
 
 install: $(STAMP)
 
@@ -62,6 +62,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/batch.py --repeats 3
 	$(BIN)/python benchmarks/sparse_inference.py --repeats 3
 	$(BIN)/python benchmarks/semi_structured.py --repeats 5
+
+# On a CUDA machine (a CUDA build of torch: TORCH_SPEC above): the device tests and the GPU rows
+# of the benchmarks, about 8 minutes, into benchmarks/gpu-report.md; without CUDA it says so.
+gpu-check: $(TEST_STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
+
+# The devices a ``device``-marked test runs on (``pytest -m device`` selects them all): the CPU
+# always, CUDA where torch sees a GPU (``benchmarks/gpu_check.py`` runs them there).
+CUDA = torch.cuda.is_available()
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.device),
+    pytest.param(
+        "cuda", marks=[pytest.mark.device, pytest.mark.skipif(not CUDA, reason="no CUDA device")]
+    ),
+]
 
 
 class TinyConvNet(nn.Module):
