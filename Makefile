@@ -34,7 +34,7 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 # The reproduction study: every method of two settings over 5 seeds, then docs/RESULTS.md.
-# 122 min measured on 2 CPU cores shared with other jobs; resumable (finished runs under
+# 104 min measured on 2 CPU cores (2026-12-04); resumable (finished runs under
 # runs/study are reused, and a call that trains nothing rewrites RESULTS.md in under a minute). MNIST
 # comes from ../shared/data where that checkout has it, else $$SPARSEAVG_DATA or a download.
 STUDY_DATA := $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data),)
