@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -333,16 +333,9 @@ def channel_prune(
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
-    scores = channel_scores(weights, mask, groups, norm)
-    alive = alive_channels(mask, groups)
-    counts: list[int] | int
-    if scope == "global":
-        counts = round(fraction * sum(int(a.sum()) for a in alive))
-    elif scope == "layerwise":
-        counts = [round(fraction * int(a.sum())) for a in alive]
-    else:
-        raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
-    return remove_channels(mask, groups, _lowest(scores, alive, counts))
+    return _prune_lowest(
+        weights, mask, groups, lambda alive: round(fraction * int(alive.sum())), norm, scope
+    )
 
 
 def channel_prune_to(
@@ -359,14 +352,34 @@ def channel_prune_to(
     already pruned channels count."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    return _prune_lowest(
+        weights,
+        mask,
+        groups,
+        lambda alive: round(sparsity * alive.numel()) - int((~alive).sum()),
+        norm,
+        scope,
+    )
+
+
+def _prune_lowest(
+    weights: Mapping[str, Tensor],
+    mask: Mask,
+    groups: Sequence[ChannelGroup],
+    count: Callable[[Tensor], int],
+    norm: Norm,
+    scope: Scope,
+) -> Mask:
+    """Remove the lowest-scoring alive channels: ``count(alive)`` of them, ``alive`` (bool, one
+    entry per channel) over all groups' channels together (``"global"``) or each group's
+    (``"layerwise"``)."""
     scores = channel_scores(weights, mask, groups, norm)
     alive = alive_channels(mask, groups)
     counts: list[int] | int
     if scope == "global":
-        total = sum(a.numel() for a in alive)
-        counts = round(sparsity * total) - (total - sum(int(a.sum()) for a in alive))
+        counts = count(torch.cat(alive)) if alive else 0
     elif scope == "layerwise":
-        counts = [round(sparsity * a.numel()) - int((~a).sum()) for a in alive]
+        counts = [count(a) for a in alive]
     else:
         raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
     return remove_channels(mask, groups, _lowest(scores, alive, counts))
