@@ -18,6 +18,7 @@ from sparseavg.experiment.runinfo import read_run
 from sparseavg.experiment.task import load_data, make_model
 from sparseavg.pruning import Mask, prunable_parameters
 from sparseavg.pruning.channels import (
+    ChannelGroups,
     channel_groups,
     channel_prune,
     expected_removed,
@@ -60,6 +61,15 @@ def _trained_bn(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
     return model.eval()
 
 
+def _half_of_each_layer(model: nn.Module, example: torch.Tensor) -> tuple[Mask, ChannelGroups]:
+    """The mask pruning half of each channel group's channels by L1 norm, and the groups."""
+    weights = prunable_parameters(model)
+    groups = channel_groups(model, example, list(weights))
+    state = {n: w.detach() for n, w in weights.items()}
+    mask = channel_prune(state, Mask.ones_like(weights), groups, 0.5, scope="layerwise")
+    return mask, groups
+
+
 @needs_tp
 def test_slim_tiny_resnet_equals_the_masked_model_and_has_159_parameters():
     torch.manual_seed(0)
@@ -96,15 +106,7 @@ def test_slim_resnet8_after_channel_pruning_equals_the_masked_model():
     torch.manual_seed(0)
     model = _trained_bn(CifarResNet(8, 3, 10), (3, 8, 8))
     example = torch.randn(2, 3, 8, 8)
-    weights = prunable_parameters(model)
-    groups = channel_groups(model, example, list(weights))
-    mask = channel_prune(
-        {n: w.detach() for n, w in weights.items()},
-        Mask.ones_like(weights),
-        groups,
-        0.5,
-        scope="layerwise",
-    )
+    mask, groups = _half_of_each_layer(model, example)
     mask.apply_(model)
     x = torch.randn(64, 3, 8, 8)
     with torch.no_grad():
@@ -128,15 +130,7 @@ def _channel_run(parent: Path) -> Path:
     config = read_run(run).config
     data = load_data(config, torch.device("cpu"))
     model = _trained_bn(make_model(config, data, 0), data.input_shape)
-    weights = prunable_parameters(model)
-    groups = channel_groups(model, torch.zeros(2, *data.input_shape), list(weights))
-    mask = channel_prune(
-        {n: w.detach() for n, w in weights.items()},
-        Mask.ones_like(weights),
-        groups,
-        0.5,
-        scope="layerwise",
-    )
+    mask, _ = _half_of_each_layer(model, torch.zeros(2, *data.input_shape))
     save_tensors(run / "cycle_00/combined.safetensors", mask.applied(model.state_dict()))
     mask.save(run / "cycle_00/mask.safetensors")
     RunDir(run, run_id=config.digest()).write_manifest(run / "cycle_00")
