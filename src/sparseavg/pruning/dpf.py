@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .gmp_reference import bimp_gmp_schedule, required_sparsity
 from .mask import Mask
 from .strategies import Scope, magnitude_prune_to
 
@@ -92,3 +94,61 @@ def dpf_recomputes(iteration: int, every: int = DPF_RECOMPUTE_EVERY) -> bool:
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     return iteration % every == 0
+
+
+@dataclass(frozen=True)
+class DPFSchedule:
+    """DPF as a :class:`~sparseavg.pruning.FeedbackMaskSchedule`: ``train`` keeps the dense
+    weights, runs each step at ``w ⊙ m`` and updates ``w``; the mask is recomputed from scratch
+    from the dense weights (:func:`dpf_mask`) after each pruning epoch of
+    :func:`~sparseavg.pruning.gmp_reference.bimp_gmp_schedule` ``(n_epochs, interval,
+    goal_sparsity)`` at that epoch's sparsity, and after every ``every``-th step of the run at
+    the sparsity in force (:func:`~sparseavg.pruning.gmp_reference.required_sparsity` of the
+    epochs finished before that step: 0 before the first pruning epoch).
+
+    The optimizer state is never masked: the reference's ``prune_momentum`` finds no pruned
+    module under DPF (its masks are kept aside, ``only_save_mask``), so momentum of pruned
+    weights keeps accumulating, as their dense values do.
+    """
+
+    n_epochs: int
+    interval: int
+    goal_sparsity: float
+    every: int = DPF_RECOMPUTE_EVERY
+    scope: Scope = "global"
+    needs_gradients: bool = False
+
+    def __post_init__(self) -> None:
+        bimp_gmp_schedule(self.n_epochs, self.interval, self.goal_sparsity)  # validates
+        if self.every < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+
+    @property
+    def schedule(self) -> list[tuple[int, float]]:
+        """``(epoch, sparsity)`` of every pruning step (GMP's)."""
+        return bimp_gmp_schedule(self.n_epochs, self.interval, self.goal_sparsity)
+
+    def update(
+        self,
+        epochs_done: int,
+        weights: Mapping[str, Tensor],
+        gradients: Mapping[str, Tensor] | None,
+        mask: Mask,
+    ) -> Mask | None:
+        """After a pruning epoch: the mask at its sparsity from the dense ``weights``."""
+        sparsities = dict(self.schedule)
+        if epochs_done not in sparsities:
+            return None
+        return dpf_mask(weights, sparsities[epochs_done], scope=self.scope)
+
+    def recomputes_after(self, steps_done: int) -> bool:
+        return dpf_recomputes(steps_done, self.every)
+
+    def recompute(
+        self, steps_done: int, steps_per_epoch: int, weights: Mapping[str, Tensor], mask: Mask
+    ) -> Mask:
+        """The mask at the sparsity in force during the epoch ``steps_done`` falls in (the
+        reference's ``currently_required_sparsity``: set at the last pruning epoch end)."""
+        epochs_done = (steps_done - 1) // steps_per_epoch
+        sparsity = required_sparsity(epochs_done, self.schedule)
+        return dpf_mask(weights, sparsity, scope=self.scope)

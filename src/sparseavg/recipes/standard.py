@@ -17,6 +17,7 @@ from ..config import Config
 from ..pruning import GmpCounts, GradualMagnitudePruning, MaskSchedule, Rounding, Scope
 from ..pruning.budget import split_epochs
 from ..pruning.channels import ChannelGradualPruning, Norm
+from ..pruning.dpf import DPFSchedule
 from ..pruning.gmp_reference import IntervalGradualPruning
 from ..pruning.rigl import Distribution, RigLSchedule
 from ..training import TrainSettings
@@ -308,6 +309,21 @@ def gradual_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> 
             schedule = GradualMagnitudePruning(
                 first, last, p.target_sparsity, scope, pattern=p.n_m, counts=counts
             )
+    return replace(plan, during=schedule)
+
+
+def feedback_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
+    """DPF: one training run that keeps dense weights and steps at ``w ⊙ m``, its mask
+    recomputed from the dense weights on the BIMP code's GMP schedule
+    (``pruning.gmp_interval``) and every 16 steps (:class:`~sparseavg.pruning.dpf.
+    DPFSchedule`); the cycle's model is ``w ⊙ m``."""
+    plan = standard_plan(config, lineage, cycle, rewind_step)
+    if not plan.start.trains:
+        return plan
+    p = config.pruning
+    schedule = DPFSchedule(
+        config.train.epochs, p.gmp_interval, p.target_sparsity, scope=cast(Scope, p.scope)
+    )
     return replace(plan, during=schedule)
 
 
