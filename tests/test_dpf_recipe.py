@@ -234,7 +234,7 @@ def test_dpf_plans_one_feedback_run_on_the_bimp_schedule():
     [
         ({"pruning": {"gmp_interval": 0}}, "gmp_interval must be >= 1"),
         ({"pruning": {"gmp_interval": 6}}, "needs train.epochs >= 12"),
-        ({"pruning": {"gmp_counts": "bimp"}}, "recomputes every mask from scratch"),
+        ({"pruning": {"gmp_counts": "bimp"}}, "prunes every mask"),
         ({"pruning": {"pattern": "2:4"}}, "pruning.pattern = '2:4': recipe dpf"),
         ({"pruning": {"gmp_start": 0.2}}, "leave pruning.gmp_start unset"),
         ({"pruning": {"target_sparsity": 0.0}}, "target_sparsity in"),

@@ -16,6 +16,7 @@ from .standard import (
     ensemble_of_ingredients_run,
     ensemble_run,
     feedback_plan,
+    gmp_phase_plan,
     gradual_plan,
     lineage_average_run,
     member_plan,
@@ -255,6 +256,27 @@ RECIPES: dict[str, Recipe] = {
             reference=_DPF_PAPER,
         ),
         Recipe(
+            "sms-gmp",
+            "Sparse Model Soups on gmp's phases: a dense run to gmp's first pruning epoch, then "
+            "at each of its pruning.cycles steps the last soup pruned to the schedule's "
+            "sparsity and m ingredients trained to the next step, averaged",
+            defaults={
+                "pruning": {
+                    "target_sparsity": 0.9,
+                    "gmp_interval": 6,
+                    "cycles": 4,
+                    "retrain_schedule": "llr",
+                },
+                "ingredients": {"count": 3, "combine": "uniform"},
+            },
+            fixed={
+                "pruning": {"method": "magnitude", "retrain_epochs": 0},
+                "ingredients": {"start": "finetune", "length_factor": 1.0},
+            },
+            plan=gmp_phase_plan,
+            reference=f"{_SMS_PAPER} on ZIB-IOL/BIMP's GMP",
+        ),
+        Recipe(
             "bimp",
             "budgeted IMP: a dense run, then pruning.cycles prune-retrain phases (ALLR) that "
             "share pruning.retrain_budget epochs",
@@ -413,18 +435,31 @@ def _check_gmp_reference(config: Config) -> None:
 
 
 #: the recipes whose mask follows gmp's schedule (pruning.gmp_*)
-_GMP_SCHEDULED = ("gmp", "dpf")
+_GMP_SCHEDULED = ("gmp", "dpf", "sms-gmp")
 
 
 def _check_dpf(config: Config) -> None:
-    """Recipe dpf: the BIMP code's interval schedule, its masks recomputed from scratch by
-    global (or layer-wise) magnitude, so nothing that shapes masks otherwise."""
-    if config.recipe != "dpf":
+    """Recipes dpf and sms-gmp: the BIMP code's interval schedule, each mask pruned by
+    global (or layer-wise) magnitude to the schedule's count, so nothing that shapes masks
+    otherwise."""
+    if config.recipe not in ("dpf", "sms-gmp"):
         return
     p, default = config.pruning, PruningConfig()
+    name = config.recipe
     if p.gmp_interval < 1:
         raise ConfigError(
-            "recipe dpf prunes on the BIMP code's schedule: pruning.gmp_interval must be >= 1"
+            f"recipe {name} prunes on the BIMP code's schedule: pruning.gmp_interval must be >= 1"
+        )
+    steps = config.train.epochs // p.gmp_interval - 1
+    if name == "sms-gmp" and p.cycles != steps and 2 * p.gmp_interval <= config.train.epochs:
+        raise ConfigError(
+            f"recipe sms-gmp has one phase per pruning step of gmp's schedule: set "
+            f"pruning.cycles = train.epochs // pruning.gmp_interval - 1 = {steps}"
+        )
+    if name == "sms-gmp" and p.retrain_schedule == "allr":
+        raise ConfigError(
+            "pruning.retrain_schedule = 'allr' scales its peak by a per-cycle fraction; "
+            "recipe sms-gmp's phases prune unequal fractions: use llr or clr"
         )
     own = {
         "gmp_counts": p.gmp_counts != default.gmp_counts,
@@ -436,8 +471,9 @@ def _check_dpf(config: Config) -> None:
     given = [name for name, differs in own.items() if differs]
     if given:
         raise ConfigError(
-            f"pruning.{given[0]} = {getattr(p, given[0])!r}: recipe dpf recomputes every mask "
-            f"from scratch from the dense weights by magnitude; leave pruning.{given[0]} unset"
+            f"pruning.{given[0]} = {getattr(p, given[0])!r}: recipe {name} prunes every mask "
+            f"by magnitude to gmp's count (dpf: from scratch from the dense weights); leave "
+            f"pruning.{given[0]} unset"
         )
 
 

@@ -15,6 +15,7 @@ from ..pruning import (
     Rounding,
     Scope,
     magnitude_prune,
+    magnitude_prune_to,
     nm_prune,
     random_nm_prune,
     random_prune,
@@ -60,6 +61,21 @@ class MagnitudePrune:
         return magnitude_prune(
             state, mask, self.fraction, self.scope, self.layer_fractions, self.rounding
         )
+
+
+@dataclass(frozen=True)
+class MagnitudePruneTo:
+    """Prune the previous model's smallest alive weights until exactly ``round(sparsity *
+    total)`` are pruned (a gradual schedule's step, :func:`~sparseavg.pruning.
+    magnitude_prune_to`)."""
+
+    sparsity: float
+    scope: Scope = "global"
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        state, mask = sources.previous()
+        weights = {name: state[name] for name in mask}
+        return magnitude_prune_to(weights, mask, self.sparsity, self.scope)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from ..pruning import GmpCounts, GradualMagnitudePruning, MaskSchedule, Rounding
 from ..pruning.budget import split_epochs
 from ..pruning.channels import ChannelGradualPruning, Norm
 from ..pruning.dpf import DPFSchedule
-from ..pruning.gmp_reference import IntervalGradualPruning
+from ..pruning.gmp_reference import IntervalGradualPruning, bimp_gmp_schedule
 from ..pruning.rigl import Distribution, RigLSchedule
 from ..training import TrainSettings
 from ..training.schedules import DEFAULT_RETRAIN_WARMUP
@@ -41,6 +41,7 @@ from .rules import (
     FineTune,
     Greedy,
     MagnitudePrune,
+    MagnitudePruneTo,
     NMPrune,
     Pretrained,
     RandomNMPrune,
@@ -362,6 +363,36 @@ def budget_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> C
         config, pruning=dataclasses.replace(config.pruning, retrain_epochs=phase)
     )
     return standard_plan(phased, lineage, cycle, rewind_step)
+
+
+def gmp_phases(config: Config) -> tuple[tuple[int, float], ...]:
+    """``(epochs, sparsity)`` of each phase of a phased gmp (sms-gmp): phase 0 trains the dense
+    model until gmp's first pruning epoch, phase k ≥ 1 starts at the k-th step of the BIMP
+    code's schedule (:func:`~sparseavg.pruning.gmp_reference.bimp_gmp_schedule` of
+    ``train.epochs``, ``pruning.gmp_interval``, ``target_sparsity``) and trains until the next
+    one, the last until ``train.epochs``; the lengths add up to ``train.epochs``."""
+    p, epochs = config.pruning, config.train.epochs
+    steps = bimp_gmp_schedule(epochs, p.gmp_interval, p.target_sparsity)
+    ends = [e for e, _ in steps] + [epochs]
+    starts = [0] + [e for e, _ in steps]
+    sparsities = [0.0] + [s for _, s in steps]
+    return tuple((end - start, s) for start, end, s in zip(starts, ends, sparsities, strict=True))
+
+
+def gmp_phase_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
+    """gmp's schedule as phases (sms-gmp): :func:`standard_plan` (fine-tuning) whose cycle
+    ``c`` prunes the previous soup to exactly ``round(s_c · total)`` by magnitude and trains
+    for :func:`gmp_phases` ``[c]`` epochs; cycle 0 is the dense model trained until the first
+    pruning epoch."""
+    epochs, sparsity = gmp_phases(config)[cycle]
+    if cycle == 0:
+        dense = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
+        return standard_plan(dense, lineage, cycle, rewind_step)
+    phased = dataclasses.replace(
+        config, pruning=dataclasses.replace(config.pruning, retrain_epochs=epochs)
+    )
+    plan = standard_plan(phased, lineage, cycle, rewind_step)
+    return replace(plan, mask=MagnitudePruneTo(sparsity, cast(Scope, config.pruning.scope)))
 
 
 # -- run plans -----------------------------------------------------------------------------------
