@@ -216,7 +216,7 @@ def test_dpf_plans_one_feedback_run_on_the_bimp_schedule():
     p = config.pruning
     assert (p.cycles, p.gmp_interval, p.target_sparsity, config.train.swa) == (0, 1, 0.9, False)
     plan = get_recipe("dpf").plan(config, 0, 0, 0)
-    assert plan.during == DPFSchedule(10, 1, 0.9)
+    assert plan.during == DPFSchedule.bimp(10, 1, 0.9)
     layerwise = resolve_config(
         {
             "recipe": "dpf",
@@ -224,7 +224,7 @@ def test_dpf_plans_one_feedback_run_on_the_bimp_schedule():
             "pruning": {"gmp_interval": 3, "scope": "layerwise"},
         }
     )
-    assert get_recipe("dpf").plan(layerwise, 0, 0, 0).during == DPFSchedule(
+    assert get_recipe("dpf").plan(layerwise, 0, 0, 0).during == DPFSchedule.bimp(
         10, 3, 0.9, scope="layerwise"
     )
 

@@ -13,6 +13,7 @@ from ..pruning.channels import torch_pruning_available
 from .plan import CyclePlan, RunPlan
 from .standard import (
     budget_plan,
+    dpf_phase_plan,
     ensemble_of_ingredients_run,
     ensemble_run,
     feedback_plan,
@@ -81,6 +82,16 @@ _BIMP_PAPER = "Budgeted IMP (Zimmer et al., ICLR 2023, arXiv 2111.00843; ZIB-IOL
 _BIMP_CODE = {
     "train": {"nesterov": True},
     "pruning": {"retrain_schedule": "allr", "target_sparsity": 0.9, "rewind_epochs": 0.0},
+}
+# sms-gmp and sms-dpf: gmp's interval schedule as phases (train.epochs 30 = 6 + 4 x 6), each
+# retrained with the SMS code's LLR by m ingredients, soups uniform.
+_PHASED_DEFAULTS = {
+    "pruning": {"target_sparsity": 0.9, "gmp_interval": 6, "cycles": 4, "retrain_schedule": "llr"},
+    "ingredients": {"count": 3, "combine": "uniform"},
+}
+_PHASED_FIXED = {
+    "pruning": {"method": "magnitude", "retrain_epochs": 0},
+    "ingredients": {"start": "finetune", "length_factor": 1.0},
 }
 # The retraining schedules whose rates are the dense run's, not a peak that ingredients.vary =
 # "lr" could vary (slr's peak only shapes its warm-up).
@@ -260,21 +271,19 @@ RECIPES: dict[str, Recipe] = {
             "Sparse Model Soups on gmp's phases: a dense run to gmp's first pruning epoch, then "
             "at each of its pruning.cycles steps the last soup pruned to the schedule's "
             "sparsity and m ingredients trained to the next step, averaged",
-            defaults={
-                "pruning": {
-                    "target_sparsity": 0.9,
-                    "gmp_interval": 6,
-                    "cycles": 4,
-                    "retrain_schedule": "llr",
-                },
-                "ingredients": {"count": 3, "combine": "uniform"},
-            },
-            fixed={
-                "pruning": {"method": "magnitude", "retrain_epochs": 0},
-                "ingredients": {"start": "finetune", "length_factor": 1.0},
-            },
+            defaults=_PHASED_DEFAULTS,
+            fixed=_PHASED_FIXED,
             plan=gmp_phase_plan,
             reference=f"{_SMS_PAPER} on ZIB-IOL/BIMP's GMP",
+        ),
+        Recipe(
+            "sms-dpf",
+            "Sparse Model Soups on dpf's phases: as sms-gmp, each ingredient trained with DPF's "
+            "error feedback at the phase's sparsity; the soup keeps its average's mask",
+            defaults=_PHASED_DEFAULTS,
+            fixed=merge(_PHASED_FIXED, {"train": {"swa": False}}),
+            plan=dpf_phase_plan,
+            reference=f"{_SMS_PAPER} on {_DPF_PAPER}",
         ),
         Recipe(
             "bimp",
@@ -435,14 +444,14 @@ def _check_gmp_reference(config: Config) -> None:
 
 
 #: the recipes whose mask follows gmp's schedule (pruning.gmp_*)
-_GMP_SCHEDULED = ("gmp", "dpf", "sms-gmp")
+_GMP_SCHEDULED = ("gmp", "dpf", "sms-gmp", "sms-dpf")
 
 
 def _check_dpf(config: Config) -> None:
     """Recipes dpf and sms-gmp: the BIMP code's interval schedule, each mask pruned by
     global (or layer-wise) magnitude to the schedule's count, so nothing that shapes masks
     otherwise."""
-    if config.recipe not in ("dpf", "sms-gmp"):
+    if config.recipe not in ("dpf", "sms-gmp", "sms-dpf"):
         return
     p, default = config.pruning, PruningConfig()
     name = config.recipe
@@ -451,15 +460,16 @@ def _check_dpf(config: Config) -> None:
             f"recipe {name} prunes on the BIMP code's schedule: pruning.gmp_interval must be >= 1"
         )
     steps = config.train.epochs // p.gmp_interval - 1
-    if name == "sms-gmp" and p.cycles != steps and 2 * p.gmp_interval <= config.train.epochs:
+    phased = name.startswith("sms-")
+    if phased and p.cycles != steps and 2 * p.gmp_interval <= config.train.epochs:
         raise ConfigError(
-            f"recipe sms-gmp has one phase per pruning step of gmp's schedule: set "
+            f"recipe {name} has one phase per pruning step of gmp's schedule: set "
             f"pruning.cycles = train.epochs // pruning.gmp_interval - 1 = {steps}"
         )
-    if name == "sms-gmp" and p.retrain_schedule == "allr":
+    if phased and p.retrain_schedule == "allr":
         raise ConfigError(
             "pruning.retrain_schedule = 'allr' scales its peak by a per-cycle fraction; "
-            "recipe sms-gmp's phases prune unequal fractions: use llr or clr"
+            f"recipe {name}'s phases prune unequal fractions: use llr or clr"
         )
     own = {
         "gmp_counts": p.gmp_counts != default.gmp_counts,

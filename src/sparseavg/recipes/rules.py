@@ -79,6 +79,21 @@ class MagnitudePruneTo:
 
 
 @dataclass(frozen=True)
+class AverageMask:
+    """A :class:`~.plan.MaskSettle`: the mask of the ingredients' uniform average (each
+    ingredient ``w_i ⊙ m_i``), pruned by magnitude to exactly ``round(sparsity * total)``
+    (sms-dpf: the copies' moved masks become one, at the phase's count)."""
+
+    sparsity: float
+    scope: Scope = "global"
+
+    def __call__(self, states: Sequence[State], masks: Sequence[Mask]) -> Mask:
+        names = list(masks[0])
+        average = uniform_average([{n: s[n] for n in names} for s in states])
+        return magnitude_prune_to(average, Mask.ones_like(average), self.sparsity, self.scope)
+
+
+@dataclass(frozen=True)
 class ChannelPrune:
     """Remove ``fraction`` of the previous model's alive channels with the lowest ``norm``
     score, coupled layers together (:func:`~sparseavg.pruning.channels.channel_prune`).

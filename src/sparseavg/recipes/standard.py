@@ -35,6 +35,7 @@ from .readouts import (
 )
 from .rules import (
     AdaptivePeak,
+    AverageMask,
     Borrow,
     ChannelPrune,
     DenseMask,
@@ -322,7 +323,7 @@ def feedback_plan(config: Config, lineage: int, cycle: int, rewind_step: int) ->
     if not plan.start.trains:
         return plan
     p = config.pruning
-    schedule = DPFSchedule(
+    schedule = DPFSchedule.bimp(
         config.train.epochs, p.gmp_interval, p.target_sparsity, scope=cast(Scope, p.scope)
     )
     return replace(plan, during=schedule)
@@ -393,6 +394,24 @@ def gmp_phase_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -
     )
     plan = standard_plan(phased, lineage, cycle, rewind_step)
     return replace(plan, mask=MagnitudePruneTo(sparsity, cast(Scope, config.pruning.scope)))
+
+
+def dpf_phase_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
+    """DPF's schedule as phases (sms-dpf): :func:`gmp_phase_plan` whose phase ``c`` ≥ 1
+    trains every ingredient with DPF's error feedback at the phase's sparsity ``s_c``
+    (:class:`~sparseavg.pruning.dpf.DPFSchedule` from ``s_c``, recomputed every 16 steps), and
+    settles the ingredients' moved masks on that of their average
+    (:class:`~.rules.AverageMask`) before they are combined."""
+    plan = gmp_phase_plan(config, lineage, cycle, rewind_step)
+    if cycle == 0 or not plan.start.trains:
+        return plan  # the dense phase: DPF at sparsity 0 is plain dense training
+    sparsity = gmp_phases(config)[cycle][1]
+    scope = cast(Scope, config.pruning.scope)
+    return replace(
+        plan,
+        during=DPFSchedule((), initial=sparsity, scope=scope),
+        settle=AverageMask(sparsity, scope),
+    )
 
 
 # -- run plans -----------------------------------------------------------------------------------
