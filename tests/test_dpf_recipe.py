@@ -11,10 +11,8 @@ import torch
 import sparseavg.experiment.engine as engine
 from engine_helpers import (
     final_weights,
-    only_run,
     rows,
     same_weights,
-    tiny_args,
     tiny_config,
     tiny_run,
 )
@@ -246,16 +244,6 @@ def test_dpf_plans_one_feedback_run_on_the_bimp_schedule():
 def test_dpf_options_are_refused_where_they_mean_nothing(values, fragment):
     with pytest.raises(ConfigError, match=fragment):
         resolve_config({"recipe": "dpf", "train": {"epochs": 10}, **values})
-
-
-def test_dpf_runs_from_the_cli(tmp_path, capsys):
-    extra = ("--set", "train.epochs=4", "--set", "train.batch_size=512")
-    args = tiny_args("dpf", tmp_path, *extra, cycles=None)
-    assert main([*args, "--set", "pruning.rewind_epochs=0.0"]) == 0
-    run = only_run(tmp_path)
-    [row] = rows(run)
-    assert (row["recipe"], row["alive"], row["total"]) == ("dpf", 148, TOTAL)
-    assert str(run) in capsys.readouterr().out
 
 
 def test_dpf_on_your_own_training_loop_is_refused(tmp_path):

@@ -13,14 +13,11 @@ import torch
 import sparseavg.experiment.engine as engine
 from engine_helpers import (
     final_weights,
-    only_run,
     rows,
     same_weights,
-    tiny_args,
     tiny_config,
     tiny_run,
 )
-from sparseavg.cli.main import main
 from sparseavg.config import ConfigError
 from sparseavg.parallel import Sequential, Stacked
 from sparseavg.pruning import Mask
@@ -233,15 +230,6 @@ def test_sms_dpf_under_the_stacked_executor_falls_back_naming_the_mask_schedule(
     assert [m for m in messages if m.startswith("stacked:")] == [reason, reason]
     assert rows(stacked) == rows(sequential)
     assert same_weights(final_weights(stacked), final_weights(sequential))
-
-
-@pytest.mark.parametrize("recipe", ["sms-gmp", "sms-dpf"])
-def test_phased_recipes_run_from_the_cli(tmp_path, recipe):
-    extra = ("--set", "train.batch_size=512", "--set", "pruning.gmp_interval=1")
-    assert main(tiny_args(recipe, tmp_path, *extra, cycles=1)) == 0
-    headline = [(r["recipe"], r["alive"]) for r in rows(only_run(tmp_path)) if r["headline"]]
-    # 2 epochs, interval 1: one step after epoch 1, straight to 0.9
-    assert headline == [(recipe, 1480), (recipe, 148)]
 
 
 def test_sms_dpf_on_your_own_training_loop_is_refused(tmp_path):
