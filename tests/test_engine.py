@@ -16,7 +16,12 @@ from sparseavg.utils.files import CorruptFileError, load_tensors
 def _cycles(recipe):
     if recipe in ("imp-avg", "imp-reprune"):
         return 2  # the lineages' masks first differ in cycle 2
-    return None if recipe in ("one-shot", "gmp", "rigl") else 1
+    return None if recipe in ("one-shot", "gmp", "dpf", "rigl") else 1
+
+
+def _extra(recipe):
+    # the phased recipes: one phase per step of gmp's schedule, 2 epochs // 1 - 1 = 1
+    return ("--set", "pruning.gmp_interval=1") if recipe in ("sms-gmp", "sms-dpf") else ()
 
 
 NEEDS_A_SOURCE_RUN = {"reinit"}  # tested in test_definitions.py with pruning.masks_from
@@ -24,7 +29,7 @@ NEEDS_A_SOURCE_RUN = {"reinit"}  # tested in test_definitions.py with pruning.ma
 
 @pytest.mark.parametrize("recipe", sorted(set(RECIPES) - NEEDS_A_SOURCE_RUN))
 def test_every_recipe_runs_end_to_end_from_the_cli(recipe, tmp_path, capsys):
-    assert main(tiny_args(recipe, tmp_path, cycles=_cycles(recipe))) == 0
+    assert main(tiny_args(recipe, tmp_path, *_extra(recipe), cycles=_cycles(recipe))) == 0
     run = only_run(tmp_path)
     assert (run / "config.toml").is_file()
     table = capsys.readouterr().out
@@ -49,7 +54,7 @@ def test_every_recipe_runs_end_to_end_from_the_cli(recipe, tmp_path, capsys):
     assert final[0]["role"] == headline_role
     mask = Mask.load(sorted(run.rglob("mask.safetensors"))[-1])
     # recipes with a target_sparsity of 0.9
-    ninety = {"one-shot", "gmp", "bimp", "sms-bimp", "rigl"}
+    ninety = {"one-shot", "gmp", "dpf", "bimp", "sms-bimp", "sms-gmp", "sms-dpf", "rigl"}
     expected = {"imp-avg": 0.36, "imp-reprune": 0.36}.get(recipe, 0.9 if recipe in ninety else 0.2)
     if recipe == "imp-avg":  # the lineages' masks differ: their average is alive on the union
         assert 0.2 < final[0]["sparsity"] < expected

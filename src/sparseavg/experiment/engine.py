@@ -473,6 +473,11 @@ def _run_lineage(ctx: Context, plan: CyclePlan, lineage: int) -> LineageResult:
         )
     if plan.during is not None:  # the mask the schedule ended with is the cycle's mask
         mask = next(o.mask for o in outcomes.values() if o.mask is not None)
+        if plan.settle is not None:  # the ingredients' masks differ: settle on one
+            kept = sorted(finals)
+            moved = [outcomes[k].mask for k in kept]
+            mask = plan.settle([finals[k] for k in kept], [m for m in moved if m is not None])
+            finals = {k: mask.applied(finals[k]) for k in kept}
         if files.mask() is None:
             files.save_mask(mask)
     done = files.combined()

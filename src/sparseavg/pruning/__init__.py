@@ -24,6 +24,7 @@ from .nm import (
 )
 from .parameters import prunable_parameters
 from .schedule import (
+    FeedbackMaskSchedule,
     GmpCounts,
     GradualMagnitudePruning,
     MaskSchedule,
@@ -56,6 +57,7 @@ __all__ = [
     "ChannelGradualPruning",
     "ChannelGroup",
     "Compressed",
+    "FeedbackMaskSchedule",
     "GmpCounts",
     "GradualMagnitudePruning",
     "LayerSparsity",

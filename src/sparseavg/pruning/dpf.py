@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .gmp_reference import bimp_gmp_schedule, required_sparsity
 from .mask import Mask
 from .strategies import Scope, magnitude_prune_to
 
@@ -92,3 +94,70 @@ def dpf_recomputes(iteration: int, every: int = DPF_RECOMPUTE_EVERY) -> bool:
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     return iteration % every == 0
+
+
+@dataclass(frozen=True)
+class DPFSchedule:
+    """DPF as a :class:`~sparseavg.pruning.FeedbackMaskSchedule`: ``train`` keeps the dense
+    weights, runs each step at ``w ⊙ m`` and updates ``w``; the mask is recomputed from scratch
+    from the dense weights (:func:`dpf_mask`) after each pruning epoch of ``steps`` (``(epoch,
+    sparsity)``, epochs counted from 1) at its sparsity, and after every ``every``-th step of
+    the run at the sparsity in force (that of the last pruning epoch finished before the step;
+    ``initial`` before the first). :meth:`bimp` builds the reference's: gmp's
+    :func:`~sparseavg.pruning.gmp_reference.bimp_gmp_schedule` from 0.
+
+    The optimizer state is never masked: the reference's ``prune_momentum`` finds no pruned
+    module under DPF (its masks are kept aside, ``only_save_mask``), so momentum of pruned
+    weights keeps accumulating, as their dense values do.
+    """
+
+    steps: tuple[tuple[int, float], ...]
+    initial: float = 0.0
+    every: int = DPF_RECOMPUTE_EVERY
+    scope: Scope = "global"
+    needs_gradients: bool = False
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+        if not 0.0 <= self.initial < 1.0:
+            raise ValueError(f"initial must be in [0, 1), got {self.initial}")
+
+    @classmethod
+    def bimp(
+        cls, n_epochs: int, interval: int, goal_sparsity: float, *, scope: Scope = "global"
+    ) -> DPFSchedule:
+        """The BIMP code's DPF: dense until gmp's first pruning epoch, then its schedule.
+
+        Raises:
+            ValueError: as :func:`~sparseavg.pruning.gmp_reference.bimp_gmp_schedule`.
+        """
+        steps = bimp_gmp_schedule(n_epochs, interval, goal_sparsity)
+        return cls(tuple(steps), scope=scope)
+
+    def update(
+        self,
+        epochs_done: int,
+        weights: Mapping[str, Tensor],
+        gradients: Mapping[str, Tensor] | None,
+        mask: Mask,
+    ) -> Mask | None:
+        """After a pruning epoch: the mask at its sparsity from the dense ``weights``."""
+        sparsities = dict(self.steps)
+        if epochs_done not in sparsities:
+            return None
+        return dpf_mask(weights, sparsities[epochs_done], scope=self.scope)
+
+    def recomputes_after(self, steps_done: int) -> bool:
+        return dpf_recomputes(steps_done, self.every)
+
+    def recompute(
+        self, steps_done: int, steps_per_epoch: int, weights: Mapping[str, Tensor], mask: Mask
+    ) -> Mask:
+        """The mask at the sparsity in force during the epoch ``steps_done`` falls in (the
+        reference's ``currently_required_sparsity``: set at the last pruning epoch end)."""
+        epochs_done = (steps_done - 1) // steps_per_epoch
+        sparsity = self.initial
+        if any(epoch <= epochs_done for epoch, _ in self.steps):
+            sparsity = required_sparsity(epochs_done, self.steps)
+        return dpf_mask(weights, sparsity, scope=self.scope)

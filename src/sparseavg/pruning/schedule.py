@@ -146,6 +146,33 @@ class StepMaskSchedule(MaskSchedule, Protocol):
         ...
 
 
+@runtime_checkable
+class FeedbackMaskSchedule(MaskSchedule, Protocol):
+    """A :class:`MaskSchedule` whose mask is applied only in the forward pass (DPF's error
+    feedback): the model keeps *dense* weights.
+
+    ``train`` runs every forward and backward pass at ``w ⊙ m`` and applies the gradient
+    found there to the dense ``w``, pruned coordinates included (no gradient, weight or
+    optimizer-state masking); after every optimizer step it asks :meth:`recomputes_after`
+    and, where true, replaces the mask with :meth:`recompute` of the dense weights. The
+    epoch-end :meth:`~MaskSchedule.update` sees the dense weights too, and a mask it returns
+    zeroes nothing. Checkpoints hold the dense weights and the mask; the final state
+    :func:`~sparseavg.train` returns is ``w ⊙ m``.
+    """
+
+    def recomputes_after(self, steps_done: int) -> bool:
+        """Whether to recompute the mask after the ``steps_done``-th (1-based) step of the
+        run."""
+        ...
+
+    def recompute(
+        self, steps_done: int, steps_per_epoch: int, weights: Mapping[str, Tensor], mask: Mask
+    ) -> Mask:
+        """The mask after ``steps_done`` steps, from the dense ``weights`` (``name -> tensor``
+        of the masked parameters)."""
+        ...
+
+
 @dataclass(frozen=True)
 class GradualMagnitudePruning:
     """Zhu & Gupta's gradual magnitude pruning: at each epoch end between ``start_epoch`` and

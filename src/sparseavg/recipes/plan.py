@@ -163,6 +163,14 @@ class SettingsRule(Protocol):
     def __call__(self, settings: TrainSettings, facts: StartFacts) -> TrainSettings: ...
 
 
+class MaskSettle(Protocol):
+    """The cycle's one mask when a mask schedule left the ingredients with masks of their own
+    (DPF moves each copy's mask): from their final states and masks, in index order. The
+    engine projects every ingredient onto it before combining, so the soup keeps it."""
+
+    def __call__(self, states: Sequence[State], masks: Sequence[Mask]) -> Mask: ...
+
+
 class Combiner(Protocol):
     """Turns the trained ingredients (in index order) into the cycle's model; also returns
     the indices it kept (greedy soups) or ``None``."""
@@ -220,7 +228,9 @@ class CyclePlan:
         ingredients: the models trained under the mask (empty when ``start`` does not train).
         combine: how they become one model.
         adapt: adapts each ingredient's settings to the start, or ``None``.
-        during: changes the mask while the (single) ingredient trains, or ``None``.
+        during: changes the mask while the ingredients train, or ``None``.
+        settle: the cycle's mask from the ingredients' final masks when ``during`` can leave
+            them different (several ingredients), or ``None``: the first ingredient's.
     """
 
     cycle: int
@@ -230,6 +240,7 @@ class CyclePlan:
     combine: Combiner
     adapt: SettingsRule | None = None
     during: MaskSchedule | None = None
+    settle: MaskSettle | None = None
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,11 @@ from ..pruning.channels import torch_pruning_available
 from .plan import CyclePlan, RunPlan
 from .standard import (
     budget_plan,
+    dpf_phase_plan,
     ensemble_of_ingredients_run,
     ensemble_run,
+    feedback_plan,
+    gmp_phase_plan,
     gradual_plan,
     lineage_average_run,
     member_plan,
@@ -72,12 +75,23 @@ _SWAMP_PAPER = "SWAMP (Choi et al., ICLR 2024, arXiv 2305.14852)"
 _SMS_PAPER = "Sparse Model Soups (Zimmer et al., ICLR 2024, arXiv 2306.16788; ZIB-IOL/SMS)"
 _LTH_PAPER = "lottery tickets (Frankle & Carbin 2019; Frankle et al. 2020; open_lth)"
 _RIGL_PAPER = "RigL (Evci et al., ICML 2020, arXiv 1911.11134; google-research/rigl)"
+_DPF_PAPER = "DPF (Lin et al., ICLR 2020, arXiv 2006.07253) as ZIB-IOL/BIMP runs it"
 _BIMP_PAPER = "Budgeted IMP (Zimmer et al., ICLR 2023, arXiv 2111.00843; ZIB-IOL/BIMP)"
 # What the BIMP code does: a dense run from scratch, then prune-retrain phases with ALLR and
 # Nesterov momentum (its SGD sets nesterov = weight_decay > 0); no BatchNorm recalibration.
 _BIMP_CODE = {
     "train": {"nesterov": True},
     "pruning": {"retrain_schedule": "allr", "target_sparsity": 0.9, "rewind_epochs": 0.0},
+}
+# sms-gmp and sms-dpf: gmp's interval schedule as phases (train.epochs 30 = 6 + 4 x 6), each
+# retrained with the SMS code's LLR by m ingredients, soups uniform.
+_PHASED_DEFAULTS = {
+    "pruning": {"target_sparsity": 0.9, "gmp_interval": 6, "cycles": 4, "retrain_schedule": "llr"},
+    "ingredients": {"count": 3, "combine": "uniform"},
+}
+_PHASED_FIXED = {
+    "pruning": {"method": "magnitude", "retrain_epochs": 0},
+    "ingredients": {"start": "finetune", "length_factor": 1.0},
 }
 # The retraining schedules whose rates are the dense run's, not a peak that ingredients.vary =
 # "lr" could vary (slr's peak only shapes its warm-up).
@@ -239,6 +253,39 @@ RECIPES: dict[str, Recipe] = {
             "gmp_counts = 'bimp': as ZIB-IOL/BIMP's GMP",
         ),
         Recipe(
+            "dpf",
+            "dynamic pruning with feedback: one run that steps at the masked weights and updates "
+            "the dense ones; the mask recomputed from them on gmp's schedule "
+            "(pruning.gmp_interval) and every 16 steps",
+            defaults={"pruning": {"target_sparsity": 0.9, "rewind_epochs": 0.0, "gmp_interval": 1}},
+            fixed={
+                "pruning": {"cycles": 0, "method": "magnitude"},
+                "ingredients": {"count": 1, "combine": "single", "start": "rewind"},
+                "train": {"swa": False},
+            },
+            plan=feedback_plan,
+            reference=_DPF_PAPER,
+        ),
+        Recipe(
+            "sms-gmp",
+            "Sparse Model Soups on gmp's phases: a dense run to gmp's first pruning epoch, then "
+            "at each of its pruning.cycles steps the last soup pruned to the schedule's "
+            "sparsity and m ingredients trained to the next step, averaged",
+            defaults=_PHASED_DEFAULTS,
+            fixed=_PHASED_FIXED,
+            plan=gmp_phase_plan,
+            reference=f"{_SMS_PAPER} on ZIB-IOL/BIMP's GMP",
+        ),
+        Recipe(
+            "sms-dpf",
+            "Sparse Model Soups on dpf's phases: as sms-gmp, each ingredient trained with DPF's "
+            "error feedback at the phase's sparsity; the soup keeps its average's mask",
+            defaults=_PHASED_DEFAULTS,
+            fixed=merge(_PHASED_FIXED, {"train": {"swa": False}}),
+            plan=dpf_phase_plan,
+            reference=f"{_SMS_PAPER} on {_DPF_PAPER}",
+        ),
+        Recipe(
             "bimp",
             "budgeted IMP: a dense run, then pruning.cycles prune-retrain phases (ALLR) that "
             "share pruning.retrain_budget epochs",
@@ -368,7 +415,7 @@ def _check_pattern(config: Config, n: int, m: int) -> None:
 def _check_gmp_reference(config: Config) -> None:
     """``pruning.gmp_interval`` and ``gmp_counts``: gmp's options, and what they exclude."""
     p, t = config.pruning, config.train
-    gmp = config.recipe == "gmp"
+    gmp = config.recipe in _GMP_SCHEDULED
     if not gmp and (p.gmp_interval > 0 or p.gmp_counts != "exact"):
         which = "gmp_interval" if p.gmp_interval > 0 else "gmp_counts"
         raise ConfigError(
@@ -393,6 +440,50 @@ def _check_gmp_reference(config: Config) -> None:
         raise ConfigError(
             f"pruning.gmp_counts = 'bimp' removes a share of all alive weights, which breaks "
             f"pruning.pattern = {p.pattern!r}: use gmp_counts = 'exact'"
+        )
+
+
+#: the recipes whose mask follows gmp's schedule (pruning.gmp_*)
+_GMP_SCHEDULED = ("gmp", "dpf", "sms-gmp", "sms-dpf")
+
+
+def _check_dpf(config: Config) -> None:
+    """Recipes dpf and sms-gmp: the BIMP code's interval schedule, each mask pruned by
+    global (or layer-wise) magnitude to the schedule's count, so nothing that shapes masks
+    otherwise."""
+    if config.recipe not in ("dpf", "sms-gmp", "sms-dpf"):
+        return
+    p, default = config.pruning, PruningConfig()
+    name = config.recipe
+    if p.gmp_interval < 1:
+        raise ConfigError(
+            f"recipe {name} prunes on the BIMP code's schedule: pruning.gmp_interval must be >= 1"
+        )
+    steps = config.train.epochs // p.gmp_interval - 1
+    phased = name.startswith("sms-")
+    if phased and p.cycles != steps and 2 * p.gmp_interval <= config.train.epochs:
+        raise ConfigError(
+            f"recipe {name} has one phase per pruning step of gmp's schedule: set "
+            f"pruning.cycles = train.epochs // pruning.gmp_interval - 1 = {steps}"
+        )
+    if phased and p.retrain_schedule == "allr":
+        raise ConfigError(
+            "pruning.retrain_schedule = 'allr' scales its peak by a per-cycle fraction; "
+            f"recipe {name}'s phases prune unequal fractions: use llr or clr"
+        )
+    own = {
+        "gmp_counts": p.gmp_counts != default.gmp_counts,
+        "pattern": p.pattern != default.pattern,
+        "initial_mask": bool(p.initial_mask),
+        "masks_from": bool(p.masks_from),
+        "layer_fractions": bool(p.layer_fractions),
+    }
+    given = [name for name, differs in own.items() if differs]
+    if given:
+        raise ConfigError(
+            f"pruning.{given[0]} = {getattr(p, given[0])!r}: recipe {name} prunes every mask "
+            f"by magnitude to gmp's count (dpf: from scratch from the dense weights); leave "
+            f"pruning.{given[0]} unset"
         )
 
 
@@ -518,13 +609,14 @@ def check_config(config: Config) -> None:
         raise ConfigError(
             f"ingredients.values has {len(ing.values)} entries; ingredients.count is {ing.count}"
         )
-    if config.recipe in ("gmp", "one-shot") and p.target_sparsity <= 0:
+    if config.recipe in ("gmp", "dpf", "one-shot") and p.target_sparsity <= 0:
         raise ConfigError(f"recipe {config.recipe} needs pruning.target_sparsity in (0, 1)")
     if config.recipe == "gmp" and p.gmp_end <= p.gmp_start:
         raise ConfigError(
             f"pruning.gmp_end ({p.gmp_end}) must be after pruning.gmp_start ({p.gmp_start})"
         )
     _check_gmp_reference(config)
+    _check_dpf(config)
     _check_budget(config)
     _check_fraction(config)
     _check_rigl(config)
@@ -572,12 +664,13 @@ def check_config(config: Config) -> None:
     nm = p.n_m  # a malformed pattern raises ConfigError here
     if nm is not None:
         _check_pattern(config, *nm)
-    if p.rounding != "round" and (nm is not None or config.recipe == "gmp" or p.masks_from):
+    gmp = config.recipe in _GMP_SCHEDULED
+    if p.rounding != "round" and (nm is not None or gmp or p.masks_from):
         what = (
             f"pruning.pattern = {p.pattern!r}"
             if nm is not None
-            else "recipe gmp"
-            if config.recipe == "gmp"
+            else f"recipe {config.recipe}"
+            if gmp
             else "pruning.masks_from"
         )
         raise ConfigError(

@@ -15,6 +15,7 @@ from ..pruning import (
     Rounding,
     Scope,
     magnitude_prune,
+    magnitude_prune_to,
     nm_prune,
     random_nm_prune,
     random_prune,
@@ -60,6 +61,36 @@ class MagnitudePrune:
         return magnitude_prune(
             state, mask, self.fraction, self.scope, self.layer_fractions, self.rounding
         )
+
+
+@dataclass(frozen=True)
+class MagnitudePruneTo:
+    """Prune the previous model's smallest alive weights until exactly ``round(sparsity *
+    total)`` are pruned (a gradual schedule's step, :func:`~sparseavg.pruning.
+    magnitude_prune_to`)."""
+
+    sparsity: float
+    scope: Scope = "global"
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        state, mask = sources.previous()
+        weights = {name: state[name] for name in mask}
+        return magnitude_prune_to(weights, mask, self.sparsity, self.scope)
+
+
+@dataclass(frozen=True)
+class AverageMask:
+    """A :class:`~.plan.MaskSettle`: the mask of the ingredients' uniform average (each
+    ingredient ``w_i ⊙ m_i``), pruned by magnitude to exactly ``round(sparsity * total)``
+    (sms-dpf: the copies' moved masks become one, at the phase's count)."""
+
+    sparsity: float
+    scope: Scope = "global"
+
+    def __call__(self, states: Sequence[State], masks: Sequence[Mask]) -> Mask:
+        names = list(masks[0])
+        average = uniform_average([{n: s[n] for n in names} for s in states])
+        return magnitude_prune_to(average, Mask.ones_like(average), self.sparsity, self.scope)
 
 
 @dataclass(frozen=True)

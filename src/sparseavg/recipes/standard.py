@@ -17,7 +17,8 @@ from ..config import Config
 from ..pruning import GmpCounts, GradualMagnitudePruning, MaskSchedule, Rounding, Scope
 from ..pruning.budget import split_epochs
 from ..pruning.channels import ChannelGradualPruning, Norm
-from ..pruning.gmp_reference import IntervalGradualPruning
+from ..pruning.dpf import DPFSchedule
+from ..pruning.gmp_reference import IntervalGradualPruning, bimp_gmp_schedule
 from ..pruning.rigl import Distribution, RigLSchedule
 from ..training import TrainSettings
 from ..training.schedules import DEFAULT_RETRAIN_WARMUP
@@ -34,12 +35,14 @@ from .readouts import (
 )
 from .rules import (
     AdaptivePeak,
+    AverageMask,
     Borrow,
     ChannelPrune,
     DenseMask,
     FineTune,
     Greedy,
     MagnitudePrune,
+    MagnitudePruneTo,
     NMPrune,
     Pretrained,
     RandomNMPrune,
@@ -311,6 +314,21 @@ def gradual_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> 
     return replace(plan, during=schedule)
 
 
+def feedback_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
+    """DPF: one training run that keeps dense weights and steps at ``w ⊙ m``, its mask
+    recomputed from the dense weights on the BIMP code's GMP schedule
+    (``pruning.gmp_interval``) and every 16 steps (:class:`~sparseavg.pruning.dpf.
+    DPFSchedule`); the cycle's model is ``w ⊙ m``."""
+    plan = standard_plan(config, lineage, cycle, rewind_step)
+    if not plan.start.trains:
+        return plan
+    p = config.pruning
+    schedule = DPFSchedule.bimp(
+        config.train.epochs, p.gmp_interval, p.target_sparsity, scope=cast(Scope, p.scope)
+    )
+    return replace(plan, during=schedule)
+
+
 def rigl_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
     """RigL: one training run from the initialisation under a random mask at
     ``pruning.target_sparsity`` (:class:`~.rules.SparseStart`, ``pruning.rigl_distribution``),
@@ -346,6 +364,54 @@ def budget_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> C
         config, pruning=dataclasses.replace(config.pruning, retrain_epochs=phase)
     )
     return standard_plan(phased, lineage, cycle, rewind_step)
+
+
+def gmp_phases(config: Config) -> tuple[tuple[int, float], ...]:
+    """``(epochs, sparsity)`` of each phase of a phased gmp (sms-gmp): phase 0 trains the dense
+    model until gmp's first pruning epoch, phase k ≥ 1 starts at the k-th step of the BIMP
+    code's schedule (:func:`~sparseavg.pruning.gmp_reference.bimp_gmp_schedule` of
+    ``train.epochs``, ``pruning.gmp_interval``, ``target_sparsity``) and trains until the next
+    one, the last until ``train.epochs``; the lengths add up to ``train.epochs``."""
+    p, epochs = config.pruning, config.train.epochs
+    steps = bimp_gmp_schedule(epochs, p.gmp_interval, p.target_sparsity)
+    ends = [e for e, _ in steps] + [epochs]
+    starts = [0] + [e for e, _ in steps]
+    sparsities = [0.0] + [s for _, s in steps]
+    return tuple((end - start, s) for start, end, s in zip(starts, ends, sparsities, strict=True))
+
+
+def gmp_phase_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
+    """gmp's schedule as phases (sms-gmp): :func:`standard_plan` (fine-tuning) whose cycle
+    ``c`` prunes the previous soup to exactly ``round(s_c · total)`` by magnitude and trains
+    for :func:`gmp_phases` ``[c]`` epochs; cycle 0 is the dense model trained until the first
+    pruning epoch."""
+    epochs, sparsity = gmp_phases(config)[cycle]
+    if cycle == 0:
+        dense = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
+        return standard_plan(dense, lineage, cycle, rewind_step)
+    phased = dataclasses.replace(
+        config, pruning=dataclasses.replace(config.pruning, retrain_epochs=epochs)
+    )
+    plan = standard_plan(phased, lineage, cycle, rewind_step)
+    return replace(plan, mask=MagnitudePruneTo(sparsity, cast(Scope, config.pruning.scope)))
+
+
+def dpf_phase_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
+    """DPF's schedule as phases (sms-dpf): :func:`gmp_phase_plan` whose phase ``c`` ≥ 1
+    trains every ingredient with DPF's error feedback at the phase's sparsity ``s_c``
+    (:class:`~sparseavg.pruning.dpf.DPFSchedule` from ``s_c``, recomputed every 16 steps), and
+    settles the ingredients' moved masks on that of their average
+    (:class:`~.rules.AverageMask`) before they are combined."""
+    plan = gmp_phase_plan(config, lineage, cycle, rewind_step)
+    if cycle == 0 or not plan.start.trains:
+        return plan  # the dense phase: DPF at sparsity 0 is plain dense training
+    sparsity = gmp_phases(config)[cycle][1]
+    scope = cast(Scope, config.pruning.scope)
+    return replace(
+        plan,
+        during=DPFSchedule((), initial=sparsity, scope=scope),
+        settle=AverageMask(sparsity, scope),
+    )
 
 
 # -- run plans -----------------------------------------------------------------------------------

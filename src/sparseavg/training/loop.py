@@ -15,7 +15,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..data import BatchSource
 from ..data.split import count_batches
-from ..pruning import Mask, MaskSchedule, StepMaskSchedule
+from ..pruning import FeedbackMaskSchedule, Mask, MaskSchedule, StepMaskSchedule
+from ..pruning.dpf import masked_weights
 from ..pruning.rigl import apply_mask_update_
 from ..utils.seeding import make_generator
 from ..utils.state import State, clone_state
@@ -205,7 +206,11 @@ def train(
             ``mask``. The current mask is checkpointed. A
             :class:`~sparseavg.pruning.StepMaskSchedule` (RigL) also changes the mask at the
             steps it names, from that batch's dense gradients, and those steps take no
-            optimizer step.
+            optimizer step. A :class:`~sparseavg.pruning.FeedbackMaskSchedule` (DPF) keeps the
+            weights dense: each forward and backward runs at ``w ⊙ m``, the optimizer updates
+            the dense ``w`` (pruned weights, their gradients and momentum are not zeroed), the
+            mask is recomputed after the steps it names; checkpoints hold the dense weights,
+            the returned ``state`` is ``w ⊙ m``. It cannot be combined with SWA.
         compile: run the model's forward through ``torch.compile`` (the first steps wait for
             the compilation, tens of seconds; results differ from eager ones by rounding).
             Off by default. The mask, the optimizer and the loss stay eager.
@@ -216,6 +221,11 @@ def train(
     device = model_device(model)
     if mask_schedule is not None and mask is None:
         raise ValueError("a mask_schedule needs a mask to change")
+    feedback = mask_schedule if isinstance(mask_schedule, FeedbackMaskSchedule) else None
+    if feedback is not None and settings.swa_start is not None:
+        raise ValueError(
+            "a feedback mask schedule (DPF) keeps dense weights: SWA would average them"
+        )
     spe = steps_per_epoch(data, settings.batch_size, settings.drop_last)
     total_steps = settings.epochs * spe
     stop = total_steps if stop_step is None else min(stop_step, total_steps)
@@ -226,7 +236,7 @@ def train(
     if channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = build_optimizer(model, settings)
-    enforcer = MaskEnforcer(model, mask)
+    enforcer = MaskEnforcer(model, None if feedback else mask)
     swa = AveragedModel(model, use_buffers=False) if swa_start_step is not None else None
     losses: list[float] = []
     history: list[EpochLog] = []
@@ -244,7 +254,7 @@ def train(
         step = resume.step
         if resume.mask is not None:
             mask = Mask(resume.mask).to(device)
-            enforcer = MaskEnforcer(model, mask)
+            enforcer = MaskEnforcer(model, None if feedback else mask)
     enforcer.mask_weights()
     if rewind_step is not None and step == rewind_step and rewind_state is None:
         rewind_state = clone_state(model, device="cpu")
@@ -287,11 +297,13 @@ def train(
             y = y.to(device, non_blocking=True)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = forward(x)
-                loss = F.cross_entropy(logits, y)
-            _clear_gradients(trained)
-            loss.backward()
+            # DPF: forward and backward at w ⊙ m, the dense w back before the step
+            with _at_masked_point(model, mask if feedback else None):
+                with autocast():
+                    logits = forward(x)
+                    loss = F.cross_entropy(logits, y)
+                _clear_gradients(trained)
+                loss.backward()
             skip = step_schedule is not None and step_schedule.updates_at(step, spe, total_steps)
             if skip and step_schedule is not None and mask is not None:
                 mask = _update_mask_at_step(
@@ -304,6 +316,9 @@ def train(
             if not skip:  # a step-schedule update step only scores growth (rigl)
                 optimizer.step()
             enforcer.mask_weights()
+            if feedback is not None and mask is not None and feedback.recomputes_after(step + 1):
+                weights = {n: p.detach() for n, p in model.named_parameters() if n in mask}
+                mask = feedback.recompute(step + 1, spe, weights, mask).to(device)
             step_losses.append(loss.detach())
             step_hits.append(correct_predictions(logits.detach(), y))
             step += 1
@@ -324,7 +339,8 @@ def train(
                 dense_gradients = None
                 if new_mask is not None:
                     mask = new_mask.to(device)
-                    enforcer = enforcer.tighten(mask, optimizer)
+                    if feedback is None:
+                        enforcer = enforcer.tighten(mask, optimizer)
             if swa is not None and swa_start_epoch is not None and epoch >= swa_start_epoch:
                 swa.update_parameters(model)
             if on_epoch_end is not None:
@@ -354,8 +370,11 @@ def train(
             for k, v in _swa_to_cpu(swa).items()
             if k.startswith("module.")
         }
+    state = clone_state(model, device="cpu")
+    if feedback is not None and mask is not None:
+        state = mask.applied(state)  # the model DPF reports: w ⊙ m
     return TrainResult(
-        state=clone_state(model, device="cpu"),
+        state=state,
         swa_state=swa_state,
         rewind_state=rewind_state,
         losses=losses,
@@ -387,6 +406,14 @@ def _update_mask_at_step(
     new_mask = new_mask.to(model_device(model))
     apply_mask_update_(params, new_mask, grown, optimizer.state)
     return new_mask
+
+
+def _at_masked_point(
+    model: nn.Module, mask: Mask | None
+) -> contextlib.AbstractContextManager[None]:
+    """The parameters at ``w ⊙ mask`` inside the block (:func:`~sparseavg.pruning.dpf.
+    masked_weights`), or nothing for ``None``."""
+    return contextlib.nullcontext() if mask is None else masked_weights(model, mask)
 
 
 def _autocast(
