@@ -14,8 +14,10 @@ from sparseavg.experiment.batch import run_many
 from sparseavg.experiment.engine import run
 from sparseavg.recipes import resolve_config
 from sparseavg.study import Group, Setting
-from sparseavg.study.run import run_study
+from sparseavg.study.collect import SeedRun, last_cycle_only
+from sparseavg.study.run import run_study, write_study
 from sparseavg.study.stats import Spread, holm, paired_test
+from sparseavg.study.write import StudyRecord
 from sparseavg.utils.files import load_tensors
 
 TINY = {
@@ -117,7 +119,7 @@ def test_a_tiny_study_writes_tables_tests_and_plots_and_resumes(tmp_path: Path) 
         ),
     )
     docs = tmp_path / "docs"
-    path = run_study(tmp_path / "runs", docs, settings=[setting], seeds=(0, 1), workers=2)
+    (path,) = run_study(tmp_path / "runs", docs, settings=[setting], seeds=(0, 1), workers=2)
     text = path.read_text()
     assert "| sparsity % | IMP | SWAMP (N=4) |" in text
     assert text.count("\n| 0.0 | ") == 1 and text.count("\n| 50.0 | ") == 1
@@ -138,7 +140,7 @@ def test_a_tiny_study_writes_tables_tests_and_plots_and_resumes(tmp_path: Path) 
     ]
     stamps = _model_stamps(runs)
     analysed = (runs[0] / "analysis" / "cycle_01.json").stat().st_mtime_ns
-    again = run_study(tmp_path / "runs", docs, settings=[setting], seeds=(0, 1), workers=1)
+    (again,) = run_study(tmp_path / "runs", docs, settings=[setting], seeds=(0, 1), workers=1)
     assert _model_stamps(runs) == stamps and len(stamps) > 10
     assert (runs[0] / "analysis" / "cycle_01.json").stat().st_mtime_ns == analysed
 
@@ -228,3 +230,56 @@ def test_the_tiny_budget_verdict_follows_the_numbers() -> None:
         ["a", "b", "long"],
     )
     assert moved[-1].startswith("**Verdict: the recalibration changes the soup")
+
+
+def _record(settings: tuple[str, ...], trained: int) -> StudyRecord:
+    return StudyRecord(
+        "make study", "2 cores", "2.13.0", 2, 60.0, 50.0, 10.0, trained, trained, settings=settings
+    )
+
+
+def test_a_one_setting_call_rewrites_its_document_alone_and_final_only_pairs_last_models(
+    tmp_path: Path,
+) -> None:
+    """``study --settings mnist1d-during`` must not wipe RESULTS.md (whose runs may be gone):
+    each setting names its document, and a call writes only the chosen settings' documents.
+    A final-only setting tabulates and pairs each run's last model, whatever its cycle."""
+    during = Setting(
+        "b",
+        "setting B",
+        TINY,
+        "why B",
+        (Group("GMP", "main", {"recipe": "imp"}), Group("SMS-GMP", "main", {"recipe": "sms"})),
+        paired=(("SMS-GMP", "GMP"),),
+        document="RESULTS-during-training.md",
+        final_only=True,
+    )
+    docs = tmp_path / "docs"
+    (docs).mkdir()
+    (docs / "RESULTS.md").write_text("kept\n")
+    # gmp: one cycle at 95 %; sms-gmp: phases 0..2, the last at 95 % (as read, then cut)
+    gmp = [SeedRun(tmp_path, s, {0: 0.80 + s / 100}, {0: 0.95}) for s in (0, 1, 2)]
+    sms = [
+        last_cycle_only(
+            SeedRun(
+                tmp_path,
+                s,
+                {0: 0.9, 1: 0.88, 2: 0.85 + s / 100},
+                {0: 0.0, 1: 0.8, 2: 0.95},
+                {2: [0.8, 0.82, 0.84]},
+            )
+        )
+        for s in (0, 1, 2)
+    ]
+    calls = [_record(("a",), 10), _record(("b",), 6)]
+    paths = write_study(docs, [during], {"b": {"GMP": gmp, "SMS-GMP": sms}}, calls)
+    assert paths == [docs / "RESULTS-during-training.md"]
+    assert (docs / "RESULTS.md").read_text() == "kept\n"
+    text = paths[0].read_text()
+    assert text.startswith("# Pruning during training, and averaging on top of it")
+    assert "trained 6 of 6 runs" in text and "trained 10 of" not in text  # its own calls only
+    assert "| GMP | 95.0 | 81.00 ± 1.00 | – |" in text
+    assert "| SMS-GMP | 95.0 | 86.00 ± 1.00 | 82.00 ± 0.00 |" in text
+    assert "| SMS-GMP − GMP | 95.0 | +5.00 ± 0.00 |" in text
+    assert "[Reproduction study](RESULTS.md)" in text
+    assert not (docs / "results" / "b_accuracy.png").exists()

@@ -419,7 +419,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     runs_dir = _folder("--runs-dir", args.runs_dir)
     docs = _folder("--docs", args.docs)
     with _reporter(args) as reporter:
-        path = run_study(
+        paths = run_study(
             runs_dir,
             docs,
             settings=[SETTINGS[n] for n in names],
@@ -431,7 +431,8 @@ def cmd_study(args: argparse.Namespace) -> int:
             if sys.argv[1:2] == ["study"]
             else "sparseavg study",
         )
-    print(f"wrote {path}")
+    for path in paths or ():
+        print(f"wrote {path}")
     return EXIT_OK
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -55,6 +56,21 @@ def read_seed_run(path: Path, steps_per_epoch: int) -> SeedRun:
             out.ingredients.setdefault(row["cycle"], []).append(float(row["accuracy"]))
     out.epochs, out.seconds = _training_totals(path, steps_per_epoch)
     return out
+
+
+def last_cycle_only(run: SeedRun) -> SeedRun:
+    """``run`` with its last cycle alone, as cycle 0: what a setting that compares final
+    models (:attr:`~sparseavg.study.plan.Setting.final_only`) tabulates and pairs."""
+    if not run.accuracy:
+        return run
+    last = max(run.accuracy)
+    ingredients = {0: run.ingredients[last]} if last in run.ingredients else {}
+    return dataclasses.replace(
+        run,
+        accuracy={0: run.accuracy[last]},
+        sparsity={0: run.sparsity[last]},
+        ingredients=ingredients,
+    )
 
 
 def mask_violations(path: Path) -> list[tuple[int, int, float]]:

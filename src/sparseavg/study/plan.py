@@ -35,15 +35,42 @@ class Group:
     analyses: tuple[str, ...] = ()
 
 
+#: the comparisons of the main table: (method, its baseline), paired by seed
+PAIRED_TESTS: tuple[tuple[str, str], ...] = (
+    ("SWAMP (N=4)", "IMP"),
+    ("SWAMP (N=4)", "2-ensemble of IMP"),
+    ("SWAMP (N=4)", "IMP+SWA"),
+    ("SWAMP (N=4)", "SWAMP without SWA"),
+    ("SMS uniform (m=3)", "IMP+ (3x retraining)"),
+    ("SMS greedy (m=3)", "IMP+ (3x retraining)"),
+)
+
+#: the study's documents under docs/: file name -> title; a setting names the one it is in
+DOCUMENTS: dict[str, str] = {
+    "RESULTS.md": "Reproduction study",
+    "RESULTS-during-training.md": "Pruning during training, and averaging on top of it",
+    "RESULTS-channels.md": "Channel pruning with averaging",
+}
+
+
 @dataclass(frozen=True)
 class Setting:
-    """A data set, a model and the one budget every method of it trains with."""
+    """A data set, a model and the one budget every method of it trains with.
+
+    ``paired`` are the comparisons of its main table (method, baseline), paired by seed;
+    ``document`` the file of :data:`DOCUMENTS` it is written to (a call of the study that
+    chooses some settings rewrites only their documents); ``final_only`` compares each run's
+    last model alone (methods that reach their target in one run, whose cycles are not
+    sparsity levels shared across methods)."""
 
     name: str
     title: str
     base: dict[str, Any]
     why: str
     groups: tuple[Group, ...] = field(default_factory=tuple)
+    paired: tuple[tuple[str, str], ...] = PAIRED_TESTS
+    document: str = "RESULTS.md"
+    final_only: bool = False
 
     def configs(self, group: Group, seeds: tuple[int, ...] = STUDY_SEEDS) -> list[Config]:
         """The resolved configs of ``group``, one per seed. A group with its own target
@@ -75,16 +102,6 @@ def _main_methods(analyses: dict[str, tuple[str, ...]]) -> tuple[Group, ...]:
     }
     return tuple(Group(k, "main", v, analyses.get(k, ())) for k, v in methods.items())
 
-
-#: the comparisons of the main table: (method, its baseline), paired by seed
-PAIRED_TESTS: tuple[tuple[str, str], ...] = (
-    ("SWAMP (N=4)", "IMP"),
-    ("SWAMP (N=4)", "2-ensemble of IMP"),
-    ("SWAMP (N=4)", "IMP+SWA"),
-    ("SWAMP (N=4)", "SWAMP without SWA"),
-    ("SMS uniform (m=3)", "IMP+ (3x retraining)"),
-    ("SMS greedy (m=3)", "IMP+ (3x retraining)"),
-)
 
 _TINY = {
     "recipe": "sms",
@@ -203,4 +220,69 @@ LENET = Setting(
     groups=_main_methods({"IMP": ("hessian",), "SWAMP (N=4)": ("hessian",)}),
 )
 
-SETTINGS: dict[str, Setting] = {s.name: s for s in (MNIST1D, LENET)}
+_MNIST1D_BASE = {
+    "data": {"dataset": "mnist1d"},
+    "model": {"name": "conv1d", "options": {"width": 32}},
+    "train": {"epochs": 10, "batch_size": 128, "lr": 0.1},
+    "execution": {"device": "cpu"},
+}
+
+#: pruning during training: each method at 95 % in one budget of 10 epochs (gmp's and dpf's
+#: 2-epoch interval gives a dense phase and 4 pruning phases; bimp trains 6 dense epochs and
+#: splits 4 over its 4 phases), its averaged variant, and the plain method given the
+#: variant's compute (m x as long)
+_DURING_GROUPS: dict[str, dict[str, Any]] = {
+    "GMP": {"recipe": "gmp", "pruning": {"gmp_interval": 2}},
+    "SMS-GMP (m=3)": {"recipe": "sms-gmp", "pruning": {"gmp_interval": 2, "cycles": 4}},
+    "GMP, 3x as long": {"recipe": "gmp", "train": {"epochs": 30}, "pruning": {"gmp_interval": 6}},
+    "DPF": {"recipe": "dpf", "pruning": {"gmp_interval": 2}},
+    "SMS-DPF (m=3)": {"recipe": "sms-dpf", "pruning": {"gmp_interval": 2, "cycles": 4}},
+    "DPF, 3x as long": {"recipe": "dpf", "train": {"epochs": 30}, "pruning": {"gmp_interval": 6}},
+    "BIMP": {
+        "recipe": "bimp",
+        "train": {"epochs": 6},
+        "pruning": {"retrain_budget": 4, "cycles": 4},
+    },
+    "SMS-BIMP (m=3)": {
+        "recipe": "sms-bimp",
+        "train": {"epochs": 6},
+        "pruning": {"retrain_budget": 4, "cycles": 4},
+    },
+    "BIMP, 3x retraining": {
+        "recipe": "bimp",
+        "train": {"epochs": 6},
+        "pruning": {"retrain_budget": 12, "cycles": 4},
+    },
+    "RigL": {"recipe": "rigl"},
+    "RigL, 4x as long": {"recipe": "rigl", "train": {"epochs": 40}},
+}
+
+DURING = Setting(
+    name="mnist1d-during",
+    title="MNIST-1D, conv1d (width 32): pruning during training to 95 %",
+    base={**_MNIST1D_BASE, "pruning": {"target_sparsity": 0.95}},
+    why=(
+        "every method reaches 95 % (the IMP settings' last sparsity) in one budget of 10 "
+        "epochs of 57 steps at batch 128, lr 0.1: gmp and dpf prune every 2 epochs on the "
+        "cubic schedule (a dense interval, then 4 steps), their SMS variants train 3 "
+        "ingredients through each of those 4 phases and soup them; bimp trains 6 dense "
+        "epochs and splits 4 over 4 ALLR phases; RigL trains 10 epochs from a random ERK "
+        "mask. Each averaged variant is compared with the plain method given its compute "
+        "(3x, 4x as long), the baseline the SMS paper uses."
+    ),
+    groups=tuple(Group(k, "main", v) for k, v in _DURING_GROUPS.items()),
+    paired=(
+        ("SMS-GMP (m=3)", "GMP, 3x as long"),
+        ("SMS-GMP (m=3)", "GMP"),
+        ("SMS-DPF (m=3)", "DPF, 3x as long"),
+        ("SMS-DPF (m=3)", "DPF"),
+        ("SMS-BIMP (m=3)", "BIMP, 3x retraining"),
+        ("SMS-BIMP (m=3)", "BIMP"),
+        ("DPF", "GMP"),
+        ("RigL", "GMP"),
+    ),
+    document="RESULTS-during-training.md",
+    final_only=True,
+)
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in (MNIST1D, LENET, DURING)}

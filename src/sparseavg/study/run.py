@@ -22,8 +22,8 @@ from ..experiment.batch import run_many
 from ..experiment.progress import NullReporter, Reporter
 from ..training.loop import steps_per_epoch
 from . import write
-from .collect import SeedRun, mask_violations, read_seed_run
-from .plan import SETTINGS, STUDY_SEEDS, Setting
+from .collect import SeedRun, last_cycle_only, mask_violations, read_seed_run
+from .plan import DOCUMENTS, SETTINGS, STUDY_SEEDS, Setting
 from .stats import Spread
 
 #: what the study's analyses use: small enough for minutes on 2 cores, see RESULTS.md
@@ -54,9 +54,10 @@ def run_study(
     data_dir: str = "",
     reporter: Reporter | None = None,
     command: str = "make study",
-) -> Path:
-    """Run (or resume) the study and write ``docs_dir/RESULTS.md`` and
-    ``docs_dir/results/*.png``; returns the path of RESULTS.md."""
+) -> list[Path]:
+    """Run (or resume) the study and write the chosen settings' documents (``docs_dir/
+    RESULTS.md`` and the others of :data:`~sparseavg.study.plan.DOCUMENTS`) and
+    ``docs_dir/results/*.png``; returns the paths of the documents written."""
     reporter = reporter or NullReporter()
     started = time.perf_counter()
     chosen = list(settings)
@@ -97,6 +98,8 @@ def run_study(
                 reporter.message(f"analysing {path.name} ({', '.join(what)})")
                 analyze_run(path, what=what, settings=STUDY_ANALYSIS, reporter=reporter)
             run = read_seed_run(path, spe)
+            if setting.final_only:
+                run = last_cycle_only(run)
             run.analysis = load_analysis(path)
             runs.append(run)
         results[setting.name][group.label] = runs
@@ -114,6 +117,7 @@ def run_study(
         trained=len(configs) - done_before,
         load=(load_before, _load()),
         finished=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        settings=tuple(s.name for s in chosen),
     )
     calls = write.record_call(Path(runs_dir) / CALLS_FILE, record)
     return write_study(docs_dir, chosen, results, calls)
@@ -538,36 +542,68 @@ def write_study(
     settings: Sequence[Setting],
     results: dict[str, dict[str, list[SeedRun]]],
     calls: Sequence[write.StudyRecord],
+) -> list[Path]:
+    """Write the documents of ``settings`` (RESULTS.md and the others of
+    :data:`~sparseavg.study.plan.DOCUMENTS`) and their figures under ``docs_dir``; a document
+    holds the chosen settings that name it, and the documents of settings not chosen are left
+    as they are. ``calls`` are the study's calls so far (the last one writes). Returns the
+    paths written, in the order of :data:`DOCUMENTS`."""
+    (docs_dir / "results").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for document, title in DOCUMENTS.items():
+        members = [s for s in settings if s.document == document]
+        if members:
+            paths.append(_write_document(docs_dir, document, title, members, results, calls))
+    return paths
+
+
+def _write_document(
+    docs_dir: Path,
+    document: str,
+    title: str,
+    settings: Sequence[Setting],
+    results: dict[str, dict[str, list[SeedRun]]],
+    calls: Sequence[write.StudyRecord],
 ) -> Path:
-    """Write RESULTS.md and its figures under ``docs_dir``; ``calls`` are the study's calls
-    so far (the last one writes)."""
     figures = docs_dir / "results"
-    figures.mkdir(parents=True, exist_ok=True)
+    names = {s.name for s in settings}
+    # the calls that ran this document's settings (calls recorded before calls named their
+    # settings count for every document)
+    mine = [c for c in calls if not c.settings or names & set(c.settings)]
+    others = [
+        f"[{t}]({d})"
+        for d, t in DOCUMENTS.items()
+        if d != document and any(s.document == d for s in SETTINGS.values())
+    ]
+    subset = ",".join(s.name for s in settings)
     sections = [
-        "# Reproduction study",
-        "Every method of two small settings, over the same seeds, each compared with its "
+        f"# {title}",
+        "Every method of the settings below, over the same seeds, each compared with its "
         "baseline by a paired test over seeds. The verdict lines are written by the code from "
-        "the tests, so they say only what these seeds support. " + write.describe_calls(calls),
+        "the tests, so they say only what these seeds support. " + write.describe_calls(mine),
         "Regenerate with `make study` (resumable: finished runs under `runs/study/` are reused; "
-        "`sparseavg study --help` for a subset or other seeds). Every run is a plain "
-        "`sparseavg run` of a config from `src/sparseavg/study/plan.py`; `sparseavg report "
-        "runs/study/<run>` and `sparseavg analyze runs/study/<run>` read it.",
+        f"`sparseavg study --settings {subset}` rewrites this document alone). Every run is a "
+        "plain `sparseavg run` of a config from `src/sparseavg/study/plan.py`; `sparseavg "
+        "report runs/study/<run>` and `sparseavg analyze runs/study/<run>` read it. The "
+        "study's other documents: " + ", ".join(others) + ".",
     ]
     for setting in settings:
         res = results[setting.name]
         labels = [g.label for g in setting.groups if g.section == "main"]
-        figure = f"results/{setting.name}_accuracy.png"
-        write.plot_lines(
-            write.accuracy_series(res, labels),
-            docs_dir / figure,
-            title=f"Accuracy vs sparsity: {setting.title}",
-            ylabel="test accuracy (%)",
-        )
+        figure = ""
+        if not setting.final_only:
+            figure = f"results/{setting.name}_accuracy.png"
+            write.plot_lines(
+                write.accuracy_series(res, labels),
+                docs_dir / figure,
+                title=f"Accuracy vs sparsity: {setting.title}",
+                ylabel="test accuracy (%)",
+            )
         sections += write.main_section(setting, res, figure)
         if any(g.section != "main" for g in setting.groups):
             sections += _experiments(setting, res, figures)
     sections += _commands(settings, results, docs_dir)
-    path = docs_dir / "RESULTS.md"
+    path = docs_dir / document
     write.write_results(path, sections)
     return path
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..utils.files import atomic_open, atomic_write_text
 from .collect import SeedRun
-from .plan import PAIRED_TESTS, Setting
+from .plan import Setting
 from .stats import PairedTest, Spread, holm, paired_test
 
 Results = dict[str, list[SeedRun]]  # group label -> its runs, one per seed
@@ -39,12 +39,14 @@ class StudyRecord:
     load: tuple[float | None, float | None] = (None, None)
     finished: str = ""
     note: str = ""
+    settings: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudyRecord:
         values = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "load" in values:
-            values["load"] = tuple(values["load"])
+        for key in ("load", "settings"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
 
 
@@ -291,17 +293,50 @@ def write_results(
     atomic_write_text(path, "\n\n".join(s.strip("\n") for s in sections) + "\n")
 
 
+_HEADLINE_MODELS = "the IMP model, the SWAMP average, the soup, the 2-model prediction ensemble)."
+_FINAL_MODELS = (
+    "its last model: the masked model of gmp, dpf and RigL, bimp's last phase, the last phase's "
+    "soup of an SMS variant, the particles' average of SWAMP-RigL)."
+)
+
+
+def final_table(results: Results, labels: Sequence[str]) -> str:
+    """Markdown: one row per group, its last model's sparsity and test accuracy (mean ± std
+    in %) and, where it has them, its last cycle's ingredients (mean accuracy over seeds of
+    the ingredients' mean)."""
+    lines = [
+        "| method | sparsity % | test accuracy % | its ingredients' mean % |",
+        "|---|---:|---:|---:|",
+    ]
+    for label in labels:
+        runs = results.get(label, [])
+        if not runs:
+            continue
+        last = max(_cycles(runs), default=None)
+        if last is None:
+            continue
+        acc = Spread.of([r.accuracy[last] for r in runs]).text(100)
+        parts = [r.ingredients.get(last, []) for r in runs]
+        ingredients = (
+            Spread.of([sum(p) / len(p) for p in parts]).text(100)
+            if all(len(p) > 1 for p in parts)
+            else "–"
+        )
+        lines.append(f"| {label} | {_pct(_sparsity(runs, last), 1)} | {acc} | {ingredients} |")
+    return "\n".join(lines)
+
+
 def main_section(setting: Setting, results: Results, figure: str) -> list[str]:
     """The setting's main table, budget, plot and paired tests, with their verdicts."""
     labels = [g.label for g in setting.groups if g.section == "main"]
-    comparisons = [c for a, b in PAIRED_TESTS if (c := compare(results, a, b)) is not None]
+    comparisons = [c for a, b in setting.paired if (c := compare(results, a, b)) is not None]
     out = [
         f"## {setting.title}",
-        f"**Budget, the same for every method.** {setting.why}",
+        f"**Budget{'' if setting.final_only else ', the same for every method'}.** {setting.why}",
         "Test accuracy in %, mean ± sample std over seeds (the headline model of each method: "
-        "the IMP model, the SWAMP average, the soup, the 2-model prediction ensemble).",
-        accuracy_table(results, labels),
-        f"![accuracy vs sparsity, {setting.name}]({figure})",
+        + (_FINAL_MODELS if setting.final_only else _HEADLINE_MODELS),
+        final_table(results, labels) if setting.final_only else accuracy_table(results, labels),
+        *([f"![accuracy vs sparsity, {setting.name}]({figure})"] if figure else []),
         "**Paired tests** (same seed: same data split, initialisation and dense model where the "
         "recipes share them). `a > b in` counts seeds; `Holm 5 %` says whether the difference "
         "is significant after correcting for the number of sparsities tested.",
