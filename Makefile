@@ -30,8 +30,11 @@ $(TEST_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sparseavg demo
 
+# The tests run over every core (pytest-xdist), one torch thread per worker; `make test
+# PYTEST_ARGS=` runs them in one process.
+PYTEST_ARGS ?= -n auto
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The reproduction study: every method of two settings over 5 seeds, then docs/RESULTS.md.
 # 104 min measured on 2 CPU cores (2026-12-04); resumable (finished runs under

@@ -7,6 +7,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` spreads the tests over the cores (pytest-xdist): one torch thread per worker
+    # and per process a test starts, or the workers' threads fight over the same cores (a tiny
+    # run is ~2x slower with two threads on a busy 2-core machine)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_data_dir(tmp_path_factory):
