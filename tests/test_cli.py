@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import importlib
 import re
@@ -73,3 +74,25 @@ def test_flags_cannot_be_abbreviated(tmp_path, capsys, monkeypatch):
     assert "unrecognized arguments: --recip" in capsys.readouterr().err
     assert cli.main(["--hel"]) == 2
     assert started == [] and not list(tmp_path.iterdir())
+
+
+def test_version_and_the_help_a_newcomer_reads(capsys):
+    """``--version`` exists; ``demo --help`` says what the demo does; ``export --cycle`` and
+    analyze's numeric options say what they mean and their defaults."""
+    from importlib.metadata import version
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"sparseavg {version('sparseavg')}\n"
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert "MNIST-1D" in (sub.choices["demo"].description or "")
+    helps = {
+        (name, a.dest): a.help or ""
+        for name, p in sub.choices.items()
+        for a in p._actions
+        if a.dest not in ("help",)
+    }
+    assert "cycle" in helps[("export", "cycle")]
+    assert helps[("analyze", "points")].endswith("default: 11)")
+    assert helps[("analyze", "probes")].endswith("default: 16)")
+    assert helps[("analyze", "hessian_batches")].endswith("default: 4)")

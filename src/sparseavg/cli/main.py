@@ -63,11 +63,21 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sparseavg")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sparseavg",
         description="Sparse networks by iterative magnitude pruning with weight averaging.",
     )
+    parser.add_argument("--version", action="version", version=f"sparseavg {_version()}")
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
@@ -103,7 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_flags(run)
 
-    demo = sub.add_parser("demo", help="IMP, SWAMP, SMS and a 2-ensemble on MNIST-1D (offline)")
+    demo = sub.add_parser(
+        "demo",
+        help="IMP, SWAMP, SMS and a 2-ensemble on MNIST-1D (offline)",
+        description="Run IMP, SWAMP, SMS and a 2-model IMP ensemble on MNIST-1D (generated "
+        "offline, no download) for a few cycles on the CPU, then print their accuracy-vs-"
+        "sparsity table and write it with a plot under --out (about 1.5 min on 2 cores). "
+        "A second call resumes or reuses the finished runs.",
+    )
     demo.add_argument(
         "--out", default="runs/demo", help="run directories and report (default: runs/demo)"
     )
@@ -126,7 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write a cycle's model as a plain state_dict")
     export.add_argument("run_dir")
-    export.add_argument("--cycle", type=int, required=True)
+    export.add_argument(
+        "--cycle",
+        type=int,
+        required=True,
+        help="the cycle whose combined model to write (0: the dense or first model; "
+        "`sparseavg inspect RUN_DIR` lists the cycles)",
+    )
     export.add_argument(
         "--member", type=int, help="ensemble member (required when the run has several)"
     )
@@ -163,14 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated analyses: barrier, hessian, distance, calibration",
     )
     analyze.add_argument(
-        "--points", type=int, default=11, help="points along each line (2 to 1001)"
+        "--points", type=int, default=11, help="points along each line (2 to 1001; default: 11)"
     )
-    analyze.add_argument("--probes", type=int, default=16, help="Hutchinson probes (2 to 10000)")
+    analyze.add_argument(
+        "--probes", type=int, default=16, help="Hutchinson probes (2 to 10000; default: 16)"
+    )
     analyze.add_argument(
         "--hessian-batches",
         type=int,
         default=4,
-        help="training batches of the Hessian's loss (1 to 10000)",
+        help="training batches of the Hessian's loss (1 to 10000; default: 4)",
     )
     analyze.add_argument(
         "--ingredients-hessian", action="store_true", help="also the trace of every ingredient"
