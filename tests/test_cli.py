@@ -7,6 +7,8 @@ import errno
 import importlib
 import re
 
+import torch
+
 from fake_runs import make_run
 from sparseavg.config import field_specs
 from sparseavg.recipes import RECIPES
@@ -96,3 +98,20 @@ def test_version_and_the_help_a_newcomer_reads(capsys):
     assert helps[("analyze", "points")].endswith("default: 11)")
     assert helps[("analyze", "probes")].endswith("default: 16)")
     assert helps[("analyze", "hessian_batches")].endswith("default: 4)")
+
+
+def test_the_cli_prints_a_library_warning_as_one_line(tmp_path, capsys, monkeypatch):
+    """A pruning step that empties a layer warns in the library; the CLI shows that warning as
+    one line on stderr, and the command still succeeds."""
+    from sparseavg.pruning import Mask, magnitude_prune
+
+    def prunes_a_layer_away(args):
+        weights = {"big.weight": torch.arange(1.0, 101.0), "out.weight": torch.full((4,), 0.5)}
+        magnitude_prune(weights, Mask.ones_like(weights), fraction=0.8, scope="global")
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "report", prunes_a_layer_away)
+    assert cli.main(["report", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("sparseavg: warning: pruning left no weight alive in out.weight: ")
+    assert len(err.splitlines()) == 1

@@ -231,3 +231,23 @@ def test_gradual_magnitude_pruning_follows_the_cubic_schedule():
     final = rule.update(4, w, None, mask)
     assert final is not None and final.num_pruned == round(0.8 * 130)
     assert rule.update(4, w, None, final) is None and rule.update(5, w, None, final) is None
+
+
+def test_a_step_that_empties_a_layer_warns_naming_it_and_layerwise_does_not() -> None:
+    """Global pruning at 80 % of a 100-weight layer beside a 4-weight layer of small weights
+    removes all 4: the step warns (DeadLayerWarning) and names the layer; layer-wise pruning
+    keeps 1 of the 4 and stays silent."""
+    import warnings
+
+    from sparseavg.pruning import DeadLayerWarning, dead_layers
+
+    weights = {"big.weight": torch.arange(1.0, 101.0), "out.weight": torch.full((4,), 0.5)}
+    mask = Mask.ones_like(weights)
+    with pytest.warns(DeadLayerWarning, match=r"no weight alive in out\.weight:"):
+        pruned = magnitude_prune(weights, mask, fraction=0.8, scope="global")
+    assert int(pruned["out.weight"].sum()) == 0 and dead_layers(mask, pruned) == ["out.weight"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeadLayerWarning)
+        layerwise = magnitude_prune(weights, mask, fraction=0.8, scope="layerwise")
+    assert int(layerwise["out.weight"].sum()) == 1
+    assert dead_layers(pruned, pruned) == []  # a layer already empty is not reported again

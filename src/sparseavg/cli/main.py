@@ -15,7 +15,7 @@ import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from ..config import ConfigError, field_specs, merge, parse_override, read_toml, toml_value
 
@@ -487,6 +487,31 @@ def _os_error(err: OSError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparseavg`` command; returns the exit code."""
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("default", category=UserWarning, module="sparseavg")
+        warnings.showwarning = _one_line_warning
+        return _dispatch(args)
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """The CLI prints a warning as one line, ``sparseavg: warning: ...``, on stderr."""
+    print(f"sparseavg: warning: {message}", file=file or sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from ..data import DataUnavailableError
     from ..experiment import InsufficientDiskError, RunError, RunLockedError
     from ..experiment.analyze import AnalysisError
@@ -496,13 +521,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..pruning import MaskError
     from ..utils.files import CorruptFileError
     from ..utils.malloc import tune_glibc_malloc
-
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    warnings.filterwarnings("default", category=UserWarning, module="sparseavg")
     tune_glibc_malloc()  # CPU steps stop mapping and unmapping their buffers (utils/malloc.py)
     try:
         return COMMANDS[args.command](args)

@@ -10,7 +10,7 @@ from .channels import (
     slim_model,
 )
 from .compress import Compressed, compress, decompress, load_sparse, save_sparse
-from .mask import LayerSparsity, Mask, MaskError
+from .mask import DeadLayerWarning, LayerSparsity, Mask, MaskError, dead_layers
 from .measures import relative_norm_drop
 from .nm import (
     is_nm,
@@ -57,6 +57,7 @@ __all__ = [
     "ChannelGradualPruning",
     "ChannelGroup",
     "Compressed",
+    "DeadLayerWarning",
     "FeedbackMaskSchedule",
     "GmpCounts",
     "GradualMagnitudePruning",
@@ -74,6 +75,7 @@ __all__ = [
     "channel_prune_to",
     "compress",
     "cubic_sparsity",
+    "dead_layers",
     "decompress",
     "fraction_per_cycle",
     "is_nm",

@@ -25,6 +25,17 @@ class MaskError(ValueError):
     """A mask that does not fit what it is applied to (names, shapes or dtypes)."""
 
 
+class DeadLayerWarning(UserWarning):
+    """A pruning step left a layer with no weight alive: its output no longer depends on its
+    input (a dead classifier trains to chance). Layer-wise pruning, a lower rate for the
+    layer, or leaving it out of the prunable set avoids it."""
+
+
+def dead_layers(before: Mask, after: Mask) -> list[str]:
+    """The layers that had weights alive in ``before`` and have none in ``after``."""
+    return [n for n, keep in after.items() if not bool(keep.any()) and bool(before[n].any())]
+
+
 @dataclass(frozen=True)
 class LayerSparsity:
     """One row of a sparsity report."""

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from .mask import Mask, MaskError
+from .mask import DeadLayerWarning, Mask, MaskError, dead_layers
 
 Scope = Literal["global", "layerwise"]
 SCOPES: tuple[str, ...] = ("global", "layerwise")
@@ -123,7 +124,18 @@ def _prune_by_scores(
             size = mask[n].numel()
             new[n] = flat_new[offset : offset + size].reshape(mask[n].shape).to(mask[n].device)
             offset += size
-    return Mask(new)
+    out = Mask(new)
+    dead = dead_layers(mask, out)
+    if dead:
+        warnings.warn(
+            f"pruning left no weight alive in {', '.join(dead)}: "
+            f"{'its' if len(dead) == 1 else 'their'} output no longer depends on the input; "
+            "prune layer-wise (scope = 'layerwise'), give the layer a lower rate "
+            "(layer_fractions), or leave it out of the prunable set",
+            DeadLayerWarning,
+            stacklevel=3,
+        )
+    return out
 
 
 def open_lth_count(alive_scores: Tensor, fraction: float) -> int:
