@@ -284,6 +284,27 @@ def test_find_runs_on_parent_and_on_run_dirs(tmp_path: Path) -> None:
     assert [r.name for r in find_runs([b, parent])] == ["swamp-b", "imp-a"]  # no duplicates
 
 
+def test_find_runs_looks_into_folders_of_runs_and_orders_methods_as_the_demo(
+    tmp_path: Path,
+) -> None:
+    """`report runs/` found nothing in runs/demo/<run> and listed methods alphabetically
+    (ensemble, imp, sms, swamp); it now looks 3 levels down and orders by recipe as the demo
+    does: imp, swamp, sms, ensemble."""
+    demo = tmp_path / "runs" / "demo"
+    names = {r: _make_run(demo, f"{r}-x", _config(r, 0), []) for r in ("ensemble", "sms", "swamp")}
+    imp = _make_run(tmp_path / "runs" / "study" / "deeper", "imp-x", _config("imp", 0), [])
+    assert [r.path for r in find_runs([tmp_path / "runs"])] == [
+        imp,
+        names["swamp"],
+        names["sms"],
+        names["ensemble"],
+    ]
+    too_deep = tmp_path / "far" / "a" / "b" / "c"
+    _make_run(too_deep, "imp-y", _config("imp", 0), [])
+    with pytest.raises(FileNotFoundError, match="3 levels down"):
+        find_runs([tmp_path / "far"])
+
+
 def test_plot_is_png_written_atomically(tmp_path: Path) -> None:
     for seed, acc in [(0, 0.90), (1, 0.92)]:
         rows = [_row("imp", seed, c, "combined", acc - 0.01 * c) for c in range(4)]

@@ -521,6 +521,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from ..pruning import MaskError
     from ..utils.files import CorruptFileError
     from ..utils.malloc import tune_glibc_malloc
+
     tune_glibc_malloc()  # CPU steps stop mapping and unmapping their buffers (utils/malloc.py)
     try:
         return COMMANDS[args.command](args)

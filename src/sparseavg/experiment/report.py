@@ -104,43 +104,68 @@ def load_run(path: PathLike) -> RunResults:
     )
 
 
+#: how deep below a given folder :func:`find_runs` looks for run directories (``runs/`` holds
+#: runs and folders of them, e.g. ``runs/demo/<run>``, ``runs/study/<run>``)
+SEARCH_DEPTH = 3
+
+
+def _run_dirs(folder: Path, depth: int) -> list[Path]:
+    """The run directories under ``folder`` (not inside a run), at most ``depth`` levels down."""
+    if (folder / CONFIG_NAME).is_file():
+        return [folder]
+    if depth == 0:
+        return []
+    out: list[Path] = []
+    for d in sorted(folder.iterdir()):
+        if d.is_dir() and not d.name.startswith("."):
+            out += _run_dirs(d, depth - 1)
+    return out
+
+
+def _recipe_order(run: RunResults) -> int:
+    """The recipe's place in the registry (imp, swamp, sms, ..., ensemble, ...): the order
+    in which the demo and the README present the methods; unknown recipes go last."""
+    from ..recipes import RECIPES
+
+    names = list(RECIPES)
+    return names.index(run.recipe) if run.recipe in names else len(names)
+
+
 def find_runs(paths: Sequence[PathLike]) -> list[RunResults]:
     """Load every run under ``paths``.
 
-    Each path is either a run directory (it holds ``config.toml``) or a directory whose
-    immediate subdirectories are run directories (e.g. ``runs/``); subdirectories without a
-    ``config.toml`` are ignored. Runs come in the order given, subdirectories sorted by name;
-    a run reached twice is loaded once.
+    Each path is either a run directory (it holds ``config.toml``) or a folder holding run
+    directories up to :data:`SEARCH_DEPTH` levels down (``runs/`` finds ``runs/demo/<run>``);
+    folders without a ``config.toml`` are passed through. The paths' runs come in the order
+    the paths are given; the runs found under one folder come by recipe in the registry's
+    order (imp, imp-swa, swamp, ..., sms, ..., ensemble: the demo's order), then by path. A run
+    reached twice is loaded once.
 
     Raises:
         FileNotFoundError: a path does not exist, or holds no run directory at all.
     """
-    found: list[Path] = []
+    found: list[list[Path]] = []
     for raw in paths:
         p = Path(raw)
         if not p.is_dir():
             raise FileNotFoundError(f"{p}: no such directory")
-        if (p / CONFIG_NAME).is_file():
-            found.append(p)
-            continue
-        subdirs = [
-            d
-            for d in sorted(p.iterdir())
-            if d.is_dir() and not d.name.startswith(".") and (d / CONFIG_NAME).is_file()
-        ]
-        if not subdirs:
+        dirs = _run_dirs(p, SEARCH_DEPTH)
+        if not dirs:
             raise FileNotFoundError(
-                f"{p}: no {CONFIG_NAME} here or in its immediate subdirectories"
+                f"{p}: no {CONFIG_NAME} here or in its subfolders ({SEARCH_DEPTH} levels down)"
             )
-        found.extend(subdirs)
+        found.append(dirs)
     seen: set[Path] = set()
     runs: list[RunResults] = []
-    for d in found:
-        resolved = d.resolve()
-        if resolved in seen:
-            continue
-        seen.add(resolved)
-        runs.append(load_run(d))
+    for dirs in found:
+        loaded = []
+        for d in dirs:
+            resolved = d.resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
+            loaded.append(load_run(d))
+        runs += sorted(loaded, key=_recipe_order) if len(dirs) > 1 else loaded
     return runs
 
 
