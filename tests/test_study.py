@@ -283,3 +283,49 @@ def test_a_one_setting_call_rewrites_its_document_alone_and_final_only_pairs_las
     assert "| SMS-GMP − GMP | 95.0 | +5.00 ± 0.00 |" in text
     assert "[Reproduction study](RESULTS.md)" in text
     assert not (docs / "results" / "b_accuracy.png").exists()
+
+
+def test_an_interrupted_study_records_what_it_trained_and_says_what_it_will_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study stopped by Ctrl-C used to leave no record, so the call that resumed it wrote
+    "No recorded call trained these runs". The stopped call now records the runs it finished
+    (note: stopped before the end), and every call first says what it will run."""
+    import sparseavg.study.run as study_run
+    from sparseavg.experiment.progress import NullReporter
+    from sparseavg.study.write import describe_calls
+
+    setting = Setting("tiny", "tiny", TINY, "why", (Group("IMP", "main", {"recipe": "imp"}),))
+    configs = setting.configs(setting.groups[0], (0, 1))
+    finished = {configs[0].run_name()}
+
+    def finishes_one_then_stops(cs, runs_dir, **kwargs):
+        finished.add(configs[1].run_name())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_run, "run_many", finishes_one_then_stops)
+    monkeypatch.setattr(study_run, "_finished", lambda d, c: c.run_name() in finished)
+    messages: list[str] = []
+
+    class Collect(NullReporter):
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(
+            tmp_path / "runs",
+            tmp_path / "docs",
+            settings=[setting],
+            seeds=(0, 1),
+            reporter=Collect(),
+        )
+    assert messages[0] == "study: 2 runs of tiny (1 finished before), 1 at a time"
+    lines = (tmp_path / "runs" / "study_calls.jsonl").read_text().splitlines()
+    (call,) = [StudyRecord.from_dict(json.loads(line)) for line in lines]
+    assert (call.trained, call.runs, call.note, call.settings) == (
+        1,
+        2,
+        "stopped before the end",
+        ("tiny",),
+    )
+    assert "trained 1 of 2 runs" in describe_calls([call])

@@ -77,7 +77,37 @@ def run_study(
         ]
     configs = [c for _, _, cs in groups for c in cs]
     done_before = sum(_finished(runs_dir, c) for c in configs)
-    paths = run_many(configs, runs_dir, workers=workers, reporter=reporter, label="study runs")
+    reporter.message(
+        f"study: {len(configs)} runs of {', '.join(s.name for s in chosen)} "
+        f"({done_before} finished before), {workers} at a time"
+    )
+
+    def record(note: str = "") -> write.StudyRecord:
+        now = time.perf_counter()
+        return write.StudyRecord(
+            command=command,
+            machine=_machine(),
+            torch=torch.__version__,
+            workers=workers,
+            seconds=now - started,
+            train_seconds=min(now, trained) - started,
+            analysis_seconds=max(0.0, now - trained),
+            runs=len(configs),
+            trained=sum(_finished(runs_dir, c) for c in configs) - done_before,
+            load=(load_before, _load()),
+            finished=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            note=note,
+            settings=tuple(s.name for s in chosen),
+        )
+
+    trained = math.inf
+    try:
+        paths = run_many(configs, runs_dir, workers=workers, reporter=reporter, label="study runs")
+    except BaseException:
+        # the runs this call finished are recorded, so that the call which resumes the study
+        # does not say that no recorded call trained them
+        write.record_call(Path(runs_dir) / CALLS_FILE, record("stopped before the end"))
+        raise
     trained = time.perf_counter()
 
     by_config = dict(zip([id(c) for c in configs], paths, strict=True))
@@ -103,23 +133,7 @@ def run_study(
             run.analysis = load_analysis(path)
             runs.append(run)
         results[setting.name][group.label] = runs
-    analysed = time.perf_counter()
-
-    record = write.StudyRecord(
-        command=command,
-        machine=_machine(),
-        torch=torch.__version__,
-        workers=workers,
-        seconds=analysed - started,
-        train_seconds=trained - started,
-        analysis_seconds=analysed - trained,
-        runs=len(configs),
-        trained=len(configs) - done_before,
-        load=(load_before, _load()),
-        finished=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        settings=tuple(s.name for s in chosen),
-    )
-    calls = write.record_call(Path(runs_dir) / CALLS_FILE, record)
+    calls = write.record_call(Path(runs_dir) / CALLS_FILE, record())
     return write_study(docs_dir, chosen, results, calls)
 
 
