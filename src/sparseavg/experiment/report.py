@@ -572,7 +572,13 @@ def plot_accuracy_vs_sparsity(runs: Sequence[RunResults], path: PathLike) -> Non
     ax.set_title("Accuracy vs. sparsity" + _context(runs))
     ax.grid(True, alpha=0.3)
     if labels:
-        ax.legend(loc="best", fontsize="small")
+        banded = any(s.accuracy.n > 1 for s in summary)
+        ax.legend(
+            loc="best",
+            fontsize="small",
+            title="bands: ±1 std over seeds" if banded else None,
+            title_fontsize="small",
+        )
     else:
         ax.text(0.5, 0.5, "no results yet", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()

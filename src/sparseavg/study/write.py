@@ -213,6 +213,10 @@ def budget_table(results: Results, labels: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+#: what the shaded band around each line is, in the legend of every plot with bands
+BAND_NOTE = "bands: ±1 std over seeds"
+
+
 def plot_lines(
     series: dict[str, list[tuple[float, float, float]]],
     path: Path,
@@ -262,7 +266,7 @@ def plot_lines(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    ax.legend(loc="best", fontsize="small", title=BAND_NOTE, title_fontsize="small")
     fig.tight_layout()
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=110)
