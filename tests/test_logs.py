@@ -418,7 +418,7 @@ def test_a_resume_that_fails_after_skipping_a_cycle_keeps_every_cycles_rows(
     monkeypatch.setattr(logs, "write_cycle_events", full_disk)
     monkeypatch.setattr(logs, "tensorboard_available", lambda: True)
     monkeypatch.setattr(
-        sys.modules["sparseavg.experiment.engine"], "tensorboard_available", lambda: True
+        sys.modules["sparseavg.experiment.prepare"], "tensorboard_available", lambda: True
     )
     with pytest.raises(OSError, match="No space left"):
         run(tiny_config({**SWAMP, "execution": {"tensorboard": True}}), tmp_path)
