@@ -213,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--runs-dir", default="runs/study", help="default: runs/study")
     study.add_argument("--docs", default="docs", help="where RESULTS.md goes (default: docs)")
     study.add_argument(
-        "--settings", default="mnist1d,mnist-lenet", help="comma-separated subset of the settings"
+        "--settings",
+        help="comma-separated subset of the settings (default: all; each setting's document "
+        "is rewritten, the others are left as they are)",
     )
     study.add_argument(
         "--seeds", default="0,1,2,3,4", help="comma-separated seeds (default: 0,1,2,3,4)"
@@ -429,7 +431,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     from ..study import SETTINGS
     from ..study.run import run_study
 
-    names = [n.strip() for n in args.settings.split(",") if n.strip()]
+    names = (
+        list(SETTINGS)
+        if args.settings is None
+        else [n.strip() for n in args.settings.split(",") if n.strip()]
+    )
     unknown = [n for n in names if n not in SETTINGS]
     if unknown or not names:
         raise UsageError(
