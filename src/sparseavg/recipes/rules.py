@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from ..averaging import AcceptRule, greedy_soup, uniform_average
 from ..pruning import (
     Mask,
@@ -91,6 +93,27 @@ class AverageMask:
         names = list(masks[0])
         average = uniform_average([{n: s[n] for n in names} for s in states])
         return magnitude_prune_to(average, Mask.ones_like(average), self.sparsity, self.scope)
+
+
+@dataclass(frozen=True)
+class AverageMaskPerLayer:
+    """A :class:`~.plan.MaskSettle` for ingredients whose masks moved but kept every layer's
+    alive count (RigL's drop and grow): the mask of their uniform average that keeps, in each
+    layer, as many weights as the first ingredient's mask has alive there, the largest
+    ``|average|`` (ties: the lower flat index). swamp-rigl: the particles' masks become
+    one with RigL's per-layer (ERK) densities unchanged."""
+
+    def __call__(self, states: Sequence[State], masks: Sequence[Mask]) -> Mask:
+        names = list(masks[0])
+        average = uniform_average([{n: s[n] for n in names} for s in states])
+        out = {}
+        for n in names:
+            keep = int(masks[0][n].sum())
+            order = torch.sort(average[n].abs().flatten(), descending=True, stable=True).indices
+            flat = torch.zeros(masks[0][n].numel(), dtype=torch.bool)
+            flat[order[:keep].cpu()] = True
+            out[n] = flat.view(masks[0][n].shape).to(masks[0][n].device)
+        return Mask(out)
 
 
 @dataclass(frozen=True)

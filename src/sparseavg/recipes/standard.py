@@ -36,6 +36,7 @@ from .readouts import (
 from .rules import (
     AdaptivePeak,
     AverageMask,
+    AverageMaskPerLayer,
     Borrow,
     ChannelPrune,
     DenseMask,
@@ -343,6 +344,15 @@ def rigl_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> Cyc
         mask=SparseStart(1.0 - p.target_sparsity, distribution, seed),
         during=RigLSchedule(p.rigl_drop_fraction, p.rigl_end, p.rigl_interval),
     )
+
+
+def particles_rigl_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
+    """swamp-rigl: :func:`rigl_plan` with ``ingredients.count`` particles that start from the
+    same initialisation and sparse mask and differ in their batch order; each runs RigL's
+    drop and grow on its own, and their moved masks are settled on the mask of their average
+    with each layer's alive count kept (:class:`~.rules.AverageMaskPerLayer`) before they are
+    averaged."""
+    return replace(rigl_plan(config, lineage, cycle, rewind_step), settle=AverageMaskPerLayer())
 
 
 def phase_epochs(config: Config) -> tuple[int, ...]:
