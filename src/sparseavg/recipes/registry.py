@@ -601,7 +601,11 @@ def _check_granularity(config: Config) -> None:
             "M weights: choose one"
         )
     conflicts = [
-        (p.method != "magnitude", f"pruning.method = {p.method!r}", "ranks single weights"),
+        (
+            p.method not in ("magnitude", "random"),
+            f"pruning.method = {p.method!r}",
+            "places single weights",
+        ),
         (bool(p.layer_fractions), "pruning.layer_fractions", "sets per-layer weight rates"),
         (p.rounding != "round", f"pruning.rounding = {p.rounding!r}", "counts single weights"),
         (p.gmp_interval > 0, "pruning.gmp_interval", "is the BIMP code's weight schedule"),

@@ -29,6 +29,7 @@ from ..pruning.channels import (
     Norm,
     bound,
     channel_prune,
+    random_channel_prune,
 )
 from ..pruning.rigl import Distribution, alive_counts, erk_densities, random_mask
 from ..training import TrainSettings
@@ -135,12 +136,33 @@ class ChannelPrune:
         )
 
 
+@dataclass(frozen=True)
+class RandomChannelPrune:
+    """Remove a random ``fraction`` of the previous mask's alive channels, as many as
+    :class:`ChannelPrune` removes, coupled layers together
+    (:func:`~sparseavg.pruning.channels.random_channel_prune`; the random-channel baseline);
+    ``seed`` fixes the draw, ``groups`` is bound by the engine (:func:`with_channel_groups`)."""
+
+    fraction: float
+    seed: tuple[object, ...]
+    scope: Scope = "global"
+    groups: ChannelGroups | None = None
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        _, mask = sources.previous()
+        generator = make_generator(*self.seed)
+        return random_channel_prune(
+            mask, bound(self.groups), self.fraction, generator=generator, scope=self.scope
+        )
+
+
 def with_channel_groups(plan: CyclePlan, groups: ChannelGroups) -> CyclePlan:
     """``plan`` with the model's channel groups given to its channel rules (a
-    :class:`ChannelPrune` mask rule, a :class:`~sparseavg.pruning.channels.ChannelGradualPruning`
-    schedule); other plans are returned as they are."""
+    :class:`ChannelPrune` or :class:`RandomChannelPrune` mask rule, a
+    :class:`~sparseavg.pruning.channels.ChannelGradualPruning` schedule); other plans are
+    returned as they are."""
     mask, during = plan.mask, plan.during
-    if isinstance(mask, ChannelPrune):
+    if isinstance(mask, ChannelPrune | RandomChannelPrune):
         mask = replace(mask, groups=groups)
     if isinstance(during, ChannelGradualPruning):
         during = replace(during, groups=groups)

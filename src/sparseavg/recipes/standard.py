@@ -46,6 +46,7 @@ from .rules import (
     MagnitudePruneTo,
     NMPrune,
     Pretrained,
+    RandomChannelPrune,
     RandomNMPrune,
     RandomPrune,
     Reinit,
@@ -184,6 +185,8 @@ def prune_rule(config: Config, lineage: int, cycle: int) -> MaskRule:
             base = RandomNMPrune(*nm, fraction, seed, scope)
         else:
             base = NMPrune(*nm, fraction, scope)
+    elif p.granularity == "channel" and p.method == "random":
+        base = RandomChannelPrune(config.prune_fraction, seed, scope)
     elif p.granularity == "channel":
         base = ChannelPrune(config.prune_fraction, scope, cast(Norm, p.channel_norm))
     elif p.method == "random":
