@@ -19,6 +19,7 @@ from sparseavg.pruning.channels import (
     channel_prune,
     channel_prune_to,
     channel_scores,
+    random_channel_prune,
     remove_channels,
 )
 from sparseavg.recipes import resolve_config
@@ -165,6 +166,36 @@ def test_counts_are_exact_global_and_layerwise_never_the_last_channel():
 
 
 @needs_tp
+def test_random_channels_remove_magnitudes_counts_whole_and_by_the_seed():
+    """The random-channel baseline removes as many channels as channel_prune (globally 4 of 7
+    at 0.5, per group round(0.5 c)), whole (rows and the coupled columns); one seed gives the
+    same channels, and the 8 seeds tried give more than one choice."""
+    from sparseavg.utils.seeding import make_generator
+
+    torch.manual_seed(0)
+    model = TinyRes()
+    weights, mask, groups = _setup(model, torch.zeros(2, 1, 6, 6))
+
+    def alive(m: Mask) -> list[int]:
+        return [int(a.sum()) for a in alive_channels(m, groups)]
+
+    for scope in ("global", "layerwise"):
+        by_norm = channel_prune(weights, mask, groups, 0.5, scope=scope)
+        draws = [
+            random_channel_prune(mask, groups, 0.5, generator=make_generator(s), scope=scope)
+            for s in range(8)
+        ]
+        for m in draws:
+            if scope == "layerwise":
+                assert alive(m) == alive(by_norm)
+            assert sum(alive(m)) == sum(alive(by_norm)) == 3  # 7 - round(3.5); (4-2) + (3-2)
+            _whole(m, groups)
+        assert len({tuple(tuple(a.tolist()) for a in alive_channels(m, groups)) for m in draws}) > 1
+        again = random_channel_prune(mask, groups, 0.5, generator=make_generator(3), scope=scope)
+        assert again == draws[3]
+
+
+@needs_tp
 def test_first_layers_inputs_and_output_rows_are_never_pruned():
     torch.manual_seed(0)
     model = TinyRes()
@@ -213,7 +244,7 @@ def test_gradual_channel_schedule_reaches_its_target():
     ("pruning", "fragment"),
     [
         ({"pattern": "2:4"}, "pruning.pattern = '2:4' keeps N of every M weights: choose one"),
-        ({"method": "random"}, "pruning.method = 'random' ranks single weights"),
+        ({"method": "shuffle"}, "pruning.method = 'shuffle' places single weights"),
         ({"layer_fractions": {"fc.weight": 0.1}}, "pruning.layer_fractions sets"),
         ({"rounding": "open_lth"}, "pruning.rounding = 'open_lth' counts single weights"),
     ],
@@ -251,6 +282,7 @@ _FAMILIES = {
     "imp": ([], [24, 18, 14]),  # 0.25 of 24 = 6; round(0.25 * 18) = round(4.5) = 4
     "swamp": (["--set", "ingredients.count=2"], [24, 18, 14]),
     "sms": (["--set", "ingredients.count=2"], [24, 18, 14]),
+    "random": ([], [24, 18, 14]),  # the random-channel baseline: magnitude's counts
 }
 
 

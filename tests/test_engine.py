@@ -16,7 +16,7 @@ from sparseavg.utils.files import CorruptFileError, load_tensors
 def _cycles(recipe):
     if recipe in ("imp-avg", "imp-reprune"):
         return 2  # the lineages' masks first differ in cycle 2
-    return None if recipe in ("one-shot", "gmp", "dpf", "rigl") else 1
+    return None if recipe in ("one-shot", "gmp", "dpf", "rigl", "swamp-rigl") else 1
 
 
 def _extra(recipe):
@@ -55,13 +55,14 @@ def test_every_recipe_runs_end_to_end_from_the_cli(recipe, tmp_path, capsys):
     mask = Mask.load(sorted(run.rglob("mask.safetensors"))[-1])
     # recipes with a target_sparsity of 0.9
     ninety = {"one-shot", "gmp", "dpf", "bimp", "sms-bimp", "sms-gmp", "sms-dpf", "rigl"}
+    ninety |= {"swamp-rigl"}
     expected = {"imp-avg": 0.36, "imp-reprune": 0.36}.get(recipe, 0.9 if recipe in ninety else 0.2)
     if recipe == "imp-avg":  # the lineages' masks differ: their average is alive on the union
         assert 0.2 < final[0]["sparsity"] < expected
     else:
         assert final[0]["sparsity"] == pytest.approx(expected, abs=1e-3)
         assert final[0]["alive"] == mask.num_alive
-    if recipe in ninety - {"rigl"}:  # rigl floors each layer's zeros, as its code: 0.8993
+    if recipe in ninety - {"rigl", "swamp-rigl"}:  # rigl floors each layer's zeros: 0.8993
         assert mask.num_pruned == round(0.9 * mask.num_total)
 
 

@@ -99,7 +99,7 @@ def test_imp_cycles_prune_towards_the_pattern_and_the_last_keeps_exactly_n():
 # their masks come from elsewhere (refused above), or from rigl's own drop/grow
 # (test_rigl_recipe.py refuses it), or by magnitude to gmp's counts (dpf, sms-gmp, sms-dpf:
 # test_dpf_recipe.py and test_sms_phases.py refuse it)
-NOT_BY_PATTERN = {"shuffle", "reinit", "rigl", "dpf", "sms-gmp", "sms-dpf"}
+NOT_BY_PATTERN = {"shuffle", "reinit", "rigl", "swamp-rigl", "dpf", "sms-gmp", "sms-dpf"}
 
 
 @pytest.mark.parametrize("recipe", sorted(set(RECIPES) - NOT_BY_PATTERN))

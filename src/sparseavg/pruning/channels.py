@@ -375,14 +375,38 @@ def _prune_lowest(
     (``"layerwise"``)."""
     scores = channel_scores(weights, mask, groups, norm)
     alive = alive_channels(mask, groups)
-    counts: list[int] | int
+    return remove_channels(mask, groups, _lowest(scores, alive, _counts(alive, count, scope)))
+
+
+def _counts(alive: list[Tensor], count: Callable[[Tensor], int], scope: Scope) -> list[int] | int:
+    """How many channels to remove: ``count`` of all groups' alive channels together
+    (``"global"``, one number) or of each group's (``"layerwise"``, one per group)."""
     if scope == "global":
-        counts = count(torch.cat(alive)) if alive else 0
-    elif scope == "layerwise":
-        counts = [count(a) for a in alive]
-    else:
-        raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
-    return remove_channels(mask, groups, _lowest(scores, alive, counts))
+        return count(torch.cat(alive)) if alive else 0
+    if scope == "layerwise":
+        return [count(a) for a in alive]
+    raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
+
+
+def random_channel_prune(
+    mask: Mask,
+    groups: Sequence[ChannelGroup],
+    fraction: float,
+    *,
+    generator: torch.Generator,
+    scope: Scope = "global",
+) -> Mask:
+    """Remove ``fraction`` of the alive channels chosen uniformly at random: as many as
+    :func:`channel_prune` removes (``round(fraction * alive)``, over all groups or per group),
+    coupled layers together, never a group's last alive channel (the random-channel
+    baseline). ``generator`` fixes the draw: one uniform score per channel of every group, in
+    group order."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    alive = alive_channels(mask, groups)
+    scores = [torch.rand(g.channels, generator=generator, dtype=torch.float64) for g in groups]
+    count = _counts(alive, lambda a: round(fraction * int(a.sum())), scope)
+    return remove_channels(mask, groups, _lowest(scores, alive, count))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from .standard import (
     gradual_plan,
     lineage_average_run,
     member_plan,
+    particles_rigl_plan,
     rigl_plan,
     run_plan,
     shared_dense_plan,
@@ -319,6 +320,25 @@ RECIPES: dict[str, Recipe] = {
             plan=rigl_plan,
             reference=_RIGL_PAPER,
         ),
+        Recipe(
+            "swamp-rigl",
+            "SWAMP on RigL: N particles from one initialisation and random sparse mask, each "
+            "running RigL with its own batch order and SWA after pruning.rigl_end; their masks "
+            "settled on their average's (per-layer counts kept), then averaged",
+            defaults=merge(
+                _SWAMP_DEFAULTS,
+                {
+                    "pruning": {
+                        "target_sparsity": 0.9,
+                        "exclude_first": True,
+                        "rewind_epochs": 0.0,
+                    }
+                },
+            ),
+            fixed=merge(_SWAMP_FIXED, {"pruning": {"cycles": 0, "method": "magnitude"}}),
+            plan=particles_rigl_plan,
+            reference=f"{_SWAMP_PAPER} on {_RIGL_PAPER}",
+        ),
     ]
 }
 
@@ -503,6 +523,7 @@ def _check_fraction(config: Config) -> None:
     )
 
 
+_RIGL_RECIPES = ("rigl", "swamp-rigl")
 _RIGL_FIELDS = ("rigl_distribution", "rigl_interval", "rigl_drop_fraction", "rigl_end")
 
 
@@ -512,14 +533,14 @@ def _check_rigl(config: Config) -> None:
     p, t = config.pruning, config.train
     default = PruningConfig()
     moved = [n for n in _RIGL_FIELDS if getattr(p, n) != getattr(default, n)]
-    if config.recipe != "rigl":
+    if config.recipe not in _RIGL_RECIPES:
         if moved:
             raise ConfigError(
                 f"pruning.{moved[0]} sets recipe rigl's schedule; recipe {config.recipe} has none"
             )
         return
     if p.target_sparsity <= 0:
-        raise ConfigError("recipe rigl needs pruning.target_sparsity in (0, 1)")
+        raise ConfigError(f"recipe {config.recipe} needs pruning.target_sparsity in (0, 1)")
     own = {
         "pattern": p.pattern != default.pattern,
         "initial_mask": bool(p.initial_mask),
@@ -532,15 +553,15 @@ def _check_rigl(config: Config) -> None:
     given = [name for name, differs in own.items() if differs]
     if given:
         raise ConfigError(
-            f"pruning.{given[0]} = {getattr(p, given[0])!r}: recipe rigl draws its own random "
-            f"sparse start (pruning.rigl_distribution) and drops and grows per layer; leave "
+            f"pruning.{given[0]} = {getattr(p, given[0])!r}: recipe {config.recipe} draws its own "
+            f"random sparse start (pruning.rigl_distribution) and drops and grows per layer; leave "
             f"pruning.{given[0]} unset"
         )
     if t.swa and t.swa_start < p.rigl_end:
         raise ConfigError(
-            f"train.swa_start = {t.swa_start:g} averages weights while recipe rigl still moves "
-            f"the mask (until pruning.rigl_end = {p.rigl_end:g}): set train.swa_start >= "
-            f"{p.rigl_end:g}"
+            f"train.swa_start = {t.swa_start:g} averages weights while recipe {config.recipe} "
+            f"still moves the mask (until pruning.rigl_end = {p.rigl_end:g}): set "
+            f"train.swa_start >= {p.rigl_end:g}"
         )
 
 
@@ -580,7 +601,11 @@ def _check_granularity(config: Config) -> None:
             "M weights: choose one"
         )
     conflicts = [
-        (p.method != "magnitude", f"pruning.method = {p.method!r}", "ranks single weights"),
+        (
+            p.method not in ("magnitude", "random"),
+            f"pruning.method = {p.method!r}",
+            "places single weights",
+        ),
         (bool(p.layer_fractions), "pruning.layer_fractions", "sets per-layer weight rates"),
         (p.rounding != "round", f"pruning.rounding = {p.rounding!r}", "counts single weights"),
         (p.gmp_interval > 0, "pruning.gmp_interval", "is the BIMP code's weight schedule"),

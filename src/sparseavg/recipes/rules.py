@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from ..averaging import AcceptRule, greedy_soup, uniform_average
 from ..pruning import (
     Mask,
@@ -27,6 +29,7 @@ from ..pruning.channels import (
     Norm,
     bound,
     channel_prune,
+    random_channel_prune,
 )
 from ..pruning.rigl import Distribution, alive_counts, erk_densities, random_mask
 from ..training import TrainSettings
@@ -94,6 +97,27 @@ class AverageMask:
 
 
 @dataclass(frozen=True)
+class AverageMaskPerLayer:
+    """A :class:`~.plan.MaskSettle` for ingredients whose masks moved but kept every layer's
+    alive count (RigL's drop and grow): the mask of their uniform average that keeps, in each
+    layer, as many weights as the first ingredient's mask has alive there, the largest
+    ``|average|`` (ties: the lower flat index). swamp-rigl: the particles' masks become
+    one with RigL's per-layer (ERK) densities unchanged."""
+
+    def __call__(self, states: Sequence[State], masks: Sequence[Mask]) -> Mask:
+        names = list(masks[0])
+        average = uniform_average([{n: s[n] for n in names} for s in states])
+        out = {}
+        for n in names:
+            keep = int(masks[0][n].sum())
+            order = torch.sort(average[n].abs().flatten(), descending=True, stable=True).indices
+            flat = torch.zeros(masks[0][n].numel(), dtype=torch.bool)
+            flat[order[:keep].cpu()] = True
+            out[n] = flat.view(masks[0][n].shape).to(masks[0][n].device)
+        return Mask(out)
+
+
+@dataclass(frozen=True)
 class ChannelPrune:
     """Remove ``fraction`` of the previous model's alive channels with the lowest ``norm``
     score, coupled layers together (:func:`~sparseavg.pruning.channels.channel_prune`).
@@ -112,12 +136,33 @@ class ChannelPrune:
         )
 
 
+@dataclass(frozen=True)
+class RandomChannelPrune:
+    """Remove a random ``fraction`` of the previous mask's alive channels, as many as
+    :class:`ChannelPrune` removes, coupled layers together
+    (:func:`~sparseavg.pruning.channels.random_channel_prune`; the random-channel baseline);
+    ``seed`` fixes the draw, ``groups`` is bound by the engine (:func:`with_channel_groups`)."""
+
+    fraction: float
+    seed: tuple[object, ...]
+    scope: Scope = "global"
+    groups: ChannelGroups | None = None
+
+    def __call__(self, cycle: int, sources: MaskSources) -> Mask:
+        _, mask = sources.previous()
+        generator = make_generator(*self.seed)
+        return random_channel_prune(
+            mask, bound(self.groups), self.fraction, generator=generator, scope=self.scope
+        )
+
+
 def with_channel_groups(plan: CyclePlan, groups: ChannelGroups) -> CyclePlan:
     """``plan`` with the model's channel groups given to its channel rules (a
-    :class:`ChannelPrune` mask rule, a :class:`~sparseavg.pruning.channels.ChannelGradualPruning`
-    schedule); other plans are returned as they are."""
+    :class:`ChannelPrune` or :class:`RandomChannelPrune` mask rule, a
+    :class:`~sparseavg.pruning.channels.ChannelGradualPruning` schedule); other plans are
+    returned as they are."""
     mask, during = plan.mask, plan.during
-    if isinstance(mask, ChannelPrune):
+    if isinstance(mask, ChannelPrune | RandomChannelPrune):
         mask = replace(mask, groups=groups)
     if isinstance(during, ChannelGradualPruning):
         during = replace(during, groups=groups)

@@ -36,6 +36,7 @@ from .readouts import (
 from .rules import (
     AdaptivePeak,
     AverageMask,
+    AverageMaskPerLayer,
     Borrow,
     ChannelPrune,
     DenseMask,
@@ -45,6 +46,7 @@ from .rules import (
     MagnitudePruneTo,
     NMPrune,
     Pretrained,
+    RandomChannelPrune,
     RandomNMPrune,
     RandomPrune,
     Reinit,
@@ -183,6 +185,8 @@ def prune_rule(config: Config, lineage: int, cycle: int) -> MaskRule:
             base = RandomNMPrune(*nm, fraction, seed, scope)
         else:
             base = NMPrune(*nm, fraction, scope)
+    elif p.granularity == "channel" and p.method == "random":
+        base = RandomChannelPrune(config.prune_fraction, seed, scope)
     elif p.granularity == "channel":
         base = ChannelPrune(config.prune_fraction, scope, cast(Norm, p.channel_norm))
     elif p.method == "random":
@@ -343,6 +347,15 @@ def rigl_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> Cyc
         mask=SparseStart(1.0 - p.target_sparsity, distribution, seed),
         during=RigLSchedule(p.rigl_drop_fraction, p.rigl_end, p.rigl_interval),
     )
+
+
+def particles_rigl_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
+    """swamp-rigl: :func:`rigl_plan` with ``ingredients.count`` particles that start from the
+    same initialisation and sparse mask and differ in their batch order; each runs RigL's
+    drop and grow on its own, and their moved masks are settled on the mask of their average
+    with each layer's alive count kept (:class:`~.rules.AverageMaskPerLayer`) before they are
+    averaged."""
+    return replace(rigl_plan(config, lineage, cycle, rewind_step), settle=AverageMaskPerLayer())
 
 
 def phase_epochs(config: Config) -> tuple[int, ...]:

@@ -255,6 +255,7 @@ _DURING_GROUPS: dict[str, dict[str, Any]] = {
     },
     "RigL": {"recipe": "rigl"},
     "RigL, 4x as long": {"recipe": "rigl", "train": {"epochs": 40}},
+    "SWAMP-RigL (N=4)": {"recipe": "swamp-rigl", "ingredients": {"count": 4}},
 }
 
 DURING = Setting(
@@ -267,8 +268,9 @@ DURING = Setting(
         "cubic schedule (a dense interval, then 4 steps), their SMS variants train 3 "
         "ingredients through each of those 4 phases and soup them; bimp trains 6 dense "
         "epochs and splits 4 over 4 ALLR phases; RigL trains 10 epochs from a random ERK "
-        "mask. Each averaged variant is compared with the plain method given its compute "
-        "(3x, 4x as long), the baseline the SMS paper uses."
+        "mask, and SWAMP-RigL's 4 particles do so each (SWA over the last 25 %). Each averaged "
+        "variant is compared with the plain method given its compute (3x, 4x as long), the "
+        "baseline the SMS paper uses."
     ),
     groups=tuple(Group(k, "main", v) for k, v in _DURING_GROUPS.items()),
     paired=(
@@ -278,6 +280,8 @@ DURING = Setting(
         ("SMS-DPF (m=3)", "DPF"),
         ("SMS-BIMP (m=3)", "BIMP, 3x retraining"),
         ("SMS-BIMP (m=3)", "BIMP"),
+        ("SWAMP-RigL (N=4)", "RigL, 4x as long"),
+        ("SWAMP-RigL (N=4)", "RigL"),
         ("DPF", "GMP"),
         ("RigL", "GMP"),
     ),
