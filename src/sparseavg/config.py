@@ -469,6 +469,12 @@ class ExecutionConfig:
         "rows (step = cycle) and its ingredients' training curves (step = global step); "
         'needs pip install "sparseavg[tensorboard]"',
     )
+    wandb: bool = _f(
+        False,
+        "log the same scalars to Weights & Biases as each cycle completes (one W&B run per run "
+        "directory, named after it, resumed with it; project $WANDB_PROJECT, default "
+        'sparseavg; WANDB_MODE=offline works); needs pip install "sparseavg[wandb]"',
+    )
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from .progress import NullReporter, Reporter
 from .rule_inputs import _CombineTools, _Readouts, _recalibrated, _Sources
 from .store import LineageFiles
 from .task import Task
+from .wandb_log import WandbLog
 
 # -- the run -------------------------------------------------------------------------------------
 
@@ -72,15 +73,28 @@ def run(
             rep.message(f"resuming {store.path}")
         rep.message(describe_prunable(ctx.model, ctx.prunable))
         bar = rep.task(f"{config.run_name()} cycles", cycles)
-        for cycle in range(cycles):
-            if store.is_complete(cycle):
-                rep.message(f"cycle {cycle}: complete, skipped")
-            else:
-                _run_cycle(ctx, cycle)
-            rep.update(bar, cycle + 1)
-            store.write_results(cycles)  # every complete cycle, also those a resume skips
-            if config.execution.tensorboard:
-                store.write_tensorboard(cycle + 1)
+        tracker = (
+            WandbLog(store.path, store.path.name, config.to_dict())
+            if config.execution.wandb
+            else None
+        )
+        try:
+            for cycle in range(cycles):
+                if store.is_complete(cycle):
+                    rep.message(f"cycle {cycle}: complete, skipped")
+                else:
+                    _run_cycle(ctx, cycle)
+                rep.update(bar, cycle + 1)
+                store.write_results(cycles)  # every complete cycle, also those a resume skips
+                if config.execution.tensorboard:
+                    store.write_tensorboard(cycle + 1)
+                if tracker is not None:
+                    tracker.log_cycle(
+                        cycle, store.rows(cycle), store.epoch_rows(cycle), store.lineages
+                    )
+        finally:
+            if tracker is not None:
+                tracker.close()
         rep.finish(bar)
     return store.path
 

@@ -42,6 +42,7 @@ from .rundir import RunDir
 from .runinfo import RunDirError, RunInfo, read_run
 from .store import RunStore
 from .task import DataTask, Task, example_input, load_data
+from .wandb_log import WANDB_INSTALL, wandb_problem
 
 
 class RunError(RuntimeError):
@@ -137,6 +138,11 @@ def prepare(
         raise ConfigError(
             "execution.tensorboard = true needs torch.utils.tensorboard, which does not import "
             f"({tensorboard_problem()}): {TENSORBOARD_INSTALL}"
+        )
+    if config.execution.wandb and (problem := wandb_problem()) is not None:
+        raise ConfigError(
+            f"execution.wandb = true needs wandb, which does not import ({problem}): "
+            f"{WANDB_INSTALL}"
         )
     if task is None:
         device = resolve_device(config.execution.device)
