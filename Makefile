@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # The optional integrations the suite tests (each of their tests skips without its package);
 # `make test TEST_EXTRAS=` tests without them.
-TEST_EXTRAS ?= lightning,onnx,transformers,tensorboard,structured,wandb
+TEST_EXTRAS ?= lightning,onnx,transformers,tensorboard,structured,wandb,slurm
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test study lint typecheck bench gpu-check clean install

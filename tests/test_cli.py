@@ -115,3 +115,28 @@ def test_the_cli_prints_a_library_warning_as_one_line(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert err.startswith("sparseavg: warning: pruning left no weight alive in out.weight: ")
     assert len(err.splitlines()) == 1
+
+
+def test_study_slurm_flags_need_the_slurm_launcher_and_are_handed_on(tmp_path, capsys, monkeypatch):
+    import sparseavg.study.run
+
+    started = []
+    monkeypatch.setattr(
+        sparseavg.study.run, "run_study", lambda *a, **k: started.append(k["launcher"]) or []
+    )
+    runs = str(tmp_path / "runs")
+    assert cli.main(["study", "--slurm-partition", "gpu", "--runs-dir", runs, "--quiet"]) == 2
+    assert capsys.readouterr().err == (
+        "sparseavg: error: --slurm-partition needs --launcher slurm\n"
+    )
+    argv = ["study", "--launcher", "slurm", "--slurm-partition", "gpu", "--slurm-gpus", "1"]
+    assert cli.main([*argv, "--runs-dir", runs, "--docs", str(tmp_path / "d"), "--quiet"]) == 0
+    (launcher,) = started
+    assert (launcher.partition, launcher.gpus, launcher.time, launcher.cluster) == (
+        "gpu",
+        1,
+        240,
+        None,
+    )
+    assert cli.main(["study", "--launcher", "slurm", "--slurm-time", "0", "--quiet"]) == 2
+    assert "--slurm-time: time must be >= 1, got 0" in capsys.readouterr().err

@@ -329,3 +329,36 @@ def test_an_interrupted_study_records_what_it_trained_and_says_what_it_will_run(
         ("tiny",),
     )
     assert "trained 1 of 2 runs" in describe_calls([call])
+
+
+def test_the_slurm_launcher_runs_jobs_names_failures_and_resubmits_only_unfinished_runs(
+    tmp_path: Path,
+) -> None:
+    """submitit's local executor stands in for SLURM: each unfinished run is one job; a failed
+    run is named with its log, the others finish; a second call submits nothing that is
+    finished."""
+    pytest.importorskip("submitit")
+    from sparseavg.experiment.progress import NullReporter
+    from sparseavg.experiment.slurm import LaunchError, SlurmLauncher
+
+    good = resolve_config({**TINY, "recipe": "imp"})
+    bad = resolve_config({**TINY, "recipe": "imp", "data": {"dataset": "no-such-data"}})
+    launcher = SlurmLauncher(cluster="local", folder=str(tmp_path / "jobs"))
+    messages: list[str] = []
+
+    class Collect(NullReporter):
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    with pytest.raises(LaunchError) as err:
+        run_many([good, bad], tmp_path / "runs", launcher=launcher, reporter=Collect())
+    text = str(err.value)
+    assert text.startswith(f"1 of 2 submitted runs failed: {bad.run_name()} (")
+    assert "no-such-data" in text and str(tmp_path / "jobs") in text
+    assert good.run_name() not in text
+    assert messages == ["submitting 2 of 2 runs (runs)"]
+    messages.clear()
+    (path,) = run_many([good], tmp_path / "runs", launcher=launcher, reporter=Collect())
+    assert path == tmp_path / "runs" / good.run_name() and messages == []  # nothing submitted
+    with pytest.raises(ValueError, match="time must be >= 1"):
+        SlurmLauncher(time=0)

@@ -226,6 +226,31 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"runs at once, one torch thread each (default: CPU cores; at most {MAX_WORKERS})",
     )
     study.add_argument("--data-dir", help="execution.data_dir (default: $SPARSEAVG_DATA)")
+    slurm = study.add_argument_group(
+        "SLURM (--launcher slurm: each unfinished run is a task of a job array, submitted with "
+        'submitit; needs pip install "sparseavg[slurm]")'
+    )
+    slurm.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local processes (default) or SLURM jobs",
+    )
+    slurm.add_argument("--slurm-partition", help="the partition (default: the cluster's)")
+    slurm.add_argument(
+        "--slurm-time", type=int, default=240, help="minutes a job may run (default: 240)"
+    )
+    slurm.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per job (default: 0)")
+    slurm.add_argument("--slurm-cpus", type=int, default=1, help="CPU cores per job (default: 1)")
+    slurm.add_argument(
+        "--slurm-parallelism",
+        type=int,
+        default=64,
+        help="array tasks running at once (default: 64)",
+    )
+    slurm.add_argument(
+        "--slurm-folder", help="the jobs' scripts and logs (default: RUNS_DIR/slurm)"
+    )
     _add_output_flags(study)
     return parser
 
@@ -426,6 +451,33 @@ def _int_list(flag: str, text: str) -> tuple[int, ...]:
     return values
 
 
+def _slurm_launcher(args: argparse.Namespace) -> Any:
+    """The study's SLURM launcher from ``--launcher slurm`` and the ``--slurm-*`` flags (None
+    for local processes); refused in one line without submitit or with a bad number."""
+    if args.launcher != "slurm":
+        given = [f for f in ("slurm_partition", "slurm_folder") if getattr(args, f)]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UsageError(f"{flag} needs --launcher slurm")
+        return None
+    from ..experiment.slurm import SLURM_INSTALL, SlurmLauncher, submitit_problem
+
+    problem = submitit_problem()
+    if problem is not None:
+        raise UsageError(f"--launcher slurm needs submitit ({problem}): {SLURM_INSTALL}")
+    try:
+        return SlurmLauncher(
+            folder=args.slurm_folder,
+            partition=args.slurm_partition,
+            time=args.slurm_time,
+            gpus=args.slurm_gpus,
+            cpus=args.slurm_cpus,
+            parallelism=args.slurm_parallelism,
+        )
+    except ValueError as err:
+        raise UsageError(f"--slurm-{str(err).split()[0]}: {err}") from None
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from ..experiment.batch import available_cores
     from ..study import SETTINGS
@@ -449,6 +501,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers {workers}: must be >= 1 and <= {MAX_WORKERS}")
     runs_dir = _folder("--runs-dir", args.runs_dir)
     docs = _folder("--docs", args.docs)
+    launcher = _slurm_launcher(args)
     with _reporter(args) as reporter:
         paths = run_study(
             runs_dir,
@@ -458,6 +511,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             workers=workers,
             data_dir=args.data_dir or "",
             reporter=reporter,
+            launcher=launcher,
             command=" ".join(["sparseavg study", *sys.argv[2:]])
             if sys.argv[1:2] == ["study"]
             else "sparseavg study",
@@ -523,6 +577,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from ..experiment.analyze import AnalysisError
     from ..experiment.export import ExportError
     from ..experiment.runinfo import RunDirError
+    from ..experiment.slurm import LaunchError
     from ..parallel import DistributedError
     from ..pruning import MaskError
     from ..utils.files import CorruptFileError
@@ -544,7 +599,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     ) as err:
         print(f"sparseavg: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (RunError, InsufficientDiskError, DistributedError) as err:
+    except (RunError, InsufficientDiskError, DistributedError, LaunchError) as err:
         print(f"sparseavg: stopped: {err}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as Unix tools do

@@ -18,10 +18,13 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from .progress import NullReporter, Reporter
+
+if TYPE_CHECKING:
+    from .slurm import SlurmLauncher
 
 
 def available_cores() -> int:
@@ -61,8 +64,12 @@ def run_many(
     workers: int = 1,
     reporter: Reporter | None = None,
     label: str = "runs",
+    launcher: SlurmLauncher | None = None,
 ) -> list[Path]:
     """Run or resume every config into ``runs_dir``; return their run directories in order.
+
+    ``launcher`` (a :class:`~sparseavg.experiment.slurm.SlurmLauncher`) submits the
+    unfinished runs as SLURM jobs instead and waits for them (``workers`` is then unused).
 
     ``workers=1`` runs them one after another in this process (the reporter sees each run's
     progress). ``workers > 1`` runs up to that many at once in spawned processes with one
@@ -75,6 +82,8 @@ def run_many(
     from .engine import run
 
     reporter = reporter or NullReporter()
+    if launcher is not None:
+        return launcher.run(configs, runs_dir, reporter, label)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     task = reporter.task(label, len(configs))

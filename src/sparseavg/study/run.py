@@ -20,6 +20,7 @@ from ..data import load_dataset
 from ..experiment.analyze import AnalysisSettings, analyze_run, load_analysis
 from ..experiment.batch import run_many
 from ..experiment.progress import NullReporter, Reporter
+from ..experiment.slurm import SlurmLauncher
 from ..training.loop import steps_per_epoch
 from . import write
 from .collect import SeedRun, last_cycle_only, mask_violations, read_seed_run
@@ -54,6 +55,7 @@ def run_study(
     data_dir: str = "",
     reporter: Reporter | None = None,
     command: str = "make study",
+    launcher: SlurmLauncher | None = None,
 ) -> list[Path]:
     """Run (or resume) the study and write the chosen settings' documents (``docs_dir/
     RESULTS.md`` and the others of :data:`~sparseavg.study.plan.DOCUMENTS`) and
@@ -102,7 +104,14 @@ def run_study(
 
     trained = math.inf
     try:
-        paths = run_many(configs, runs_dir, workers=workers, reporter=reporter, label="study runs")
+        paths = run_many(
+            configs,
+            runs_dir,
+            workers=workers,
+            reporter=reporter,
+            label="study runs",
+            launcher=launcher,
+        )
     except BaseException:
         # the runs this call finished are recorded, so that the call which resumes the study
         # does not say that no recorded call trained them
