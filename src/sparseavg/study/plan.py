@@ -306,7 +306,8 @@ CHANNELS = Setting(
         "pruning 30 % of the alive channels (conv filters and the classifier's matching "
         "inputs, by L1 norm per weight, coupled layers together) per cycle for 4 cycles: 76 % "
         "of the channels gone (`export --slim` writes the model with only the rest). "
-        "Random channels remove as many channels, drawn at random."
+        "Random channels remove as many channels, drawn at random. The layer-wise groups "
+        "remove 30 % of each layer's channels instead of ranking all layers together."
     ),
     groups=(
         Group("IMP", "main", {"recipe": "imp"}),
@@ -317,11 +318,19 @@ CHANNELS = Setting(
             {"recipe": "sms", "ingredients": {"count": 3, "combine": "uniform"}},
         ),
         Group("random channels", "main", {"recipe": "random"}),
+        Group("IMP, layer-wise", "main", {"recipe": "imp", "pruning": {"scope": "layerwise"}}),
+        Group(
+            "SWAMP (N=4), layer-wise",
+            "main",
+            {"recipe": "swamp", "ingredients": {"count": 4}, "pruning": {"scope": "layerwise"}},
+        ),
     ),
     paired=(
         ("SWAMP (N=4)", "IMP"),
         ("SMS uniform (m=3)", "IMP"),
         ("IMP", "random channels"),
+        ("SWAMP (N=4), layer-wise", "IMP, layer-wise"),
+        ("IMP, layer-wise", "IMP"),
     ),
     document="RESULTS-channels.md",
 )
