@@ -10,10 +10,10 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # The optional integrations the suite tests (each of their tests skips without its package);
 # `make test TEST_EXTRAS=` tests without them.
-TEST_EXTRAS ?= lightning,onnx,transformers,tensorboard,structured,wandb,slurm
+TEST_EXTRAS ?= lightning,onnx,transformers,tensorboard,structured,wandb,slurm,docs
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test study lint typecheck bench gpu-check clean install
+.PHONY: demo test study lint typecheck bench gpu-check clean install docs
 
 install: $(STAMP)
 
@@ -45,8 +45,15 @@ study: $(STAMP)
 	SPARSEAVG_DATA=$${SPARSEAVG_DATA:-$(STUDY_DATA)} $(BIN)/sparseavg study
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
+
+# The documentation site (MkDocs Material) into site/, warnings as errors; the configuration
+# and CLI reference pages are regenerated from the code first.
+docs: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	$(BIN)/python tools/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -309,16 +309,17 @@ def test_mask_callback_keeps_tied_embeddings_pruned_in_a_trainer_fit(tmp_path, o
     assert torch.equal(fresh.cls.predictions.decoder.weight, decoder)
 
 
-def test_the_readme_block_runs(tmp_path, monkeypatch, one_thread, hf):
-    """README's Hugging Face block, as written, with this file's model_fn, eval_fn and data."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_the_docs_block_runs(tmp_path, monkeypatch, one_thread, hf):
+    """docs/own-model.md's Hugging Face block, as written, with this file's model_fn, eval_fn
+    and data."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "own-model.md").read_text()
     blocks = re.findall(r"```py\n(from transformers import Trainer.*?)```", readme, flags=re.S)
     assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
     rows = [{k: v[i] for k, v in TRAIN.items()} for i in range(SPE * BATCH)]
     namespace = {"sparseavg": sparseavg, "model_fn": model_fn, "eval_fn": eval_fn}
     namespace["train_dataset"] = rows
-    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    exec(compile(blocks[0], "docs/own-model.md", "exec"), namespace)
     result = namespace["result"]
     assert result.path.resolve().parent == (tmp_path / "runs").resolve()
     _check_swamp_run(result, particles=2)

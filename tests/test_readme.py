@@ -1,9 +1,7 @@
-"""The README's Python examples run as written, and its field table matches the config."""
+"""The README's Python examples run as written."""
 
 import re
 from pathlib import Path
-
-from sparseavg.config import field_help
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -14,13 +12,12 @@ def _python_blocks() -> list[str]:
 
 def test_readme_python_examples_run(capsys, tmp_path, monkeypatch, one_thread):
     blocks = _python_blocks()
-    assert len(blocks) >= 4
+    assert len(blocks) == 2  # attach, then sparseavg.swamp on the user's model
     monkeypatch.chdir(tmp_path)  # the sparseavg.swamp block writes runs/ where it runs
     namespace: dict = {}
     for block in blocks:  # later blocks continue from the earlier ones
         exec(compile(block, str(README), "exec"), namespace)
     out = capsys.readouterr().out
-    assert re.search(r"0\.\d{3} at 20% sparsity", out)
     mask, model = namespace["mask"], namespace["model"]
     for name, p in model.named_parameters():
         if name in mask:
@@ -41,15 +38,3 @@ def test_readme_python_examples_run(capsys, tmp_path, monkeypatch, one_thread):
     assert final_mask.num_alive == 721
     state = namespace["state"]
     assert all(int((state[n][~final_mask[n]] != 0).sum()) == 0 for n in final_mask)
-
-
-def test_readme_lists_every_config_field():
-    text = README.read_text()
-    for key, default, _ in field_help():
-        assert f"| `{key}` | `{default}` |" in text, key
-    # and nothing else: the table under "Config fields" is exactly the fields, in order (an
-    # empty field_help would pass the loop above)
-    table = text.split("### Config fields\n\n", 1)[1].split("\n\n")[0]
-    rows = re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", table, flags=re.M)
-    assert len(rows) == len(table.splitlines()) - 2  # every row but the two header lines
-    assert rows == [(key, default) for key, default, _ in field_help()]

@@ -152,7 +152,8 @@ def nm_prune(
         weights: ``name -> tensor`` for at least every name in ``mask`` (e.g. a state dict);
             every masked tensor's dimension 1 must be a multiple of ``m``.
         mask: the current mask; only its alive weights are candidates.
-        n, m: at most ``n`` of every ``m`` weights stay alive, ``0 < n < m <= 32``.
+        n: at most ``n`` of every ``m`` weights stay alive, ``0 < n < m``.
+        m: the group size, ``m <= 32``.
         fraction: ``None`` (the last cycle): keep exactly the ``n`` largest alive weights of
             every group (all of a group's alive weights where it has fewer). A share in
             [0, 1) (an earlier cycle): remove ``round(fraction * alive)`` of the smallest alive
