@@ -36,9 +36,11 @@ PYTEST_ARGS ?= -n auto
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The reproduction study: every method of two settings over 5 seeds, then docs/RESULTS.md.
-# 104 min measured on 2 CPU cores (2026-12-04); resumable (finished runs under
-# runs/study are reused, and a call that trains nothing rewrites RESULTS.md in under a minute). MNIST
+# The reproduction study: every method of its four settings over 5 seeds, then one document per
+# setting group (docs/RESULTS.md, RESULTS-during-training.md, RESULTS-channels.md). Measured on
+# 2 CPU cores (2026-12-04): 104 min for the two settings of RESULTS.md, about 25 min for the
+# other two; resumable (finished runs under runs/study are reused, and a call that trains
+# nothing rewrites the documents in under a minute). MNIST
 # comes from ../shared/data where that checkout has it, else $$SPARSEAVG_DATA or a download.
 STUDY_DATA := $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data),)
 study: $(STAMP)

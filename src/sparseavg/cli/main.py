@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = sub.add_parser(
         "study",
-        help="the reproduction study: every method over 5 seeds, analyses, docs/RESULTS.md",
+        help="the reproduction study: every method over 5 seeds, analyses, docs/RESULTS*.md",
         description="Train (or resume) every group of the study's settings over its seeds, "
         "analyse the runs its experiments need, and write RESULTS.md and its plots. A second "
         "call reuses finished runs and analyses.",
