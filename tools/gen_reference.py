@@ -1,5 +1,5 @@
 """Write the documentation pages generated from the code, so that they cannot drift from it:
-``docs/configuration.md`` from the config schema (:func:`sparseavg.config.field_help`) and
+``docs/configuration.md`` from the config schema (:func:`sparseavg.config.field_specs`) and
 ``docs/cli.md`` from the command line's argument parsers.
 
     python tools/gen_reference.py          # rewrite both pages

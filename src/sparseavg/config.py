@@ -3,7 +3,8 @@
 A :class:`Config` has sections of plain typed fields. The schema of a field is its annotation
 and its metadata, nothing else: a ``Literal`` annotation is the one list of its allowed values,
 and ``_f(..., lo=, hi=)`` its range (for a list or a table: the range of each element). Every
-check, the ``--help`` text and the README table read them from there (:func:`field_specs`).
+check, the ``--help`` text and the configuration reference (docs/configuration.md) read them
+from there (:func:`field_specs`).
 :func:`build_config` checks every value against them and refuses unknown keys, so a bad config
 fails with one line that names the field and what it accepts.
 
@@ -618,7 +619,7 @@ def field_specs() -> list[FieldSpec]:
 
 
 def field_help() -> list[tuple[str, str, str]]:
-    """``(key, repr(default), help)`` for every field, for the README table."""
+    """``(key, repr(default), help)`` for every field, for tables of the fields."""
     return [(s.key, repr(s.default), s.help) for s in field_specs()]
 
 
