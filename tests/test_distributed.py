@@ -77,6 +77,9 @@ def _assert_bitwise_equal(a: Path, b: Path) -> None:
     [
         # 3 SWA particles over 2 ranks: rank 1 sits out the second round
         ("swamp", ("--set", "ingredients.count=3")),
+        # pruning during training: 3 copies trained with DPF's feedback, each moving its own
+        # mask; the masks come back from the ranks and are settled on their average's
+        ("sms-dpf", ("--set", "ingredients.count=3", "--set", "pruning.gmp_interval=1")),
         # ingredients of different lengths (the ranks' epoch counts differ) and a greedy soup
         (
             "sms",
