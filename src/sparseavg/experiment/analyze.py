@@ -848,7 +848,7 @@ def _save(fig: Any, path: Path) -> None:
 
 def plot_barriers(document: dict[str, Any], path: Path) -> None:
     """Loss (nats) and error (%) against α for every line of one cycle: test split solid,
-    training split dashed."""
+    training split dashed, both named in the one legend beside the lines' colours."""
     fig, (loss_ax, error_ax) = _figure(1, 2, (11.0, 4.2))
     for i, line in enumerate(document.get("barrier", [])):
         color = f"C{i % 10}"
@@ -859,10 +859,13 @@ def plot_barriers(document: dict[str, Any], path: Path) -> None:
             errors = [None if e is None else 100 * e for e in p["errors"]]
             error_ax.plot(p["alphas"], errors, style, color=color)
     loss_ax.set(xlabel="α", ylabel="cross-entropy (nats)", title="loss along the line")
-    error_ax.set(xlabel="α", ylabel="error (%)", title="error (test solid, train dashed)")
+    error_ax.set(xlabel="α", ylabel="error (%)", title="error along the line")
     for ax in (loss_ax, error_ax):
         ax.grid(True, alpha=0.3)
     if document.get("barrier"):
+        # the lines' colours and the splits' line styles in one key
+        loss_ax.plot([], [], "-", color="0.3", label="test split")
+        loss_ax.plot([], [], "--", color="0.3", label="training split")
         loss_ax.legend(fontsize="x-small")
     fig.suptitle(f"{document.get('run', '')} cycle {document.get('cycle')}", fontsize="small")
     _save(fig, path)
