@@ -134,3 +134,17 @@ def tiny_run(runs: Path, values: dict[str, Any]) -> Path:
     from sparseavg.experiment import run
 
     return run(tiny_config(values), runs)
+
+
+def use_executor(monkeypatch, executor) -> None:
+    """Make every following ``engine.run`` train its ingredients with ``executor`` (the real
+    :func:`~sparseavg.experiment.prepare.prepare` with its executor replaced)."""
+    import dataclasses
+
+    import sparseavg.experiment.engine as engine
+    from sparseavg.experiment.prepare import prepare
+
+    def patched(*args, **kwargs):
+        return dataclasses.replace(prepare(*args, **kwargs), executor=executor)
+
+    monkeypatch.setattr(engine, "prepare", patched)

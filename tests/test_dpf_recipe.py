@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
-import sparseavg.experiment.engine as engine
 from engine_helpers import (
     final_weights,
     rows,
     same_weights,
     tiny_config,
     tiny_run,
+    use_executor,
 )
 from helpers import tiny_net, tiny_split
 from sparseavg.cli.main import main
@@ -189,17 +187,10 @@ def test_dpf_resumed_mid_run_equals_an_uninterrupted_run(tmp_path):
 def test_dpf_under_the_stacked_executor_equals_sequential(tmp_path, monkeypatch):
     """One model: the stacked executor trains it as sequential does (nothing to stack), bit
     for bit; several jobs with a mask schedule fall back, naming it (test_rigl_recipe)."""
-    prepare = engine.prepare
 
-    def with_executor(executor):
-        def patched(*args, **kwargs):
-            return dataclasses.replace(prepare(*args, **kwargs), executor=executor)
-
-        return patched
-
-    monkeypatch.setattr(engine, "prepare", with_executor(Sequential()))
+    use_executor(monkeypatch, Sequential())
     sequential = tiny_run(tmp_path / "sequential", DPF_TINY)
-    monkeypatch.setattr(engine, "prepare", with_executor(Stacked()))
+    use_executor(monkeypatch, Stacked())
     stacked = tiny_run(tmp_path / "stacked", DPF_TINY)
     assert rows(stacked) == rows(sequential)
     files = sorted(p.relative_to(sequential) for p in sequential.rglob("*.safetensors"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sparseavg.experiment.engine as engine
-from engine_helpers import final_weights, rows, same_weights, tiny_config, tiny_run
+from engine_helpers import final_weights, rows, same_weights, tiny_config, tiny_run, use_executor
 from sparseavg.config import ConfigError
 from sparseavg.parallel import Sequential, Stacked
 from sparseavg.pruning import GradualMagnitudePruning, Mask, fraction_per_cycle, relative_norm_drop
@@ -269,7 +269,6 @@ def test_resumed_mid_phase_equals_an_uninterrupted_run(tmp_path, values, stops, 
 def test_bimp_under_the_stacked_executor_equals_sequential(tmp_path, monkeypatch):
     """One model per phase: the stacked executor trains it as sequential does, without a
     fallback message (nothing to stack), bit for bit."""
-    prepare = engine.prepare
     messages: list[str] = []
 
     class Noted(Stacked):
@@ -283,15 +282,9 @@ def test_bimp_under_the_stacked_executor_equals_sequential(tmp_path, monkeypatch
 
             return super().run(model, trainer, work, jobs, Hooks())
 
-    def with_executor(executor):
-        def patched(*args, **kwargs):
-            return dataclasses.replace(prepare(*args, **kwargs), executor=executor)
-
-        return patched
-
-    monkeypatch.setattr(engine, "prepare", with_executor(Sequential()))
+    use_executor(monkeypatch, Sequential())
     sequential = tiny_run(tmp_path / "sequential", BIMP_TINY)
-    monkeypatch.setattr(engine, "prepare", with_executor(Noted()))
+    use_executor(monkeypatch, Noted())
     stacked = tiny_run(tmp_path / "stacked", BIMP_TINY)
     assert messages == []
     assert rows(stacked) == rows(sequential)

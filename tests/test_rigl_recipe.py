@@ -3,13 +3,10 @@ exact counts (issue 17). Reference: google-research/rigl at d39fc7d, docs/dst-de
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch import nn
 
-import sparseavg.experiment.engine as engine
 from engine_helpers import (
     final_weights,
     only_run,
@@ -18,6 +15,7 @@ from engine_helpers import (
     tiny_args,
     tiny_config,
     tiny_run,
+    use_executor,
 )
 from helpers import tiny_net, tiny_split
 from sparseavg.cli.main import main
@@ -356,17 +354,10 @@ def test_rigl_resumed_mid_run_equals_an_uninterrupted_run(tmp_path):
 def test_rigl_under_the_stacked_executor_equals_sequential(tmp_path, monkeypatch):
     """One model: the stacked executor trains it as sequential does (nothing to stack, no
     message), bit for bit; with several jobs it would fall back, naming the mask schedule."""
-    prepare = engine.prepare
 
-    def with_executor(executor):
-        def patched(*args, **kwargs):
-            return dataclasses.replace(prepare(*args, **kwargs), executor=executor)
-
-        return patched
-
-    monkeypatch.setattr(engine, "prepare", with_executor(Sequential()))
+    use_executor(monkeypatch, Sequential())
     sequential = tiny_run(tmp_path / "sequential", RIGL_TINY)
-    monkeypatch.setattr(engine, "prepare", with_executor(Stacked()))
+    use_executor(monkeypatch, Stacked())
     stacked = tiny_run(tmp_path / "stacked", RIGL_TINY)
     assert rows(stacked) == rows(sequential)
     files = sorted(p.relative_to(sequential) for p in sequential.rglob("*.safetensors"))

@@ -3,20 +3,19 @@ schedule), on tiny engine runs with exact counts (issue 17; our reading, docs/re
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
 import pytest
 import torch
 
-import sparseavg.experiment.engine as engine
 from engine_helpers import (
     final_weights,
     rows,
     same_weights,
     tiny_config,
     tiny_run,
+    use_executor,
 )
 from sparseavg.config import ConfigError
 from sparseavg.parallel import Sequential, Stacked
@@ -201,7 +200,6 @@ def test_sms_dpf_under_the_stacked_executor_falls_back_naming_the_mask_schedule(
 ):
     """Two copies with a mask schedule cannot be stacked: the stacked executor says why and
     trains them one by one, giving the sequential run bit for bit."""
-    prepare = engine.prepare
     messages: list[str] = []
 
     class Noted(Stacked):
@@ -215,16 +213,10 @@ def test_sms_dpf_under_the_stacked_executor_falls_back_naming_the_mask_schedule(
 
             return super().run(model, trainer, work, jobs, Hooks())
 
-    def with_executor(executor):
-        def patched(*args, **kwargs):
-            return dataclasses.replace(prepare(*args, **kwargs), executor=executor)
-
-        return patched
-
     values = {**SMS_GMP_TINY, "recipe": "sms-dpf"}
-    monkeypatch.setattr(engine, "prepare", with_executor(Sequential()))
+    use_executor(monkeypatch, Sequential())
     sequential = tiny_run(tmp_path / "sequential", values)
-    monkeypatch.setattr(engine, "prepare", with_executor(Noted()))
+    use_executor(monkeypatch, Noted())
     stacked = tiny_run(tmp_path / "stacked", values)
     reason = "stacked: a mask schedule changes the mask during training; training them one by one"
     assert [m for m in messages if m.startswith("stacked:")] == [reason, reason]
