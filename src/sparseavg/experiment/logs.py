@@ -36,6 +36,7 @@ from typing import Any
 
 from ..training import EPOCH_KEYS
 from ..utils.files import atomic_write_bytes, atomic_write_text
+from ..utils.imports import import_problem
 
 RESULTS_CSV = "results.csv"
 EPOCHS_JSONL = "epochs.jsonl"
@@ -171,15 +172,9 @@ def write_epochs(directory: Path, rows: Sequence[Row]) -> None:
 
 
 def tensorboard_problem() -> str | None:
-    """Why ``torch.utils.tensorboard.SummaryWriter`` (what the events are written with) does
-    not import, in one line, or ``None`` when it does. A real import: a package that is
-    installed but fails to import (a version clash) is caught before a run trains."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except Exception as err:  # ImportError, or whatever a broken install raises
-        text = str(err).strip()
-        return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-    return None
+    """Why ``torch.utils.tensorboard`` (what the events are written with) does not import, in
+    one line, or ``None`` when it does (:func:`~sparseavg.utils.imports.import_problem`)."""
+    return import_problem("torch.utils.tensorboard")
 
 
 def tensorboard_available() -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
+from ..utils.imports import import_problem
 from .progress import NullReporter, Reporter
 
 #: what to run when the SLURM launcher is asked for and submitit is missing
@@ -29,12 +30,7 @@ class LaunchError(RuntimeError):
 
 def submitit_problem() -> str | None:
     """Why ``submitit`` does not import, in one line, or ``None`` when it does."""
-    try:
-        import submitit  # noqa: F401
-    except Exception as err:  # ImportError, or whatever a broken install raises
-        text = str(err).strip()
-        return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-    return None
+    return import_problem("submitit")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.files import atomic_write_text
+from ..utils.imports import import_problem
 from .logs import Scalar, cycle_scalars, epoch_scalars
 
 #: what to run when ``execution.wandb`` is on and the package is missing
@@ -36,12 +37,7 @@ WANDB_FILE = "wandb.json"
 
 def wandb_problem() -> str | None:
     """Why ``wandb`` does not import, in one line, or ``None`` when it does."""
-    try:
-        import wandb  # noqa: F401
-    except Exception as err:  # ImportError, or whatever a broken install raises
-        text = str(err).strip()
-        return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-    return None
+    return import_problem("wandb")
 
 
 def _by_step(points: Sequence[Scalar], step_key: str) -> list[dict[str, float]]:
