@@ -29,7 +29,7 @@ import tomli_w
 from .averaging import AcceptRule
 from .models import InitScheme
 from .pruning import GmpCounts, Rounding, Scope, fraction_per_cycle, parse_pattern
-from .pruning.rigl import Distribution
+from .pruning.rigl import Distribution, RiglDecide
 from .training.settings import Optimizer, Precision, SwaSchedule
 
 #: Part of every run's hash. Bump it when a default changes (or what a value means), since a
@@ -355,6 +355,14 @@ class PruningConfig:
         lo=0.0,
         hi=1.0,
         lo_open=True,
+    )
+    rigl_decide: RiglDecide = _f(
+        "each",
+        "swamp-rigl: who takes the particles' drop/grow decisions: average (one decision at "
+        "every update from the particles' mean weights and mean dense gradient, written into "
+        "all of them, so they share one mask and train in lock step; swamp-rigl's default) or "
+        "each (every particle runs RigL on its own; their masks are settled on their average's "
+        "at the end, each layer's count kept)",
     )
 
     @property

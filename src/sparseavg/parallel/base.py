@@ -103,6 +103,27 @@ class Trainer(Protocol):
         """
         ...
 
+    def together(
+        self,
+        model: nn.Module,
+        work: Work,
+        jobs: Sequence[Job],
+        resume: Sequence[TrainState] | None,
+        on_epoch_end: Callable[[int, TrainState], None] | None,
+        tracker: Tracker | None,
+    ) -> list[TrainResult]:
+        """Train ``jobs`` in lock step, sharing the decisions of ``work.during`` (a
+        :class:`~sparseavg.pruning.SharedDecisions`), from ``work.start`` or from their
+        checkpoints ``resume`` (one per job, at one step); ``model`` is scratch space for the
+        first job. Calls ``on_epoch_end(i, state)`` for job ``jobs[i]`` at epoch ends; returns
+        one result per job, in order.
+
+        Raises:
+            DivergenceError: a job's loss became NaN/inf (all stop: they share decisions).
+            ValueError: the trainer cannot train jobs together (a user's training function).
+        """
+        ...
+
     def epoch_ends(self, job: Job, start_step: int) -> int:
         """How many times a run of ``job`` from global step ``start_step`` calls
         ``on_epoch_end`` (the distributed executor matches its collectives to it)."""

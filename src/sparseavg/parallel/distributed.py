@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..pruning import SharedDecisions
 from ..training import DivergenceError, TrainResult, TrainState
 from .base import Hooks, Job, Outcome, Tracker, Trainer, Work
 
@@ -340,6 +341,11 @@ class Distributed:
     def run(
         self, model: nn.Module, trainer: Trainer, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
+        if isinstance(work.during, SharedDecisions):
+            raise ValueError(
+                "ingredients that share mask decisions train in lock step in one process; "
+                "the distributed executor deals them out one by one"
+            )
         by_index = {job.index: job for job in jobs}
         resumes = {job.index: hooks.resume(job) for job in jobs}
         for index, r in resumes.items():

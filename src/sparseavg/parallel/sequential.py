@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..pruning import SharedDecisions
 from ..training import DivergenceError, TrainState
 from .base import Hooks, Job, Outcome, Tracker, Trainer, Work
 
@@ -32,15 +33,61 @@ def train_job(
     return hooks.finish(job, result, before + time.perf_counter() - t0)
 
 
+def train_together(
+    model: nn.Module, trainer: Trainer, work: Work, jobs: Sequence[Job], hooks: Hooks
+) -> dict[int, Outcome]:
+    """Train ``jobs`` in lock step (``work.during`` is a
+    :class:`~sparseavg.pruning.SharedDecisions`) with ``trainer.together``, resuming their
+    checkpoints when all are at one step; save and return their outcomes. Checkpoints at
+    different steps (a run stopped while it wrote one epoch's) are set aside: the jobs train
+    together again from the start, which gives the same result."""
+    found = [hooks.resume(job) for job in jobs]
+    present = [c for c in found if c is not None]
+    if present and (len(present) < len(found) or len({s.step for s, _ in present}) > 1):
+        hooks.message(
+            f"cycle {work.cycle}: the ingredients trained together have checkpoints at "
+            "different steps; training them together again from the start"
+        )
+        found = [None] * len(jobs)
+    resume = [c[0] for c in found if c is not None] or None
+    before = [c[1] if c is not None else 0.0 for c in found]
+    if resume is not None:
+        hooks.message(f"cycle {work.cycle} ingredients: resuming at step {resume[0].step}")
+    t0 = time.perf_counter()
+
+    def save(i: int, state: TrainState) -> None:
+        hooks.checkpoint(jobs[i], state, before[i] + time.perf_counter() - t0)
+
+    tracker = hooks.track(jobs)
+    try:
+        results = trainer.together(model, work, jobs, resume, save, tracker)
+    except DivergenceError as err:
+        outcomes = {job.index: hooks.diverged(job, err) for job in jobs}
+    else:
+        seconds = time.perf_counter() - t0
+        outcomes = {
+            job.index: hooks.finish(job, result, before[i] + seconds)
+            for i, (job, result) in enumerate(zip(jobs, results, strict=True))
+        }
+    finally:
+        tracker.close()
+    for job in jobs:
+        hooks.save(job, outcomes[job.index])
+    return outcomes
+
+
 class Sequential:
     """Trains the jobs one after another in this process: the reference every other executor
-    is tested against."""
+    is tested against. Jobs that share a mask schedule's decisions
+    (:class:`~sparseavg.pruning.SharedDecisions`) train together, in lock step."""
 
     name = "sequential"
 
     def run(
         self, model: nn.Module, trainer: Trainer, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
+        if isinstance(work.during, SharedDecisions):
+            return train_together(model, trainer, work, jobs, hooks)
         outcomes: dict[int, Outcome] = {}
         for job in jobs:
             tracker = hooks.track([job])

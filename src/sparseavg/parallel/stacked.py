@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..data import BatchSource
-from ..pruning import Mask
+from ..pruning import Mask, SharedDecisions
 from ..training import (
     DivergenceError,
     EpochLog,
@@ -151,6 +151,9 @@ class Stacked:
             hooks.message(
                 "stacked: a training function of your own is not stacked; training them one by one"
             )
+            return Sequential().run(model, trainer, work, jobs, hooks)
+        if isinstance(work.during, SharedDecisions):
+            hooks.message("stacked: these ingredients share mask decisions; training in lock step")
             return Sequential().run(model, trainer, work, jobs, hooks)
         reason = unstackable(model, work, jobs)
         checkpoints: list[Checkpoint | None] = [None] * len(jobs)

@@ -3,13 +3,15 @@ a user's own training function."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from ..data import BatchSource
-from ..training import TrainResult, TrainState, steps_per_epoch, train
+from ..pruning import StepMaskSchedule
+from ..training import TrainResult, TrainState, steps_per_epoch, train, train_together
 from ..training.custom import TrainFn, run_user_loop
 from ..training.evaluate import model_device
 from .base import Job, Tracker, Work
@@ -43,6 +45,36 @@ class LoopTrainer:
             on_epoch_end=on_epoch_end,
             progress=tracker,
             mask_schedule=work.during,
+            compile=work.compile,
+        )
+
+    def together(
+        self,
+        model: nn.Module,
+        work: Work,
+        jobs: Sequence[Job],
+        resume: Sequence[TrainState] | None,
+        on_epoch_end: Callable[[int, TrainState], None] | None,
+        tracker: Tracker | None,
+    ) -> list[TrainResult]:
+        """:func:`~sparseavg.training.train_together` on ``model`` and a copy of it for each
+        further job."""
+        if not isinstance(work.during, StepMaskSchedule):
+            raise ValueError("jobs train together only under a step mask schedule (RigL's)")
+        models = [model] + [copy.deepcopy(model) for _ in jobs[1:]]
+        for m in models:
+            m.load_state_dict(work.start)
+        return train_together(
+            models,
+            self.data,
+            [job.settings for job in jobs],
+            seeds=[job.seed for job in jobs],
+            mask=work.mask.to(model_device(model)),
+            mask_schedule=work.during,
+            start_step=work.start_step,
+            resume=resume,
+            on_epoch_end=on_epoch_end,
+            progress=tracker,
             compile=work.compile,
         )
 
@@ -87,6 +119,17 @@ class FunctionTrainer:
             index=job.index,
             progress=tracker,
         )
+
+    def together(
+        self,
+        model: nn.Module,
+        work: Work,
+        jobs: Sequence[Job],
+        resume: Sequence[TrainState] | None,
+        on_epoch_end: Callable[[int, TrainState], None] | None,
+        tracker: Tracker | None,
+    ) -> list[TrainResult]:
+        raise ValueError("models that share a mask schedule's decisions need the built-in loop")
 
     def epoch_ends(self, job: Job, start_step: int) -> int:
         return 0

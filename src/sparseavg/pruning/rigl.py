@@ -11,7 +11,7 @@ Reference: google-research/rigl at d39fc7d, ``rigl/sparse_utils.py`` (densities)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +21,8 @@ from torch import Tensor
 from .mask import Mask, MaskError
 
 Distribution = Literal["erk", "er", "uniform"]
+#: who takes several particles' drop/grow decisions (swamp-rigl): one on their average, or each
+RiglDecide = Literal["each", "average"]
 DISTRIBUTIONS: tuple[str, ...] = ("erk", "er", "uniform")
 DropSchedule = Literal["cosine", "constant"]
 
@@ -336,6 +338,28 @@ def rigl_update(
     return Mask(new), grown
 
 
+def particle_mean(
+    states: Sequence[Mapping[str, Tensor]], names: Iterable[str]
+) -> dict[str, Tensor]:
+    """The uniform mean of every entry ``names`` of the particles' ``states`` (weights or
+    gradients), ``name -> tensor`` in the first state's dtype, on the CPU: summed in float64
+    in index order, then divided (one particle: exactly its own values).
+
+    Raises:
+        MaskError: a state lacks one of ``names``.
+    """
+    out = {}
+    for name in names:
+        missing = [i for i, state in enumerate(states) if name not in state]
+        if missing:
+            raise MaskError(f"particle {missing[0]} lacks the masked parameter {name!r}")
+        total = states[0][name].detach().double().cpu()
+        for state in states[1:]:
+            total = total + state[name].detach().double().cpu()
+        out[name] = (total / len(states)).to(states[0][name].dtype)
+    return out
+
+
 def shared_rigl_update(
     particle_weights: Sequence[Mapping[str, Tensor]],
     particle_gradients: Sequence[Mapping[str, Tensor]],
@@ -344,34 +368,23 @@ def shared_rigl_update(
 ) -> tuple[Mask, dict[str, Tensor]]:
     """One RigL update that N particles share (SWAMP on RigL, our reading of "the particles
     share the mask schedule's decisions"): :func:`rigl_update` on the particles' uniform
-    weight average and their mean (signed) gradient, the gradient of their mean loss. Every
-    particle then gets the same mask and the same ``grown``, so they stay averageable and the
-    alive count stays constant. (Intersecting per-particle updates would not keep the count.)
-
-    Means are taken in float64, summing particles in index order, then cast back.
+    weight average and their mean (signed) gradient (:func:`particle_mean`), the gradient of
+    their mean loss. Every particle then gets the same mask and the same ``grown``, so they
+    stay averageable and the alive count stays constant. (Intersecting per-particle updates
+    would not keep the count.) :func:`~sparseavg.training.train_together` takes this update
+    at every step of :class:`RigLSchedule` under :class:`~sparseavg.pruning.SharedDecisions`.
 
     Raises:
         ValueError: no particles, or different numbers of weights and gradients.
+        MaskError: a particle lacks a masked parameter.
     """
     if not particle_weights or len(particle_weights) != len(particle_gradients):
         raise ValueError(
             f"need as many gradients as weights, at least one: got {len(particle_weights)} "
             f"weights and {len(particle_gradients)} gradients"
         )
-
-    def mean(states: Sequence[Mapping[str, Tensor]], name: str) -> Tensor:
-        total = states[0][name].detach().double().cpu()
-        for state in states[1:]:
-            total = total + state[name].detach().double().cpu()
-        return (total / len(states)).to(states[0][name].dtype)
-
-    for states in (particle_weights, particle_gradients):
-        for state in states:
-            missing = [n for n in mask if n not in state]
-            if missing:
-                raise MaskError(f"a particle lacks the masked parameters {missing[:5]}")
-    weights = {n: mean(particle_weights, n) for n in mask}
-    gradients = {n: mean(particle_gradients, n) for n in mask}
+    weights = particle_mean(particle_weights, mask)
+    gradients = particle_mean(particle_gradients, mask)
     return rigl_update(weights, gradients, mask, drop_fraction)
 
 

@@ -146,6 +146,57 @@ class StepMaskSchedule(MaskSchedule, Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SharedDecisions:
+    """A :class:`StepMaskSchedule` whose decisions several models take together (swamp-rigl's
+    particles in lock step): at each update step of :attr:`schedule`, one
+    :meth:`~StepMaskSchedule.update_step` from the models' mean weights and mean dense gradients
+    of that step, written into every model, so they share one mask throughout
+    (:func:`~sparseavg.training.train_together`). On one model it is :attr:`schedule` itself;
+    executors that see it train a cycle's ingredients together.
+
+    Attributes:
+        schedule: the step schedule whose decisions are shared (e.g.
+            :class:`~sparseavg.pruning.rigl.RigLSchedule`); its epoch-end :meth:`update` must
+            not need gradients.
+    """
+
+    schedule: StepMaskSchedule
+
+    def __post_init__(self) -> None:
+        if self.schedule.needs_gradients:
+            raise ValueError("shared decisions take no epoch-end gradients (needs_gradients)")
+
+    @property
+    def needs_gradients(self) -> bool:
+        return False
+
+    def updates_at(self, step: int, steps_per_epoch: int, total_steps: int) -> bool:
+        return self.schedule.updates_at(step, steps_per_epoch, total_steps)
+
+    def update_step(
+        self,
+        step: int,
+        steps_per_epoch: int,
+        total_steps: int,
+        weights: Mapping[str, Tensor],
+        gradients: Mapping[str, Tensor],
+        mask: Mask,
+    ) -> tuple[Mask, dict[str, Tensor]]:
+        return self.schedule.update_step(
+            step, steps_per_epoch, total_steps, weights, gradients, mask
+        )
+
+    def update(
+        self,
+        epochs_done: int,
+        weights: Mapping[str, Tensor],
+        gradients: Mapping[str, Tensor] | None,
+        mask: Mask,
+    ) -> Mask | None:
+        return self.schedule.update(epochs_done, weights, gradients, mask)
+
+
 @runtime_checkable
 class FeedbackMaskSchedule(MaskSchedule, Protocol):
     """A :class:`MaskSchedule` whose mask is applied only in the forward pass (DPF's error

@@ -323,8 +323,9 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "swamp-rigl",
             "SWAMP on RigL: N particles from one initialisation and random sparse mask, each "
-            "running RigL with its own batch order and SWA after pruning.rigl_end; their masks "
-            "settled on their average's (per-layer counts kept), then averaged",
+            "with its own batch order and SWA after pruning.rigl_end, in lock step: every "
+            "drop/grow decision taken once on their average and shared (pruning.rigl_decide), "
+            "then averaged",
             defaults=merge(
                 _SWAMP_DEFAULTS,
                 {
@@ -332,6 +333,7 @@ RECIPES: dict[str, Recipe] = {
                         "target_sparsity": 0.9,
                         "exclude_first": True,
                         "rewind_epochs": 0.0,
+                        "rigl_decide": "average",
                     }
                 },
             ),
@@ -524,7 +526,13 @@ def _check_fraction(config: Config) -> None:
 
 
 _RIGL_RECIPES = ("rigl", "swamp-rigl")
-_RIGL_FIELDS = ("rigl_distribution", "rigl_interval", "rigl_drop_fraction", "rigl_end")
+_RIGL_FIELDS = (
+    "rigl_distribution",
+    "rigl_interval",
+    "rigl_drop_fraction",
+    "rigl_end",
+    "rigl_decide",
+)
 
 
 def _check_rigl(config: Config) -> None:
@@ -556,6 +564,17 @@ def _check_rigl(config: Config) -> None:
             f"pruning.{given[0]} = {getattr(p, given[0])!r}: recipe {config.recipe} draws its own "
             f"random sparse start (pruning.rigl_distribution) and drops and grows per layer; leave "
             f"pruning.{given[0]} unset"
+        )
+    if config.recipe == "rigl" and p.rigl_decide != default.rigl_decide:
+        raise ConfigError(
+            f"pruning.rigl_decide = {p.rigl_decide!r} chooses how swamp-rigl's particles decide; "
+            "recipe rigl trains one model: leave it unset"
+        )
+    if p.rigl_decide == "average" and config.execution.mode == "distributed":
+        raise ConfigError(
+            "execution.mode = 'distributed' deals the particles out one by one, but with "
+            "pruning.rigl_decide = 'average' they train in lock step in one process: use "
+            "execution.mode = 'sequential' or 'auto', or pruning.rigl_decide = 'each'"
         )
     if t.swa and t.swa_start < p.rigl_end:
         raise ConfigError(

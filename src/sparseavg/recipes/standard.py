@@ -14,7 +14,14 @@ from typing import cast
 
 from ..averaging import AcceptRule
 from ..config import Config
-from ..pruning import GmpCounts, GradualMagnitudePruning, MaskSchedule, Rounding, Scope
+from ..pruning import (
+    GmpCounts,
+    GradualMagnitudePruning,
+    MaskSchedule,
+    Rounding,
+    Scope,
+    SharedDecisions,
+)
 from ..pruning.budget import split_epochs
 from ..pruning.channels import ChannelGradualPruning, Norm
 from ..pruning.dpf import DPFSchedule
@@ -351,11 +358,17 @@ def rigl_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> Cyc
 
 def particles_rigl_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
     """swamp-rigl: :func:`rigl_plan` with ``ingredients.count`` particles that start from the
-    same initialisation and sparse mask and differ in their batch order; each runs RigL's
-    drop and grow on its own, and their moved masks are settled on the mask of their average
-    with each layer's alive count kept (:class:`~.rules.AverageMaskPerLayer`) before they are
-    averaged."""
-    return replace(rigl_plan(config, lineage, cycle, rewind_step), settle=AverageMaskPerLayer())
+    same initialisation and sparse mask and differ in their batch order. Under
+    ``pruning.rigl_decide = "average"`` they train in lock step and every drop/grow decision
+    is taken once, on their mean weights and mean dense gradient, and written into all of
+    them (:class:`~sparseavg.pruning.SharedDecisions`): one mask throughout. Under ``"each"``
+    each runs RigL on its own, and their moved masks are settled on the mask of their
+    average with each layer's alive count kept (:class:`~.rules.AverageMaskPerLayer`) before
+    they are averaged."""
+    plan = rigl_plan(config, lineage, cycle, rewind_step)
+    if config.pruning.rigl_decide == "average":
+        return replace(plan, during=SharedDecisions(cast(RigLSchedule, plan.during)))
+    return replace(plan, settle=AverageMaskPerLayer())
 
 
 def phase_epochs(config: Config) -> tuple[int, ...]:

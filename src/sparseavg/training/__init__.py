@@ -5,6 +5,7 @@ from .attach import AttachedMask, attach
 from .custom import LoopSettings, TrainFn, run_user_loop
 from .evaluate import Evaluation, evaluate, evaluate_probabilities, model_device, predict_logits
 from .history import EPOCH_KEYS, EpochLog
+from .lockstep import train_together
 from .loop import (
     DivergenceError,
     TrainResult,
@@ -52,5 +53,6 @@ __all__ = [
     "smallest_rate",
     "steps_per_epoch",
     "train",
+    "train_together",
     "warmup_steps",
 ]

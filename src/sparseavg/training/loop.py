@@ -361,15 +361,8 @@ def train(
         if progress is not None:
             progress(step, stop, losses[-1] if losses else None)
 
-    swa_state: State | None = None
-    swa_count = 0
-    if swa is not None and int(swa.n_averaged) > 0:
-        swa_count = int(swa.n_averaged)
-        swa_state = {
-            k.removeprefix("module."): v
-            for k, v in _swa_to_cpu(swa).items()
-            if k.startswith("module.")
-        }
+    swa_state = _swa_state(swa)
+    swa_count = 0 if swa is None else int(swa.n_averaged)
     state = clone_state(model, device="cpu")
     if feedback is not None and mask is not None:
         state = mask.applied(state)  # the model DPF reports: w ⊙ m
@@ -383,6 +376,16 @@ def train(
         mask=mask,
         history=history,
     )
+
+
+def _swa_state(swa: AveragedModel | None) -> State | None:
+    """The SWA average's model state on the CPU, ``None`` without SWA or before its first
+    snapshot."""
+    if swa is None or int(swa.n_averaged) == 0:
+        return None
+    return {
+        k.removeprefix("module."): v for k, v in _swa_to_cpu(swa).items() if k.startswith("module.")
+    }
 
 
 def _update_mask_at_step(

@@ -1,0 +1,347 @@
+"""``train_together``: several models in lock step under one mask that a step schedule moves
+from their average (swamp-rigl's particles sharing RigL's drop and grow decisions).
+
+Each model trains exactly as :func:`~sparseavg.train` would train it alone (its own optimizer,
+learning rate, batch order ``make_generator(seed, "epoch", e)``, SWA, epoch records and
+checkpoints), except at the schedule's update steps: there every model runs forward and
+backward on its own batch, then *one* :meth:`~sparseavg.pruning.StepMaskSchedule.update_step`
+is taken on the models' mean weights and mean dense gradients, and the new mask is written
+into every model (dropped and grown weights at exactly 0 with zero optimizer state); no model
+takes an optimizer step on that batch. So all models hold the same mask at every step, and
+with one model the run is :func:`~sparseavg.train` 's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from ..data import BatchSource
+from ..pruning import FeedbackMaskSchedule, Mask, StepMaskSchedule
+from ..pruning.rigl import apply_mask_update_, particle_mean
+from ..utils.seeding import make_generator
+from ..utils.state import clone_state
+from .evaluate import model_device
+from .history import EpochLog
+from .loop import (
+    DivergenceError,
+    Progress,
+    TrainResult,
+    TrainState,
+    _autocast,
+    _clear_gradients,
+    _compiled,
+    _epoch_summary,
+    _swa_state,
+    _swa_to_cpu,
+    build_optimizer,
+    correct_predictions,
+    optimizer_state_to_cpu,
+    steps_per_epoch,
+)
+from .masking import MaskEnforcer
+from .schedules import learning_rate
+from .settings import TrainSettings
+
+#: settings the models must share so that their steps and epochs line up
+LOCKSTEP_SETTINGS: tuple[str, ...] = ("epochs", "batch_size", "drop_last")
+
+
+@dataclass
+class _Member:
+    """One model of the lock step and what :func:`~sparseavg.train` keeps for it."""
+
+    model: nn.Module
+    settings: TrainSettings
+    seed: int
+    optimizer: torch.optim.Optimizer
+    swa: AveragedModel | None
+    swa_start_step: int | None
+    channels_last: bool
+    autocast: Callable[[], object]
+    forward: Callable[[Tensor], Tensor]
+    losses: list[float] = field(default_factory=list)
+    history: list[EpochLog] = field(default_factory=list)
+    lr: float | None = None
+    batches: Iterator[tuple[Tensor, Tensor]] = field(default_factory=lambda: iter(()))
+    step_losses: list[Tensor] = field(default_factory=list)
+    step_hits: list[Tensor] = field(default_factory=list)
+
+    @property
+    def trained(self) -> list[Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+
+def check_lockstep(settings: Sequence[TrainSettings], seeds: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless ``settings`` (one per model, at least one) share
+    :data:`LOCKSTEP_SETTINGS` and there is one seed per model."""
+    if not settings:
+        raise ValueError("train_together needs at least one model")
+    if len(seeds) != len(settings):
+        raise ValueError(f"{len(settings)} models but {len(seeds)} seeds")
+    for name in LOCKSTEP_SETTINGS:
+        values = {getattr(s, name) for s in settings}
+        if len(values) > 1:
+            raise ValueError(f"models in lock step must share {name}, got {sorted(values)}")
+
+
+def train_together(
+    models: Sequence[nn.Module],
+    data: BatchSource,
+    settings: Sequence[TrainSettings],
+    *,
+    seeds: Sequence[int],
+    mask: Mask,
+    mask_schedule: StepMaskSchedule,
+    start_step: int = 0,
+    resume: Sequence[TrainState] | None = None,
+    on_epoch_end: Callable[[int, TrainState], None] | None = None,
+    progress: Progress | None = None,
+    compile: bool = False,
+) -> list[TrainResult]:
+    """Train ``models`` in place, in lock step, sharing ``mask_schedule`` 's decisions (see the
+    module docstring); returns one :class:`~sparseavg.training.TrainResult` per model.
+
+    Args:
+        models: distinct models of one architecture on one device, each already holding its
+            start weights.
+        data: the training split.
+        settings: each model's hyperparameters; they must share :data:`LOCKSTEP_SETTINGS`
+            (learning rate, weight decay, schedule and SWA may differ).
+        seeds: each model's batch order and augmentation seed (as :func:`~sparseavg.train`).
+        mask: the mask all models start under.
+        mask_schedule: the step schedule whose updates all models share (RigL). Its
+            epoch-end ``update`` sees the models' mean weights and no gradients.
+        start_step: the global step to begin at.
+        resume: every model's :class:`~sparseavg.training.TrainState`, all at one step with
+            one mask, to continue from.
+        on_epoch_end: called with ``(model index, CPU TrainState)`` for every model at every
+            epoch boundary; the state holds the shared mask.
+        progress: called after every step with ``(step, total, None)`` and at every epoch end
+            with the models' mean epoch loss.
+        compile: run each model's forward through ``torch.compile``.
+
+    Raises:
+        DivergenceError: a model's training loss was NaN or infinite (checked once per epoch);
+            the models share decisions, so all of them stop.
+        ValueError: the settings, seeds or checkpoints do not line up, or the schedule is a
+            feedback (DPF) schedule.
+    """
+    check_lockstep(settings, seeds)
+    if len(models) != len(settings) or len({id(m) for m in models}) != len(models):
+        raise ValueError("train_together needs one distinct model per settings")
+    if isinstance(mask_schedule, FeedbackMaskSchedule):
+        raise ValueError("a feedback mask schedule (DPF) keeps dense weights; not in lock step")
+    device = model_device(models[0])
+    first = settings[0]
+    spe = steps_per_epoch(data, first.batch_size, first.drop_last)
+    total = first.epochs * spe
+    members = [
+        _member(m, s, seed, spe, device, compile)
+        for m, s, seed in zip(models, settings, seeds, strict=True)
+    ]
+    step = start_step
+    if resume is not None:
+        step, mask = _resume(members, resume, device)
+    enforcers = [MaskEnforcer(mb.model, mask) for mb in members]
+    for enforcer, mb in zip(enforcers, members, strict=True):
+        enforcer.mask_weights()
+        mb.model.train()
+
+    while step < total:
+        epoch, offset = divmod(step, spe)
+        epoch_end = (epoch + 1) * spe
+        started, first_step = time.perf_counter(), step
+        for mb in members:
+            batches = data.batches(
+                mb.settings.batch_size,
+                generator=make_generator(mb.seed, "epoch", epoch),
+                augment=mb.settings.augment,
+                drop_last=mb.settings.drop_last,
+            )
+            mb.batches = islice(batches, offset, None)  # resuming inside an epoch: skip
+            mb.step_losses, mb.step_hits = [], []
+        for s in range(step, epoch_end):
+            for mb in members:
+                _forward_backward(mb, s, total, device)
+            if mask_schedule.updates_at(s, spe, total):
+                mask = _shared_update(mask_schedule, s, spe, total, members, enforcers, mask)
+                enforcers = [MaskEnforcer(mb.model, mask) for mb in members]
+                for enforcer in enforcers:  # the batch only scored growth: no step
+                    enforcer.mask_gradients()
+                    enforcer.mask_weights()
+            else:
+                for enforcer, mb in zip(enforcers, members, strict=True):
+                    enforcer.mask_gradients()
+                    mb.optimizer.step()
+                    enforcer.mask_weights()
+            step = s + 1
+            if progress is not None:
+                progress(step, total, None)
+        seconds = time.perf_counter() - started
+        for mb in members:
+            bad, mean_loss, accuracy = _epoch_summary(mb.step_losses, mb.step_hits)
+            if bad is not None:
+                raise DivergenceError(first_step + bad, epoch)
+            mb.losses.append(mean_loss)
+            mb.history.append(EpochLog(epoch, step, mean_loss, accuracy, mb.lr, seconds))
+        new_mask = mask_schedule.update(epoch + 1, _mean_weights(members, mask), None, mask)
+        if new_mask is not None:
+            mask = new_mask.to(device)
+            enforcers = [
+                e.tighten(mask, mb.optimizer) for e, mb in zip(enforcers, members, strict=True)
+            ]
+        for index, mb in enumerate(members):
+            start_epoch = mb.settings.swa_start_epoch
+            if mb.swa is not None and start_epoch is not None and epoch >= start_epoch:
+                mb.swa.update_parameters(mb.model)
+            if on_epoch_end is not None:
+                on_epoch_end(index, _checkpoint(mb, step, mask))
+        if progress is not None:
+            progress(step, total, sum(mb.losses[-1] for mb in members) / len(members))
+
+    return [
+        TrainResult(
+            state=clone_state(mb.model, device="cpu"),
+            swa_state=_swa_state(mb.swa),
+            rewind_state=None,
+            losses=mb.losses,
+            steps=step,
+            swa_count=0 if mb.swa is None else int(mb.swa.n_averaged),
+            mask=mask,
+            history=mb.history,
+        )
+        for mb in members
+    ]
+
+
+def _member(
+    model: nn.Module,
+    settings: TrainSettings,
+    seed: int,
+    spe: int,
+    device: torch.device,
+    compile: bool,
+) -> _Member:
+    """A model's optimizer, SWA average and precision, as :func:`~sparseavg.train` sets them
+    up."""
+    bf16, channels_last = settings.resolved(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    swa_start_step = settings.swa_start_step(spe)
+    return _Member(
+        model=model,
+        settings=settings,
+        seed=seed,
+        optimizer=build_optimizer(model, settings),
+        swa=AveragedModel(model, use_buffers=False) if swa_start_step is not None else None,
+        swa_start_step=swa_start_step,
+        channels_last=channels_last,
+        autocast=_autocast(device, bf16),
+        forward=_compiled(model) if compile else model,
+    )
+
+
+def _resume(
+    members: list[_Member], resume: Sequence[TrainState], device: torch.device
+) -> tuple[int, Mask]:
+    """Load every member's checkpoint; returns their common step and mask."""
+    if len(resume) != len(members):
+        raise ValueError(f"{len(members)} models but {len(resume)} checkpoints to resume")
+    steps = {r.step for r in resume}
+    if len(steps) > 1:
+        raise ValueError(f"models in lock step resume at one step, got steps {sorted(steps)}")
+    masks = [Mask(r.mask) for r in resume if r.mask is not None]
+    if len(masks) < len(resume):
+        raise ValueError("a lock-step checkpoint holds the shared mask; one has none")
+    shared = masks[0]
+    if any(m != shared for m in masks[1:]):
+        raise ValueError("models in lock step resume under one mask; their checkpoints differ")
+    for mb, r in zip(members, resume, strict=True):
+        mb.model.load_state_dict(r.model)
+        mb.optimizer.load_state_dict(r.optimizer)
+        if mb.swa is not None and r.swa is not None:
+            mb.swa.load_state_dict(r.swa)
+        mb.losses, mb.history = list(r.losses), list(r.history)
+    return resume[0].step, shared.to(device)
+
+
+def _forward_backward(mb: _Member, step: int, total: int, device: torch.device) -> None:
+    """One batch of ``mb`` 's own order: learning rate, forward, loss and backward (no step)."""
+    lr = learning_rate(mb.settings, step, total, mb.swa_start_step)
+    if lr != mb.lr:
+        for group in mb.optimizer.param_groups:
+            group["lr"] = lr
+        mb.lr = lr
+    x, y = next(mb.batches)
+    x = x.to(device, non_blocking=True)
+    y = y.to(device, non_blocking=True)
+    if mb.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with mb.autocast():  # type: ignore[attr-defined]
+        logits = mb.forward(x)
+        loss = F.cross_entropy(logits, y)
+    _clear_gradients(mb.trained)
+    loss.backward()
+    mb.step_losses.append(loss.detach())
+    mb.step_hits.append(correct_predictions(logits.detach(), y))
+
+
+def _mean_weights(members: Sequence[_Member], mask: Mask) -> dict[str, Tensor]:
+    """The members' mean of every masked parameter (:func:`~sparseavg.pruning.rigl.
+    particle_mean`), on their device."""
+    device = model_device(members[0].model)
+    weights = [dict(mb.model.named_parameters()) for mb in members]
+    return {n: t.to(device) for n, t in particle_mean(weights, mask).items()}
+
+
+@torch.no_grad()
+def _shared_update(
+    schedule: StepMaskSchedule,
+    step: int,
+    spe: int,
+    total: int,
+    members: Sequence[_Member],
+    enforcers: Sequence[MaskEnforcer],
+    mask: Mask,
+) -> Mask:
+    """One update from the members' mean weights and mean dense gradients of this step,
+    written into every member (:func:`~sparseavg.pruning.rigl.apply_mask_update_`)."""
+    device = model_device(members[0].model)
+    grads = particle_mean([e.gradients() for e in enforcers], mask)
+    new_mask, grown = schedule.update_step(
+        step,
+        spe,
+        total,
+        _mean_weights(members, mask),
+        {n: g.to(device) for n, g in grads.items()},
+        mask,
+    )
+    new_mask = new_mask.to(device)
+    for mb in members:
+        apply_mask_update_(dict(mb.model.named_parameters()), new_mask, grown, mb.optimizer.state)
+    return new_mask
+
+
+def _checkpoint(mb: _Member, step: int, mask: Mask) -> TrainState:
+    """``mb`` 's CPU checkpoint at an epoch boundary, with the shared mask."""
+    return TrainState(
+        step=step,
+        model=clone_state(mb.model, device="cpu"),
+        optimizer=optimizer_state_to_cpu(mb.optimizer),
+        swa=_swa_to_cpu(mb.swa) if mb.swa is not None else None,
+        rewind=None,
+        losses=list(mb.losses),
+        mask=dict(mask.to("cpu")),
+        history=list(mb.history),
+    )
+
+
+__all__ = ["LOCKSTEP_SETTINGS", "check_lockstep", "train_together"]
