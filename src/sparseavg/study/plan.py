@@ -256,6 +256,11 @@ _DURING_GROUPS: dict[str, dict[str, Any]] = {
     "RigL": {"recipe": "rigl"},
     "RigL, 4x as long": {"recipe": "rigl", "train": {"epochs": 40}},
     "SWAMP-RigL (N=4)": {"recipe": "swamp-rigl", "ingredients": {"count": 4}},
+    "SWAMP-RigL (N=4), each decides": {
+        "recipe": "swamp-rigl",
+        "ingredients": {"count": 4},
+        "pruning": {"rigl_decide": "each"},
+    },
 }
 
 DURING = Setting(
@@ -268,7 +273,9 @@ DURING = Setting(
         "cubic schedule (a dense interval, then 4 steps), their SMS variants train 3 "
         "ingredients through each of those 4 phases and soup them; bimp trains 6 dense "
         "epochs and splits 4 over 4 ALLR phases; RigL trains 10 epochs from a random ERK "
-        "mask, and SWAMP-RigL's 4 particles do so each (SWA over the last 25 %). Each averaged "
+        "mask, and SWAMP-RigL's 4 particles do so each (SWA over the last 25 %), in lock step "
+        "sharing every drop/grow decision (or, 'each decides', each on its own, their masks "
+        "settled at the end). Each averaged "
         "variant is compared with the plain method given its compute (3x, 4x as long), the "
         "baseline the SMS paper uses."
     ),
@@ -282,6 +289,7 @@ DURING = Setting(
         ("SMS-BIMP (m=3)", "BIMP"),
         ("SWAMP-RigL (N=4)", "RigL, 4x as long"),
         ("SWAMP-RigL (N=4)", "RigL"),
+        ("SWAMP-RigL (N=4)", "SWAMP-RigL (N=4), each decides"),
         ("DPF", "GMP"),
         ("RigL", "GMP"),
     ),
