@@ -46,6 +46,21 @@ def test_a_config_written_before_a_field_existed_still_reads(tmp_path):
     assert read_run_config(run) == resolve_config(FAKE)
 
 
+def test_a_field_whose_recipe_default_is_new_reads_as_the_run_ran(tmp_path):
+    """swamp-rigl runs written before pruning.rigl_decide existed ran with each particle
+    deciding (the field's default), not with the recipe's new default "average": read back
+    without the field, such a run keeps its behaviour and its name."""
+    old = {**FAKE, "recipe": "swamp-rigl", "pruning": {"cycles": 0, "rigl_decide": "each"}}
+    run = make_run(tmp_path, old, complete=0)
+    text = (run / "config.toml").read_text()
+    assert 'rigl_decide = "each"\n' in text
+    (run / "config.toml").write_text(text.replace('rigl_decide = "each"\n', ""))
+    config = read_run_config(run)
+    assert config.pruning.rigl_decide == "each" and config.run_name() == run.name
+    new = {**FAKE, "recipe": "swamp-rigl", "pruning": {"cycles": 0}}
+    assert resolve_config(new).pruning.rigl_decide == "average"
+
+
 def test_a_hand_edited_config_is_refused_with_one_line_that_says_so(tmp_path):
     run = make_run(tmp_path, FAKE)
     path = run / "config.toml"

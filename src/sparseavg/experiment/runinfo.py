@@ -52,6 +52,25 @@ def legacy_digest(values: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: fields added after runs existed, whose recipe defaults differ from the behaviour before
+#: them (the field's own default): a run's ``config.toml`` that lacks one was written before
+#: the field existed and is read with the field's default, the behaviour it ran with
+LATER_FIELDS: tuple[tuple[str, str], ...] = (("pruning", "rigl_decide"),)
+
+
+def fields_as_written(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``config.toml`` values with each of :data:`LATER_FIELDS` it lacks set to the
+    field's default, so that a recipe default given to the new field (swamp-rigl's
+    ``pruning.rigl_decide = "average"``) does not apply to a run that started without it."""
+    out = dict(values)
+    defaults = Config().to_dict()
+    for section, name in LATER_FIELDS:
+        given = values.get(section)
+        if isinstance(given, dict) and name not in given:
+            out[section] = {**out[section], name: defaults[section][name]}
+    return out
+
+
 def read_run_config(run_dir: PathLike) -> Config:
     """The validated :class:`Config` of a run directory.
 
@@ -72,7 +91,7 @@ def read_run_config(run_dir: PathLike) -> Config:
             "command that started the run (`sparseavg run ... --print-config` prints it)"
         ) from None
     try:
-        config = resolve_config(values)
+        config = resolve_config(fields_as_written(values))
     except ConfigError as err:
         raise RunDirError(f"{path}: {err}") from None
     match = _HASHED_NAME.search(run.absolute().name)
