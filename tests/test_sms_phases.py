@@ -251,6 +251,25 @@ def test_sms_dpf_soups_are_the_dense_average_on_its_own_mask(tmp_path):
     assert headline == [("combined", 1480), ("combined", 314), ("combined", 148)]
 
 
+def test_a_copy_finished_without_its_dense_weights_stops_the_settle_naming_the_fix(tmp_path):
+    """A run directory whose copy finished before dense weights were kept (here: deleted)
+    stops at the phase's settle with one line that says what to do (steps: 15 an epoch, 2
+    epochs a copy; update 80 falls in the second copy of phase 1)."""
+    from sparseavg.experiment import run
+    from sparseavg.experiment.prepare import RunError
+
+    train, pruning = {"epochs": 4, "batch_size": 512}, {"cycles": 1, "gmp_interval": 2}
+    config = tiny_config({**SMS_GMP_TINY, "recipe": "sms-dpf", "train": train, "pruning": pruning})
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path, _StopAfter(80))
+    (dense,) = tmp_path.rglob("cycle_01/ingredient_0/dense.safetensors")
+    assert not list(tmp_path.rglob("cycle_01/ingredient_1/info.json"))
+    dense.unlink()
+    with pytest.raises(RunError, match=r"^cycle 1: an ingredient has no dense weights .*'masked'"):
+        run(config, tmp_path)
+    assert not list(tmp_path.rglob("cycle_01/combined.safetensors"))
+
+
 def test_sms_dpf_masked_soups_keep_exactly_each_phases_mask(tmp_path):
     """The masked reading (pruning.dpf_settle = 'masked', as measured first): each copy's DPF
     moves its own mask (recomputed from its dense weights after step 16 of the phase); the

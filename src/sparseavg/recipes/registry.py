@@ -280,7 +280,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "sms-dpf",
             "Sparse Model Soups on dpf's phases: as sms-gmp, each ingredient trained with DPF's "
-            "error feedback at the phase's sparsity; the soup keeps its average's mask",
+            "error feedback at the phase's sparsity; the soup is the copies' dense average on "
+            "its own mask (pruning.dpf_settle)",
             defaults=_PHASED_DEFAULTS,
             fixed=merge(_PHASED_FIXED, {"train": {"swa": False}}),
             plan=dpf_phase_plan,
