@@ -86,13 +86,16 @@ def test_forward_runs_at_the_masked_weights_and_the_step_moves_the_dense_ones():
         dense = checkpoint.model[name]
         assert torch.equal(dense, start[name].add(grads[name], alpha=-0.1)), name
         assert dense[~keep].ne(start[name][~keep]).any(), name
-        # the model train returns is the masked one
+        # the model train returns is the masked one; its dense weights come beside it
         assert torch.equal(result.state[name], dense * keep), name
+        assert torch.equal(result.dense_state[name], dense), name
+    assert result.dense_state.keys() == result.state.keys()
     assert checkpoint.mask is not None and Mask(checkpoint.mask) == mask
     # without feedback the same step keeps the pruned weights at 0 and cuts their gradients
-    *_, plain, _ = _one_step(None, mask)
+    *_, plain, plain_result = _one_step(None, mask)
     for name, keep in mask.items():
         assert not plain.model[name][~keep].any()
+    assert plain_result.dense_state is None
 
 
 def test_feedback_schedule_refuses_swa():

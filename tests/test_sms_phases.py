@@ -17,12 +17,13 @@ from engine_helpers import (
     tiny_run,
     use_executor,
 )
+from sparseavg.averaging import uniform_average
 from sparseavg.config import ConfigError
 from sparseavg.parallel import Sequential, Stacked
 from sparseavg.pruning import Mask
 from sparseavg.pruning.dpf import DPFSchedule
 from sparseavg.recipes import get_recipe, resolve_config
-from sparseavg.recipes.rules import AverageMask, FineTune, MagnitudePruneTo
+from sparseavg.recipes.rules import AverageMask, DenseAverageMask, FineTune, MagnitudePruneTo
 from sparseavg.recipes.standard import gmp_phases
 from sparseavg.utils.files import load_tensors
 from test_dst_recipes import _Previous, _StopAfter
@@ -154,23 +155,130 @@ def test_sms_gmp_on_your_own_loop_gives_the_builtin_run(tmp_path):
 # -- sms-dpf -------------------------------------------------------------------------------------
 
 
+MASKED = {**SMS_GMP_TINY["pruning"], "dpf_settle": "masked"}
+
+
 def test_sms_dpf_plans_feedback_phases_that_settle_on_their_averages_mask():
     config = tiny_config({**SMS_GMP_TINY, "recipe": "sms-dpf"})
     plan = get_recipe("sms-dpf").plan(config, 0, 1, 0)
     assert plan.mask == MagnitudePruneTo(0.7875) and isinstance(plan.start, FineTune)
     assert plan.during == DPFSchedule((), initial=0.7875)
-    assert plan.settle == AverageMask(0.7875)
+    assert plan.settle == DenseAverageMask(0.7875)  # the default reading: dense weights
     dense = get_recipe("sms-dpf").plan(config, 0, 0, 0)
     assert dense.during is None and dense.settle is None  # DPF at sparsity 0: dense training
+    masked = tiny_config({**SMS_GMP_TINY, "recipe": "sms-dpf", "pruning": MASKED})
+    assert get_recipe("sms-dpf").plan(masked, 0, 1, 0).settle == AverageMask(0.7875)
+    assert config.run_name() == tiny_config({**SMS_GMP_TINY, "recipe": "sms-dpf"}).run_name()
+    assert masked.run_name() != config.run_name()
 
 
-def test_sms_dpf_soups_keep_exactly_each_phases_mask(tmp_path):
-    """Each copy's DPF moves its own mask (recomputed from its dense weights after step 16 of
-    the phase); the phase's mask is that of the copies' average at the phase's count, and
-    the soup and every copy it combines keep exactly it (lr 0.1: at 0.05 the two copies'
-    masks move alike)."""
+@pytest.mark.parametrize("recipe", ["sms-gmp", "dpf", "sms"])
+def test_dpf_settle_is_refused_for_recipes_without_dpf_copies(recipe):
+    values = {"recipe": recipe, "train": {"epochs": 6}}
+    if recipe == "sms-gmp":
+        values["pruning"] = MASKED
+    else:
+        values["pruning"] = {"dpf_settle": "masked"}
+    with pytest.raises(ConfigError, match=f"dpf_settle = 'masked' .* recipe {recipe} has no"):
+        resolve_config(values)
+    values["pruning"] = {k: v for k, v in values["pruning"].items() if k != "dpf_settle"}
+    resolve_config(values)  # the default is accepted everywhere
+
+
+def test_the_dense_settle_takes_the_mask_of_the_dense_average_and_projects_the_dense_weights():
+    """Dense weights a: (4, -1, 0.5, 2) and (2, 3, -0.5, -2), mean (3, 1, 0, 0); b: (1, 0)
+    and (0, -3), mean (0.5, -1.5). At sparsity 0.5 (3 of 6 pruned, global) the mask keeps
+    |3|, |1|, |-1.5|; each copy's masked state (here all 0: DPF's w_i ⊙ m_i is not used)
+    is replaced by its dense weights on that mask, so the mean of the projections is
+    (3, 1, 0, 0), (0, -1.5): the dense mean on the mask. The masked reading on the same
+    copies averages w_i ⊙ m_i instead."""
+    dense = [
+        {"a": torch.tensor([4.0, -1.0, 0.5, 2.0]), "b": torch.tensor([1.0, 0.0])},
+        {"a": torch.tensor([2.0, 3.0, -0.5, -2.0]), "b": torch.tensor([0.0, -3.0])},
+    ]
+    own = [
+        Mask({"a": torch.tensor([1, 0, 0, 1]).bool(), "b": torch.tensor([1, 0]).bool()}),
+        Mask({"a": torch.tensor([1, 1, 0, 1]).bool(), "b": torch.tensor([0, 1]).bool()}),
+    ]
+    states = [
+        {**m.applied(w), "bias": torch.tensor([float(k)])}
+        for k, (w, m) in enumerate(zip(dense, own, strict=True))
+    ]
+    mask, projected = DenseAverageMask(0.5)(states, own, dense)
+    assert mask["a"].tolist() == [True, True, False, False]
+    assert mask["b"].tolist() == [False, True]
+    assert [p["a"].tolist() for p in projected] == [[4.0, -1.0, 0.0, 0.0], [2.0, 3.0, 0.0, 0.0]]
+    assert [p["b"].tolist() for p in projected] == [[0.0, 0.0], [0.0, -3.0]]
+    assert [p["bias"].tolist() for p in projected] == [[0.0], [1.0]]  # from the final states
+    soup = uniform_average(projected, mask=mask)
+    assert soup["a"].tolist() == [3.0, 1.0, 0.0, 0.0] and soup["b"].tolist() == [0.0, -1.5]
+    # masked reading: w_i ⊙ m_i average (3, 1.5, 0, 0), (0.5, -1.5): keeps a0, a1, b1 too,
+    # but the soup is (3, 1.5, 0, 0): copy 0's pruned a1 = -1 is lost
+    old, old_projected = AverageMask(0.5)(states, own, [None, None])
+    assert old == mask
+    assert uniform_average(old_projected, mask=old)["a"].tolist() == [3.0, 1.5, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"no dense weights .* pruning\.dpf_settle = 'masked'"):
+        DenseAverageMask(0.5)(states, own, [dense[0], None])
+
+
+def test_sms_dpf_soups_are_the_dense_average_on_its_own_mask(tmp_path):
+    """The default reading: each copy's DPF moves its own mask and keeps its dense weights
+    (ingredient_<k>/dense.safetensors); the phase's mask is that of the copies' dense
+    average at the phase's count, and the soup is exactly that average on it."""
     train = {**SMS_GMP_TINY["train"], "lr": 0.1}
     run = tiny_run(tmp_path, {**SMS_GMP_TINY, "recipe": "sms-dpf", "train": train})
+    masks = [Mask.load(run / f"cycle_{c:02d}" / "mask.safetensors") for c in range(3)]
+    assert [m.num_pruned for m in masks] == [0, 1166, 1332]
+    for cycle, sparsity in ((1, 0.7875), (2, 0.9)):
+        phase = run / f"cycle_{cycle:02d}"
+        own = [Mask.load(phase / f"ingredient_{k}" / "mask.safetensors") for k in (0, 1)]
+        finals = [load_tensors(phase / f"ingredient_{k}" / "final.safetensors") for k in (0, 1)]
+        dense = [load_tensors(phase / f"ingredient_{k}" / "dense.safetensors") for k in (0, 1)]
+        assert own[0] != own[1]  # DPF moved them apart
+        for final, weights, m in zip(finals, dense, own, strict=True):
+            assert weights.keys() == set(m)
+            assert all(torch.equal(final[n], weights[n] * keep) for n, keep in m.items())
+            assert all(weights[n][~keep].ne(0).any() for n, keep in m.items())  # kept dense
+        average = uniform_average(dense)
+        assert masks[cycle] == MagnitudePruneTo(sparsity)(cycle, _Previous(average, masks[0]))
+        assert masks[cycle] != AverageMask(sparsity)(finals, own, [None, None])[0]
+        soup = load_tensors(phase / "combined.safetensors")
+        for name, keep in masks[cycle].items():
+            assert torch.equal(soup[name], average[name] * keep), (cycle, name)
+        alive = sum(int(soup[name].ne(0).sum()) for name in masks[cycle])
+        assert alive == masks[cycle].num_alive
+    headline = [(r["role"], r["alive"]) for r in rows(run) if r["headline"]]
+    assert headline == [("combined", 1480), ("combined", 314), ("combined", 148)]
+
+
+def test_a_copy_finished_without_its_dense_weights_stops_the_settle_naming_the_fix(tmp_path):
+    """A run directory whose copy finished before dense weights were kept (here: deleted)
+    stops at the phase's settle with one line that says what to do (steps: 15 an epoch, 2
+    epochs a copy; update 80 falls in the second copy of phase 1)."""
+    from sparseavg.experiment import run
+    from sparseavg.experiment.prepare import RunError
+
+    train, pruning = {"epochs": 4, "batch_size": 512}, {"cycles": 1, "gmp_interval": 2}
+    config = tiny_config({**SMS_GMP_TINY, "recipe": "sms-dpf", "train": train, "pruning": pruning})
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path, _StopAfter(80))
+    (dense,) = tmp_path.rglob("cycle_01/ingredient_0/dense.safetensors")
+    assert not list(tmp_path.rglob("cycle_01/ingredient_1/info.json"))
+    dense.unlink()
+    with pytest.raises(RunError, match=r"^cycle 1: an ingredient has no dense weights .*'masked'"):
+        run(config, tmp_path)
+    assert not list(tmp_path.rglob("cycle_01/combined.safetensors"))
+
+
+def test_sms_dpf_masked_soups_keep_exactly_each_phases_mask(tmp_path):
+    """The masked reading (pruning.dpf_settle = 'masked', as measured first): each copy's DPF
+    moves its own mask (recomputed from its dense weights after step 16 of the phase); the
+    phase's mask is that of the copies' masked average at the phase's count, and the soup
+    and every copy it combines keep exactly it (lr 0.1: at 0.05 the two copies' masks move
+    alike)."""
+    train = {**SMS_GMP_TINY["train"], "lr": 0.1}
+    values = {**SMS_GMP_TINY, "recipe": "sms-dpf", "train": train, "pruning": MASKED}
+    run = tiny_run(tmp_path, values)
     masks = [Mask.load(run / f"cycle_{c:02d}" / "mask.safetensors") for c in range(3)]
     assert [m.num_pruned for m in masks] == [0, 1166, 1332]
     for cycle, sparsity in ((1, 0.7875), (2, 0.9)):
@@ -183,7 +291,7 @@ def test_sms_dpf_soups_keep_exactly_each_phases_mask(tmp_path):
         assert own[0] != start and own[1] != start and own[0] != own[1]  # DPF moved them
         for final, m in zip(finals, own, strict=True):
             assert all(not final[name][~keep].any() for name, keep in m.items())
-        assert masks[cycle] == AverageMask(sparsity)(finals, own)
+        assert masks[cycle] == AverageMask(sparsity)(finals, own, [None, None])[0]
         soup = load_tensors(phase / "combined.safetensors")
         for name, keep in masks[cycle].items():
             assert not soup[name][~keep].any(), (cycle, name)

@@ -59,9 +59,10 @@ def test_the_settle_keeps_each_layers_count_and_its_largest_averages():
         {"a": torch.tensor([3.0, 2.0, 0.0, 0.0]), "b": torch.tensor([-8.0, 0.0])},
         {"a": torch.tensor([0.0, 4.0, 5.0, 0.0]), "b": torch.tensor([0.0, 2.0])},
     ]
-    settled = AverageMaskPerLayer()(states, masks)
+    settled, projected = AverageMaskPerLayer()(states, masks, [None, None])
     assert settled["a"].tolist() == [False, True, True, False]
     assert settled["b"].tolist() == [True, False]
+    assert [p["a"].tolist() for p in projected] == [[0.0, 2.0, 0.0, 0.0], [0.0, 4.0, 5.0, 0.0]]
 
 
 def test_particles_move_their_own_masks_and_the_average_keeps_the_settled_one(tmp_path):

@@ -64,6 +64,7 @@ DataOrder = Literal["per_cycle", "fixed"]
 Progress = Literal["auto", "rich", "plain", "none"]
 MemoryFormat = Literal["auto", "on", "off"]
 Mode = Literal["auto", "sequential", "stacked", "distributed"]
+DpfSettle = Literal["dense", "masked"]
 
 STARTS: tuple[str, ...] = get_args(IngredientStart)
 COMBINES: tuple[str, ...] = get_args(Combine)
@@ -321,6 +322,14 @@ class PruningConfig:
         "(exact), or round(f * alive) more with f = 1 - (1 - s) / (1 - s_prev) from the "
         "previous step's nominal sparsity, as the BIMP code counts (bimp: the end can miss "
         "round(target_sparsity * total) by a weight or two)",
+    )
+    dpf_settle: DpfSettle = _f(
+        "dense",
+        "sms-dpf: what a phase's copies, each with its own mask, are settled on: the mask of "
+        "the average of their dense weights at the phase's count, the soup being that average "
+        "on it (dense: DPF's model of the averaged weights), or the mask of the average of "
+        "their masked weights w_i * m_i, each projected onto it (masked: the reading measured "
+        "first, which cuts alive weights of every copy)",
     )
     retrain_budget: int = _f(
         0,

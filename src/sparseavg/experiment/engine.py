@@ -170,8 +170,14 @@ def _run_lineage(ctx: Context, plan: CyclePlan, lineage: int) -> LineageResult:
         if plan.settle is not None:  # the ingredients' masks differ: settle on one
             kept = sorted(finals)
             moved = [outcomes[k].mask for k in kept]
-            mask = plan.settle([finals[k] for k in kept], [m for m in moved if m is not None])
-            finals = {k: mask.applied(finals[k]) for k in kept}
+            dense = [outcomes[k].dense for k in kept]
+            try:
+                mask, settled = plan.settle(
+                    [finals[k] for k in kept], [m for m in moved if m is not None], dense
+                )
+            except ValueError as err:
+                raise RunError(f"cycle {plan.cycle}: {err} (see {files.dir})") from None
+            finals = dict(zip(kept, settled, strict=True))
         if files.mask() is None:
             files.save_mask(mask)
     done = files.combined()
@@ -246,7 +252,8 @@ def finish_ingredient(
     ctx: Context, work: Work, job: Job, result: TrainResult, seconds: float
 ) -> Outcome:
     """A trained ingredient's outcome: its final state (SWA average or last iterate),
-    recalibrated per ``bn.recalibrate``, and its info."""
+    recalibrated per ``bn.recalibrate``, its info and, under a mask schedule, its final mask
+    (with the dense weights of the mask's tensors where training kept them: DPF)."""
     final = result.final_state
     averaged = result.swa_state is not None
     if ctx.config.bn.recalibrate == "always" or (
@@ -265,7 +272,10 @@ def finish_ingredient(
         "epochs": [e.to_dict() for e in result.history],
     }
     final_mask = result.mask.to("cpu") if work.during is not None and result.mask else None
-    return Outcome(final, info, final_mask)
+    dense = None
+    if final_mask is not None and result.dense_state is not None:
+        dense = {name: result.dense_state[name] for name in final_mask}
+    return Outcome(final, info, final_mask, dense)
 
 
 class _IngredientHooks:

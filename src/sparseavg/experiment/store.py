@@ -24,7 +24,8 @@ from .runinfo import RunDirError, read_run_config
 
 
 class IngredientFiles:
-    """``<lineage dir>/ingredient_<k>/``: checkpoint while it trains, then final + info."""
+    """``<lineage dir>/ingredient_<k>/``: checkpoint while it trains, then final + info (and
+    the final mask and dense weights where training moved the mask and kept dense weights)."""
 
     def __init__(self, rundir: RunDir, directory: Path) -> None:
         self.rundir = rundir
@@ -43,7 +44,9 @@ class IngredientFiles:
             return None
         mask_path = self.dir / "mask.safetensors"
         mask = Mask.load(mask_path) if mask_path.is_file() else None
-        return Outcome(self.rundir.load_state(final), info, mask)
+        dense_path = self.dir / "dense.safetensors"
+        dense = self.rundir.load_state(dense_path) if dense_path.is_file() else None
+        return Outcome(self.rundir.load_state(final), info, mask, dense)
 
     def checkpoint(self) -> tuple[TrainState, float] | None:
         """The last epoch checkpoint and the training seconds spent up to it."""
@@ -66,6 +69,8 @@ class IngredientFiles:
             self.rundir.save_state(self.dir / "final.safetensors", outcome.state, "ingredient")
         if outcome.mask is not None:
             outcome.mask.save(self.dir / "mask.safetensors")
+        if outcome.dense is not None:
+            self.rundir.save_state(self.dir / "dense.safetensors", outcome.dense, "dense")
         self.rundir.write_json(self.dir / "info.json", outcome.info)
         (self.dir / "checkpoint.pt").unlink(missing_ok=True)
 

@@ -25,11 +25,14 @@ from ..utils.state import State
 class Outcome:
     """One trained ingredient: its final state (``None`` if it diverged and was dropped), its
     info (``dropped``, ``seconds``, ``steps``, ``seed``, ``lr``, ...) and, when a mask
-    schedule changed the mask during training, the final mask. All tensors on the CPU."""
+    schedule changed the mask during training, the final mask. Under error feedback (DPF),
+    whose ``state`` holds ``w ⊙ m``, ``dense`` holds the dense weights ``w`` of the mask's
+    tensors (``None`` otherwise). All tensors on the CPU."""
 
     state: State | None
     info: dict[str, Any]
     mask: Mask | None = None
+    dense: State | None = None
 
 
 @dataclass(frozen=True)

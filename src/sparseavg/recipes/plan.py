@@ -165,10 +165,15 @@ class SettingsRule(Protocol):
 
 class MaskSettle(Protocol):
     """The cycle's one mask when a mask schedule left the ingredients with masks of their own
-    (DPF moves each copy's mask): from their final states and masks, in index order. The
-    engine projects every ingredient onto it before combining, so the soup keeps it."""
+    (DPF moves each copy's mask), and the ingredients to combine on it: from their final
+    states, their masks and their dense weights (the mask's tensors as error feedback kept
+    them, ``None`` where training kept none), in index order. Returns ``(mask, states)``:
+    every returned state is on the mask (pruned weights exactly 0), so the soup keeps it;
+    the engine combines those states and reports them as the cycle's ingredients."""
 
-    def __call__(self, states: Sequence[State], masks: Sequence[Mask]) -> Mask: ...
+    def __call__(
+        self, states: Sequence[State], masks: Sequence[Mask], dense: Sequence[State | None]
+    ) -> tuple[Mask, list[State]]: ...
 
 
 class Combiner(Protocol):

@@ -280,7 +280,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "sms-dpf",
             "Sparse Model Soups on dpf's phases: as sms-gmp, each ingredient trained with DPF's "
-            "error feedback at the phase's sparsity; the soup keeps its average's mask",
+            "error feedback at the phase's sparsity; the soup is the copies' dense average on "
+            "its own mask (pruning.dpf_settle)",
             defaults=_PHASED_DEFAULTS,
             fixed=merge(_PHASED_FIXED, {"train": {"swa": False}}),
             plan=dpf_phase_plan,
@@ -470,12 +471,17 @@ _GMP_SCHEDULED = ("gmp", "dpf", "sms-gmp", "sms-dpf")
 
 
 def _check_dpf(config: Config) -> None:
-    """Recipes dpf and sms-gmp: the BIMP code's interval schedule, each mask pruned by
-    global (or layer-wise) magnitude to the schedule's count, so nothing that shapes masks
-    otherwise."""
+    """Recipes dpf, sms-gmp and sms-dpf: the BIMP code's interval schedule, each mask pruned
+    by global (or layer-wise) magnitude to the schedule's count, so nothing that shapes masks
+    otherwise; ``pruning.dpf_settle`` is sms-dpf's alone."""
+    p, default = config.pruning, PruningConfig()
+    if p.dpf_settle != default.dpf_settle and config.recipe != "sms-dpf":
+        raise ConfigError(
+            f"pruning.dpf_settle = {p.dpf_settle!r} says how recipe sms-dpf settles its copies' "
+            f"masks; recipe {config.recipe} has no such copies: leave it unset"
+        )
     if config.recipe not in ("dpf", "sms-gmp", "sms-dpf"):
         return
-    p, default = config.pruning, PruningConfig()
     name = config.recipe
     if p.gmp_interval < 1:
         raise ConfigError(

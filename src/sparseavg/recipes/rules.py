@@ -84,16 +84,51 @@ class MagnitudePruneTo:
 @dataclass(frozen=True)
 class AverageMask:
     """A :class:`~.plan.MaskSettle`: the mask of the ingredients' uniform average (each
-    ingredient ``w_i ⊙ m_i``), pruned by magnitude to exactly ``round(sparsity * total)``
-    (sms-dpf: the copies' moved masks become one, at the phase's count)."""
+    ingredient ``w_i ⊙ m_i``), pruned by magnitude to exactly ``round(sparsity * total)``,
+    and the ingredients ``w_i ⊙ m_i`` projected onto it (sms-dpf's ``masked`` reading,
+    ``pruning.dpf_settle``: the copies' moved masks become one, at the phase's count)."""
 
     sparsity: float
     scope: Scope = "global"
 
-    def __call__(self, states: Sequence[State], masks: Sequence[Mask]) -> Mask:
+    def __call__(
+        self, states: Sequence[State], masks: Sequence[Mask], dense: Sequence[State | None]
+    ) -> tuple[Mask, list[State]]:
         names = list(masks[0])
         average = uniform_average([{n: s[n] for n in names} for s in states])
-        return magnitude_prune_to(average, Mask.ones_like(average), self.sparsity, self.scope)
+        mask = magnitude_prune_to(average, Mask.ones_like(average), self.sparsity, self.scope)
+        return mask, [mask.applied(s) for s in states]
+
+
+@dataclass(frozen=True)
+class DenseAverageMask:
+    """A :class:`~.plan.MaskSettle` on the ingredients' dense weights ``w_i`` (error feedback
+    keeps them; their final states hold ``w_i ⊙ m_i``): the mask of their uniform average
+    ``w̄``, pruned by magnitude to exactly ``round(sparsity * total)``, and each ingredient's
+    dense weights projected onto it, ``w_i ⊙ m`` (its other tensors from its final state), so
+    that their uniform soup is ``w̄ ⊙ m``: what DPF reports for the averaged dense weights
+    (sms-dpf's ``dense`` reading, ``pruning.dpf_settle``).
+
+    Raises:
+        ValueError: an ingredient has no dense weights (it finished before they were kept).
+    """
+
+    sparsity: float
+    scope: Scope = "global"
+
+    def __call__(
+        self, states: Sequence[State], masks: Sequence[Mask], dense: Sequence[State | None]
+    ) -> tuple[Mask, list[State]]:
+        kept = [w for w in dense if w is not None]
+        if len(kept) != len(states):
+            raise ValueError(
+                "an ingredient has no dense weights (dense.safetensors; it finished before they "
+                "were kept): delete this cycle's ingredient_* directories to retrain them, or "
+                "start a new run with pruning.dpf_settle = 'masked'"
+            )
+        average = uniform_average(kept)
+        mask = magnitude_prune_to(average, Mask.ones_like(average), self.sparsity, self.scope)
+        return mask, [mask.applied({**s, **w}) for s, w in zip(states, kept, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -101,10 +136,13 @@ class AverageMaskPerLayer:
     """A :class:`~.plan.MaskSettle` for ingredients whose masks moved but kept every layer's
     alive count (RigL's drop and grow): the mask of their uniform average that keeps, in each
     layer, as many weights as the first ingredient's mask has alive there, the largest
-    ``|average|`` (ties: the lower flat index). swamp-rigl: the particles' masks become
-    one with RigL's per-layer (ERK) densities unchanged."""
+    ``|average|`` (ties: the lower flat index), and the ingredients projected onto it
+    (``dense`` is not used). swamp-rigl: the particles' masks become one with RigL's
+    per-layer (ERK) densities unchanged."""
 
-    def __call__(self, states: Sequence[State], masks: Sequence[Mask]) -> Mask:
+    def __call__(
+        self, states: Sequence[State], masks: Sequence[Mask], dense: Sequence[State | None]
+    ) -> tuple[Mask, list[State]]:
         names = list(masks[0])
         average = uniform_average([{n: s[n] for n in names} for s in states])
         out = {}
@@ -114,7 +152,8 @@ class AverageMaskPerLayer:
             flat = torch.zeros(masks[0][n].numel(), dtype=torch.bool)
             flat[order[:keep].cpu()] = True
             out[n] = flat.view(masks[0][n].shape).to(masks[0][n].device)
-        return Mask(out)
+        mask = Mask(out)
+        return mask, [mask.applied(s) for s in states]
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from .rules import (
     AverageMaskPerLayer,
     Borrow,
     ChannelPrune,
+    DenseAverageMask,
     DenseMask,
     FineTune,
     Greedy,
@@ -426,17 +427,20 @@ def dpf_phase_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -
     """DPF's schedule as phases (sms-dpf): :func:`gmp_phase_plan` whose phase ``c`` ≥ 1
     trains every ingredient with DPF's error feedback at the phase's sparsity ``s_c``
     (:class:`~sparseavg.pruning.dpf.DPFSchedule` from ``s_c``, recomputed every 16 steps), and
-    settles the ingredients' moved masks on that of their average
-    (:class:`~.rules.AverageMask`) before they are combined."""
+    settles the ingredients' moved masks on one before they are combined, per
+    ``pruning.dpf_settle``: the mask of their dense weights' average, the soup that average
+    on it (``dense``, :class:`~.rules.DenseAverageMask`), or the mask of the average of their
+    masked weights (``masked``, :class:`~.rules.AverageMask`)."""
     plan = gmp_phase_plan(config, lineage, cycle, rewind_step)
     if cycle == 0 or not plan.start.trains:
         return plan  # the dense phase: DPF at sparsity 0 is plain dense training
     sparsity = gmp_phases(config)[cycle][1]
     scope = cast(Scope, config.pruning.scope)
+    settle = DenseAverageMask if config.pruning.dpf_settle == "dense" else AverageMask
     return replace(
         plan,
         during=DPFSchedule((), initial=sparsity, scope=scope),
-        settle=AverageMask(sparsity, scope),
+        settle=settle(sparsity, scope),
     )
 
 

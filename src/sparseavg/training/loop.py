@@ -100,6 +100,9 @@ class TrainResult:
         steps: optimizer steps taken in total (``start_step`` included).
         swa_count: snapshots in the SWA average.
         mask: the mask at the end (differs from the given one only under ``mask_schedule``).
+        dense_state: under a :class:`~sparseavg.pruning.FeedbackMaskSchedule` (DPF), the
+            final state with the dense weights ``w`` the model kept (``state`` is ``w ⊙ m``),
+            on the CPU; ``None`` otherwise.
         history: one :class:`~.history.EpochLog` per finished epoch (loss, training
             accuracy, learning rate, seconds), those of a resumed checkpoint included.
     """
@@ -112,6 +115,7 @@ class TrainResult:
     swa_count: int = 0
     mask: Mask | None = None
     history: list[EpochLog] = field(default_factory=list)
+    dense_state: State | None = None
 
     @property
     def final_state(self) -> State:
@@ -210,7 +214,8 @@ def train(
             weights dense: each forward and backward runs at ``w ⊙ m``, the optimizer updates
             the dense ``w`` (pruned weights, their gradients and momentum are not zeroed), the
             mask is recomputed after the steps it names; checkpoints hold the dense weights,
-            the returned ``state`` is ``w ⊙ m``. It cannot be combined with SWA.
+            the returned ``state`` is ``w ⊙ m`` (``dense_state`` holds ``w``). It cannot be
+            combined with SWA.
         compile: run the model's forward through ``torch.compile`` (the first steps wait for
             the compilation, tens of seconds; results differ from eager ones by rounding).
             Off by default. The mask, the optimizer and the loss stay eager.
@@ -364,7 +369,9 @@ def train(
     swa_state = _swa_state(swa)
     swa_count = 0 if swa is None else int(swa.n_averaged)
     state = clone_state(model, device="cpu")
+    dense_state: State | None = None
     if feedback is not None and mask is not None:
+        dense_state = state
         state = mask.applied(state)  # the model DPF reports: w ⊙ m
     return TrainResult(
         state=state,
@@ -375,6 +382,7 @@ def train(
         swa_count=swa_count,
         mask=mask,
         history=history,
+        dense_state=dense_state,
     )
 
 
