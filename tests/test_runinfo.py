@@ -61,6 +61,22 @@ def test_a_field_whose_recipe_default_is_new_reads_as_the_run_ran(tmp_path):
     assert resolve_config(new).pruning.rigl_decide == "average"
 
 
+def test_sms_dpf_runs_from_before_the_dense_settle_read_as_masked(tmp_path):
+    old = {
+        **FAKE,
+        "recipe": "sms-dpf",
+        "train": {"epochs": 4},
+        "pruning": {"gmp_interval": 1, "cycles": 3, "dpf_settle": "masked"},
+    }
+    run = make_run(tmp_path, old, complete=0)
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace('dpf_settle = "masked"\n', ""))
+    config = read_run_config(run)
+    assert config.pruning.dpf_settle == "masked" and config.run_name() == run.name
+    new = {**old, "pruning": {"gmp_interval": 1, "cycles": 3}}
+    assert resolve_config(new).pruning.dpf_settle == "dense"
+
+
 def test_a_hand_edited_config_is_refused_with_one_line_that_says_so(tmp_path):
     run = make_run(tmp_path, FAKE)
     path = run / "config.toml"

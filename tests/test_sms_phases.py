@@ -176,13 +176,13 @@ def test_sms_dpf_plans_feedback_phases_that_settle_on_their_averages_mask():
 def test_dpf_settle_is_refused_for_recipes_without_dpf_copies(recipe):
     values = {"recipe": recipe, "train": {"epochs": 6}}
     if recipe == "sms-gmp":
-        values["pruning"] = MASKED
+        values["pruning"] = {**SMS_GMP_TINY["pruning"], "dpf_settle": "dense"}
     else:
-        values["pruning"] = {"dpf_settle": "masked"}
-    with pytest.raises(ConfigError, match=f"dpf_settle = 'masked' .* recipe {recipe} has no"):
+        values["pruning"] = {"dpf_settle": "dense"}
+    with pytest.raises(ConfigError, match=f"dpf_settle = 'dense' .* recipe {recipe} has no"):
         resolve_config(values)
     values["pruning"] = {k: v for k, v in values["pruning"].items() if k != "dpf_settle"}
-    resolve_config(values)  # the default is accepted everywhere
+    resolve_config(values)  # the field's default ("masked") is accepted everywhere
 
 
 def test_the_dense_settle_takes_the_mask_of_the_dense_average_and_projects_the_dense_weights():

@@ -324,12 +324,13 @@ class PruningConfig:
         "round(target_sparsity * total) by a weight or two)",
     )
     dpf_settle: DpfSettle = _f(
-        "dense",
+        "masked",
         "sms-dpf: what a phase's copies, each with its own mask, are settled on: the mask of "
         "the average of their dense weights at the phase's count, the soup being that average "
-        "on it (dense: DPF's model of the averaged weights), or the mask of the average of "
-        "their masked weights w_i * m_i, each projected onto it (masked: the reading measured "
-        "first, which cuts alive weights of every copy)",
+        "on it (dense: DPF's model of the averaged weights; sms-dpf's default), or the mask of "
+        "the average of their masked weights w_i * m_i, each projected onto it (masked: the "
+        "reading measured first, which cuts alive weights of every copy; the field's default "
+        "so that runs from before it keep their names)",
     )
     retrain_budget: int = _f(
         0,

@@ -55,13 +55,14 @@ def legacy_digest(values: dict[str, Any]) -> str:
 #: fields added after runs existed, whose recipe defaults differ from the behaviour before
 #: them (the field's own default): a run's ``config.toml`` that lacks one was written before
 #: the field existed and is read with the field's default, the behaviour it ran with
-LATER_FIELDS: tuple[tuple[str, str], ...] = (("pruning", "rigl_decide"),)
+LATER_FIELDS: tuple[tuple[str, str], ...] = (("pruning", "rigl_decide"), ("pruning", "dpf_settle"))
 
 
 def fields_as_written(values: dict[str, Any]) -> dict[str, Any]:
     """A run's ``config.toml`` values with each of :data:`LATER_FIELDS` it lacks set to the
     field's default, so that a recipe default given to the new field (swamp-rigl's
-    ``pruning.rigl_decide = "average"``) does not apply to a run that started without it."""
+    ``pruning.rigl_decide = "average"``, sms-dpf's ``pruning.dpf_settle = "dense"``) does not
+    apply to a run that started without it."""
     out = dict(values)
     defaults = Config().to_dict()
     for section, name in LATER_FIELDS:

@@ -282,7 +282,7 @@ RECIPES: dict[str, Recipe] = {
             "Sparse Model Soups on dpf's phases: as sms-gmp, each ingredient trained with DPF's "
             "error feedback at the phase's sparsity; the soup is the copies' dense average on "
             "its own mask (pruning.dpf_settle)",
-            defaults=_PHASED_DEFAULTS,
+            defaults=merge(_PHASED_DEFAULTS, {"pruning": {"dpf_settle": "dense"}}),
             fixed=merge(_PHASED_FIXED, {"train": {"swa": False}}),
             plan=dpf_phase_plan,
             reference=f"{_SMS_PAPER} on {_DPF_PAPER}",
