@@ -23,10 +23,11 @@ from sparseavg.config import ConfigError
 from sparseavg.parallel import Stacked
 from sparseavg.parallel.base import Work
 from sparseavg.parallel.stacked import unstackable
-from sparseavg.pruning import Mask, SharedDecisions, prunable_parameters
+from sparseavg.pruning import Lockstep, Mask, prunable_parameters
 from sparseavg.pruning.rigl import RigLSchedule
 from sparseavg.recipes import get_recipe
 from sparseavg.recipes.rules import AverageMaskPerLayer
+from sparseavg.training import TrainSettings, train
 from sparseavg.utils.files import load_tensors
 from sparseavg.utils.seeding import make_generator
 from test_dst_recipes import _StopAfter
@@ -89,23 +90,17 @@ def test_particles_move_their_own_masks_and_the_average_keeps_the_settled_one(tm
     assert [r["ingredient"] for r in rows(run) if r["role"] == "ingredient"] == [0, 1]
 
 
-@pytest.mark.parametrize(
-    ("values", "stop", "checkpointed"),
-    [(EACH_TINY, 80, "ingredient_1"), (SWAMP_RIGL_TINY, 40, "ingredient_0")],
-    ids=["each", "average"],
-)
-def test_swamp_rigl_resumed_mid_run_equals_an_uninterrupted_run(
-    tmp_path, values, stop, checkpointed
-):
-    """each: stopped inside the second particle; average: inside the third of 4 epochs that
-    both particles train together (15 steps an epoch)."""
+@pytest.mark.parametrize("values", [EACH_TINY, SWAMP_RIGL_TINY], ids=["each", "average"])
+def test_swamp_rigl_resumed_mid_run_equals_an_uninterrupted_run(tmp_path, values):
+    """Stopped inside the third of 4 epochs that both particles train together (15 steps an
+    epoch), after the particles took their own batches (rigl_together 0.5: from step 30)."""
     from sparseavg.experiment import run
 
     config = tiny_config(values)
     reference = run(config, tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path / "b", _StopAfter(stop))
-    assert list((tmp_path / "b").rglob(f"{checkpointed}/checkpoint.pt"))
+        run(config, tmp_path / "b", _StopAfter(40))
+    assert list((tmp_path / "b").rglob("ingredient_1/checkpoint.pt"))
     resumed = run(config, tmp_path / "b")
     assert rows(resumed) == rows(reference)
     assert same_weights(final_weights(resumed), final_weights(reference))
@@ -145,14 +140,14 @@ def _equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _lockstep(seeds, on_epoch_end=None, resume=None, schedule=None):
+def _lockstep(seeds, on_epoch_end=None, resume=None, schedule=None, **options):
     """TinyConvNet particles from one ERK start (test_rigl_recipe's), trained together for
     2 epochs of 10 steps, RigL every 3 steps until step 15."""
     from sparseavg.training import train_together
     from test_rigl_recipe import SETTINGS, _sparse_net
 
     models, masks = zip(*(_sparse_net() for _ in seeds), strict=True)
-    schedule = schedule or SharedDecisions(RigLSchedule(interval=3))
+    schedule = schedule or Lockstep(RigLSchedule(interval=3))
     results = train_together(
         list(models),
         tiny_split(n=80),
@@ -162,6 +157,7 @@ def _lockstep(seeds, on_epoch_end=None, resume=None, schedule=None):
         mask_schedule=schedule,
         resume=resume,
         on_epoch_end=on_epoch_end,
+        **options,
     )
     return results, masks[0]
 
@@ -187,7 +183,7 @@ def test_particles_share_every_update_taken_on_their_mean_weights_and_gradients(
     from test_rigl_recipe import SETTINGS, _sparse_net, _Spy
 
     spy = _Spy(RigLSchedule(interval=3))
-    (a, b), start_mask = _lockstep([0, 1], schedule=SharedDecisions(spy))
+    (a, b), start_mask = _lockstep([0, 1], schedule=Lockstep(spy))
     assert [c["step"] for c in spy.calls] == [0, 3, 6, 9, 12, 15]
 
     start, _ = _sparse_net()
@@ -254,7 +250,7 @@ def test_swamp_rigl_particles_share_one_mask_and_average_to_the_combined_model(t
     23/23/99 alive, and the combined model is exactly the mean of the particles."""
     config = tiny_config(SWAMP_RIGL_TINY)
     plan = get_recipe("swamp-rigl").plan(config, 0, 0, 0)
-    assert isinstance(plan.during, SharedDecisions) and plan.settle is None
+    assert isinstance(plan.during, Lockstep) and plan.settle is None
     run = tiny_run(tmp_path, SWAMP_RIGL_TINY)
     cycle = run / "cycle_00"
     mask = Mask.load(cycle / "mask.safetensors")
@@ -295,7 +291,7 @@ def test_swamp_rigl_in_lock_step_under_the_stacked_executor_equals_sequential(
     [
         (
             {**SWAMP_RIGL_TINY, "execution": {"mode": "distributed"}},
-            "with pruning.rigl_decide = 'average' they train in lock step in one process",
+            "recipe swamp-rigl trains them in lock step in one process",
         ),
         (
             {"recipe": "rigl", "pruning": {"cycles": 0, "rigl_decide": "average"}},
@@ -305,9 +301,83 @@ def test_swamp_rigl_in_lock_step_under_the_stacked_executor_equals_sequential(
             {"recipe": "imp", "pruning": {"rigl_decide": "average"}},
             "pruning.rigl_decide sets recipe rigl's schedule; recipe imp has none",
         ),
+        (
+            {"recipe": "rigl", "pruning": {"cycles": 0, "rigl_together": 0.5}},
+            "recipe rigl trains one model: leave it unset",
+        ),
+        (
+            {**SWAMP_RIGL_TINY, "pruning": {"cycles": 0, "rigl_together": 1.0}},
+            "pruning.rigl_together",
+        ),
     ],
-    ids=["distributed", "rigl", "imp"],
+    ids=["distributed", "rigl", "imp", "together-rigl", "together-1"],
 )
 def test_rigl_decide_is_refused_where_it_cannot_hold(values, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         tiny_config(values)
+
+
+def test_particles_that_decide_each_on_their_own_are_each_rigl_in_train():
+    """shared = False (rigl_decide = each): in lock step every particle is exactly the RigL
+    run train() gives it alone, so the reading's runs from before the lock step still hold."""
+    from test_rigl_recipe import SETTINGS, _sparse_net
+
+    together, _ = _lockstep([0, 1], shared=False)
+    for seed, result in zip((0, 1), together, strict=True):
+        model, mask = _sparse_net()
+        alone = train(
+            model, tiny_split(n=80), SETTINGS, seed=seed, mask=mask,
+            mask_schedule=RigLSchedule(interval=3),
+        )  # fmt: skip
+        assert _equal(result.state, alone.state) and result.mask == alone.mask
+    assert together[0].mask != together[1].mask
+
+
+def test_particles_train_as_one_for_the_shared_steps_then_take_their_own_batches():
+    """shared_steps = 10 (the first epoch of 10 steps): particle 1 takes particle 0's batches,
+    so both checkpoints after epoch 0 are the same bit for bit; in epoch 1 it takes its own
+    order: with shared = False its run is train() resumed from that checkpoint with seed 1."""
+    from test_rigl_recipe import SETTINGS, _sparse_net
+
+    checkpoints = []
+    (a, b), _ = _lockstep(
+        [0, 1], shared=False, shared_steps=10, on_epoch_end=lambda i, s: checkpoints.append(s)
+    )
+    first, second = checkpoints[0], checkpoints[1]
+    assert first.step == second.step == 10 and _equal(first.model, second.model)
+    model, mask = _sparse_net()
+    resumed = train(
+        model, tiny_split(n=80), SETTINGS, seed=1, mask=mask,
+        mask_schedule=RigLSchedule(interval=3), resume=second,
+    )  # fmt: skip
+    assert _equal(b.state, resumed.state) and b.mask == resumed.mask
+    assert not _equal(a.state, b.state)
+
+
+def test_an_epoch_split_inside_takes_the_shared_batches_then_its_own():
+    from sparseavg.training.lockstep import _epoch_batches
+
+    data = tiny_split(n=80)
+
+    class _M:
+        seed = 1
+        settings = TrainSettings(epochs=2, batch_size=8)
+
+    def order(seed):
+        return [x for x, _ in data.batches(8, generator=make_generator(seed, "epoch", 1))]
+
+    got = [x for x, _ in _epoch_batches(data, _M(), 0, epoch=1, offset=2, shared=6)]
+    expected = order(0)[2:6] + order(1)[6:]
+    assert len(got) == 8 and all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+    got = [x for x, _ in _epoch_batches(data, _M(), 0, epoch=1, offset=7, shared=6)]
+    assert all(torch.equal(g, e) for g, e in zip(got, order(1)[7:], strict=True))
+
+
+def test_swamp_rigl_plans_the_lock_step_from_its_options():
+    config = tiny_config(SWAMP_RIGL_TINY)
+    assert config.pruning.rigl_together == 0.5
+    plan = get_recipe("swamp-rigl").plan(config, 0, 0, 0)
+    assert plan.during == Lockstep(RigLSchedule(0.3, 0.75, 0), 0.5, True)
+    each = get_recipe("swamp-rigl").plan(tiny_config(EACH_TINY), 0, 0, 0)
+    assert each.during == Lockstep(RigLSchedule(0.3, 0.75, 0), 0.5, False)
+    assert Lockstep(RigLSchedule(), 0.5).together_steps(57) == 28  # round(28.5), to even

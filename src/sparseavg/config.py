@@ -374,6 +374,16 @@ class PruningConfig:
         "each (every particle runs RigL on its own; their masks are settled on their average's "
         "at the end, each layer's count kept)",
     )
+    rigl_together: float = _f(
+        0.0,
+        "swamp-rigl with rigl_decide = average: the fraction of training during which the "
+        "particles take the first particle's batches, so they train as one from their common "
+        "start (as SWAMP's particles start from one trained ticket) before each takes its "
+        "own batch order; 0 = apart from the first step",
+        lo=0.0,
+        hi=1.0,
+        hi_open=True,
+    )
 
     @property
     def n_m(self) -> tuple[int, int] | None:

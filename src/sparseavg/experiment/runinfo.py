@@ -55,7 +55,11 @@ def legacy_digest(values: dict[str, Any]) -> str:
 #: fields added after runs existed, whose recipe defaults differ from the behaviour before
 #: them (the field's own default): a run's ``config.toml`` that lacks one was written before
 #: the field existed and is read with the field's default, the behaviour it ran with
-LATER_FIELDS: tuple[tuple[str, str], ...] = (("pruning", "rigl_decide"), ("pruning", "dpf_settle"))
+LATER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("pruning", "rigl_decide"),
+    ("pruning", "dpf_settle"),
+    ("pruning", "rigl_together"),
+)
 
 
 def fields_as_written(values: dict[str, Any]) -> dict[str, Any]:

@@ -116,7 +116,7 @@ class Trainer(Protocol):
         tracker: Tracker | None,
     ) -> list[TrainResult]:
         """Train ``jobs`` in lock step, sharing the decisions of ``work.during`` (a
-        :class:`~sparseavg.pruning.SharedDecisions`), from ``work.start`` or from their
+        :class:`~sparseavg.pruning.Lockstep`), from ``work.start`` or from their
         checkpoints ``resume`` (one per job, at one step); ``model`` is scratch space for the
         first job. Calls ``on_epoch_end(i, state)`` for job ``jobs[i]`` at epoch ends; returns
         one result per job, in order.

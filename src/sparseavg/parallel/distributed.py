@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..pruning import SharedDecisions
+from ..pruning import Lockstep
 from ..training import DivergenceError, TrainResult, TrainState
 from .base import Hooks, Job, Outcome, Tracker, Trainer, Work
 
@@ -341,7 +341,7 @@ class Distributed:
     def run(
         self, model: nn.Module, trainer: Trainer, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
-        if isinstance(work.during, SharedDecisions):
+        if isinstance(work.during, Lockstep):
             raise ValueError(
                 "ingredients that share mask decisions train in lock step in one process; "
                 "the distributed executor deals them out one by one"

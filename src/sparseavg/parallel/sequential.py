@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..pruning import SharedDecisions
+from ..pruning import Lockstep
 from ..training import DivergenceError, TrainState
 from .base import Hooks, Job, Outcome, Tracker, Trainer, Work
 
@@ -37,7 +37,7 @@ def train_together(
     model: nn.Module, trainer: Trainer, work: Work, jobs: Sequence[Job], hooks: Hooks
 ) -> dict[int, Outcome]:
     """Train ``jobs`` in lock step (``work.during`` is a
-    :class:`~sparseavg.pruning.SharedDecisions`) with ``trainer.together``, resuming their
+    :class:`~sparseavg.pruning.Lockstep`) with ``trainer.together``, resuming their
     checkpoints when all are at one step; save and return their outcomes. Checkpoints at
     different steps (a run stopped while it wrote one epoch's) are set aside: the jobs train
     together again from the start, which gives the same result."""
@@ -79,14 +79,14 @@ def train_together(
 class Sequential:
     """Trains the jobs one after another in this process: the reference every other executor
     is tested against. Jobs that share a mask schedule's decisions
-    (:class:`~sparseavg.pruning.SharedDecisions`) train together, in lock step."""
+    (:class:`~sparseavg.pruning.Lockstep`) train together, in lock step."""
 
     name = "sequential"
 
     def run(
         self, model: nn.Module, trainer: Trainer, work: Work, jobs: Sequence[Job], hooks: Hooks
     ) -> dict[int, Outcome]:
-        if isinstance(work.during, SharedDecisions):
+        if isinstance(work.during, Lockstep):
             return train_together(model, trainer, work, jobs, hooks)
         outcomes: dict[int, Outcome] = {}
         for job in jobs:

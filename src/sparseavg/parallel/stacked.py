@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..data import BatchSource
-from ..pruning import Mask, SharedDecisions
+from ..pruning import Lockstep, Mask
 from ..training import (
     DivergenceError,
     EpochLog,
@@ -152,7 +152,7 @@ class Stacked:
                 "stacked: a training function of your own is not stacked; training them one by one"
             )
             return Sequential().run(model, trainer, work, jobs, hooks)
-        if isinstance(work.during, SharedDecisions):
+        if isinstance(work.during, Lockstep):
             hooks.message("stacked: these ingredients share mask decisions; training in lock step")
             return Sequential().run(model, trainer, work, jobs, hooks)
         reason = unstackable(model, work, jobs)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..data import BatchSource
-from ..pruning import StepMaskSchedule
+from ..pruning import Lockstep, StepMaskSchedule
 from ..training import TrainResult, TrainState, steps_per_epoch, train, train_together
 from ..training.custom import TrainFn, run_user_loop
 from ..training.evaluate import model_device
@@ -58,9 +58,13 @@ class LoopTrainer:
         tracker: Tracker | None,
     ) -> list[TrainResult]:
         """:func:`~sparseavg.training.train_together` on ``model`` and a copy of it for each
-        further job."""
+        further job; under :class:`~sparseavg.pruning.Lockstep` the jobs take the first
+        job's batches for its ``together`` share of the steps."""
         if not isinstance(work.during, StepMaskSchedule):
             raise ValueError("jobs train together only under a step mask schedule (RigL's)")
+        first = jobs[0].settings
+        total = first.epochs * steps_per_epoch(self.data, first.batch_size, first.drop_last)
+        lockstep = work.during if isinstance(work.during, Lockstep) else Lockstep(work.during)
         models = [model] + [copy.deepcopy(model) for _ in jobs[1:]]
         for m in models:
             m.load_state_dict(work.start)
@@ -72,6 +76,8 @@ class LoopTrainer:
             mask=work.mask.to(model_device(model)),
             mask_schedule=work.during,
             start_step=work.start_step,
+            shared_steps=lockstep.together_steps(total),
+            shared=lockstep.shared,
             resume=resume,
             on_epoch_end=on_epoch_end,
             progress=tracker,

@@ -372,7 +372,7 @@ def shared_rigl_update(
     their mean loss. Every particle then gets the same mask and the same ``grown``, so they
     stay averageable and the alive count stays constant. (Intersecting per-particle updates
     would not keep the count.) :func:`~sparseavg.training.train_together` takes this update
-    at every step of :class:`RigLSchedule` under :class:`~sparseavg.pruning.SharedDecisions`.
+    at every step of :class:`RigLSchedule` under :class:`~sparseavg.pruning.Lockstep`.
 
     Raises:
         ValueError: no particles, or different numbers of weights and gradients.

@@ -147,25 +147,38 @@ class StepMaskSchedule(MaskSchedule, Protocol):
 
 
 @dataclass(frozen=True)
-class SharedDecisions:
-    """A :class:`StepMaskSchedule` whose decisions several models take together (swamp-rigl's
-    particles in lock step): at each update step of :attr:`schedule`, one
-    :meth:`~StepMaskSchedule.update_step` from the models' mean weights and mean dense gradients
-    of that step, written into every model, so they share one mask throughout
-    (:func:`~sparseavg.training.train_together`). On one model it is :attr:`schedule` itself;
-    executors that see it train a cycle's ingredients together.
+class Lockstep:
+    """A :class:`StepMaskSchedule` for several models trained in lock step (swamp-rigl's
+    particles, :func:`~sparseavg.training.train_together`): executors that see it train a
+    cycle's ingredients together, step by step. With :attr:`shared`, each update of
+    :attr:`schedule` is taken once, from the models' mean weights and mean dense gradients of
+    that step, and written into every model, so they share one mask throughout; without, each
+    model updates its own mask as :func:`~sparseavg.train` would. On one model it is
+    :attr:`schedule` itself.
 
     Attributes:
-        schedule: the step schedule whose decisions are shared (e.g.
-            :class:`~sparseavg.pruning.rigl.RigLSchedule`); its epoch-end :meth:`update` must
-            not need gradients.
+        schedule: the step schedule (e.g. :class:`~sparseavg.pruning.rigl.RigLSchedule`); its
+            epoch-end :meth:`update` must not need gradients.
+        together: the fraction of training, in [0, 1), during which every model takes the
+            first model's batches, so that models from one start train as one (SWAMP's
+            particles start from one trained ticket) before each takes its own order.
+        shared: whether the models share every decision (taken on their means).
     """
 
     schedule: StepMaskSchedule
+    together: float = 0.0
+    shared: bool = True
 
     def __post_init__(self) -> None:
         if self.schedule.needs_gradients:
             raise ValueError("shared decisions take no epoch-end gradients (needs_gradients)")
+        if not 0.0 <= self.together < 1.0:
+            raise ValueError(f"together must be in [0, 1), got {self.together}")
+
+    def together_steps(self, total_steps: int) -> int:
+        """The steps at the start that every model takes the first model's batches:
+        ``round(together * total_steps)``."""
+        return round(self.together * total_steps)
 
     @property
     def needs_gradients(self) -> bool:

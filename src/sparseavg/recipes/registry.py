@@ -335,6 +335,7 @@ RECIPES: dict[str, Recipe] = {
                         "exclude_first": True,
                         "rewind_epochs": 0.0,
                         "rigl_decide": "average",
+                        "rigl_together": 0.5,
                     }
                 },
             ),
@@ -538,6 +539,7 @@ _RIGL_FIELDS = (
     "rigl_drop_fraction",
     "rigl_end",
     "rigl_decide",
+    "rigl_together",
 )
 
 
@@ -576,11 +578,16 @@ def _check_rigl(config: Config) -> None:
             f"pruning.rigl_decide = {p.rigl_decide!r} chooses how swamp-rigl's particles decide; "
             "recipe rigl trains one model: leave it unset"
         )
-    if p.rigl_decide == "average" and config.execution.mode == "distributed":
+    if config.recipe == "rigl" and p.rigl_together != default.rigl_together:
         raise ConfigError(
-            "execution.mode = 'distributed' deals the particles out one by one, but with "
-            "pruning.rigl_decide = 'average' they train in lock step in one process: use "
-            "execution.mode = 'sequential' or 'auto', or pruning.rigl_decide = 'each'"
+            f"pruning.rigl_together = {p.rigl_together:g} is how long swamp-rigl's particles "
+            "train as one; recipe rigl trains one model: leave it unset"
+        )
+    if config.recipe == "swamp-rigl" and config.execution.mode == "distributed":
+        raise ConfigError(
+            "execution.mode = 'distributed' deals the particles out one by one, but recipe "
+            "swamp-rigl trains them in lock step in one process: use execution.mode = "
+            "'sequential' or 'auto'"
         )
     if t.swa and t.swa_start < p.rigl_end:
         raise ConfigError(

@@ -17,10 +17,10 @@ from ..config import Config
 from ..pruning import (
     GmpCounts,
     GradualMagnitudePruning,
+    Lockstep,
     MaskSchedule,
     Rounding,
     Scope,
-    SharedDecisions,
 )
 from ..pruning.budget import split_epochs
 from ..pruning.channels import ChannelGradualPruning, Norm
@@ -359,17 +359,19 @@ def rigl_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> Cyc
 
 def particles_rigl_plan(config: Config, lineage: int, cycle: int, rewind_step: int) -> CyclePlan:
     """swamp-rigl: :func:`rigl_plan` with ``ingredients.count`` particles that start from the
-    same initialisation and sparse mask and differ in their batch order. Under
-    ``pruning.rigl_decide = "average"`` they train in lock step and every drop/grow decision
-    is taken once, on their mean weights and mean dense gradient, and written into all of
-    them (:class:`~sparseavg.pruning.SharedDecisions`): one mask throughout. Under ``"each"``
-    each runs RigL on its own, and their moved masks are settled on the mask of their
-    average with each layer's alive count kept (:class:`~.rules.AverageMaskPerLayer`) before
-    they are averaged."""
+    same initialisation and sparse mask and differ in their batch order, trained in lock step
+    (:class:`~sparseavg.pruning.Lockstep`); for the first ``pruning.rigl_together`` of training
+    they take the first particle's batches (one trajectory), then each its own. Under
+    ``pruning.rigl_decide = "average"`` every drop/grow decision is taken once, on their mean
+    weights and mean dense gradient, and written into all of them: one mask throughout. Under
+    ``"each"`` each runs RigL on its own, and their moved masks are settled on the mask of
+    their average with each layer's alive count kept (:class:`~.rules.AverageMaskPerLayer`)
+    before they are averaged."""
     plan = rigl_plan(config, lineage, cycle, rewind_step)
-    if config.pruning.rigl_decide == "average":
-        return replace(plan, during=SharedDecisions(cast(RigLSchedule, plan.during)))
-    return replace(plan, settle=AverageMaskPerLayer())
+    p = config.pruning
+    shared = p.rigl_decide == "average"
+    lockstep = Lockstep(cast(RigLSchedule, plan.during), p.rigl_together, shared)
+    return replace(plan, during=lockstep, settle=None if shared else AverageMaskPerLayer())
 
 
 def phase_epochs(config: Config) -> tuple[int, ...]:

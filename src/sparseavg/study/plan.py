@@ -237,7 +237,16 @@ _DURING_GROUPS: dict[str, dict[str, Any]] = {
     "GMP, 3x as long": {"recipe": "gmp", "train": {"epochs": 30}, "pruning": {"gmp_interval": 6}},
     "DPF": {"recipe": "dpf", "pruning": {"gmp_interval": 2}},
     "SMS-DPF (m=3)": {"recipe": "sms-dpf", "pruning": {"gmp_interval": 2, "cycles": 4}},
+    "SMS-DPF (m=3), masked settle": {
+        "recipe": "sms-dpf",
+        "pruning": {"gmp_interval": 2, "cycles": 4, "dpf_settle": "masked"},
+    },
     "DPF, 3x as long": {"recipe": "dpf", "train": {"epochs": 30}, "pruning": {"gmp_interval": 6}},
+    "DPF in phases (m=1)": {
+        "recipe": "sms-dpf",
+        "ingredients": {"count": 1},
+        "pruning": {"gmp_interval": 2, "cycles": 4},
+    },
     "BIMP": {
         "recipe": "bimp",
         "train": {"epochs": 6},
@@ -256,11 +265,17 @@ _DURING_GROUPS: dict[str, dict[str, Any]] = {
     "RigL": {"recipe": "rigl"},
     "RigL, 4x as long": {"recipe": "rigl", "train": {"epochs": 40}},
     "SWAMP-RigL (N=4)": {"recipe": "swamp-rigl", "ingredients": {"count": 4}},
+    "SWAMP-RigL (N=4), apart from the start": {
+        "recipe": "swamp-rigl",
+        "ingredients": {"count": 4},
+        "pruning": {"rigl_together": 0.0},
+    },
     "SWAMP-RigL (N=4), each decides": {
         "recipe": "swamp-rigl",
         "ingredients": {"count": 4},
-        "pruning": {"rigl_decide": "each"},
+        "pruning": {"rigl_decide": "each", "rigl_together": 0.0},
     },
+    "RigL with SWA (SWAMP-RigL, N=1)": {"recipe": "swamp-rigl", "ingredients": {"count": 1}},
 }
 
 DURING = Setting(
@@ -271,11 +286,15 @@ DURING = Setting(
         "every method reaches 95 % (the IMP settings' last sparsity) in one budget of 10 "
         "epochs of 57 steps at batch 128, lr 0.1: gmp and dpf prune every 2 epochs on the "
         "cubic schedule (a dense interval, then 4 steps), their SMS variants train 3 "
-        "ingredients through each of those 4 phases and soup them; bimp trains 6 dense "
+        "ingredients through each of those 4 phases and soup them (SMS-DPF on the mask of "
+        "its copies' dense average, or, 'masked settle', of their masked average); bimp trains "
+        "6 dense "
         "epochs and splits 4 over 4 ALLR phases; RigL trains 10 epochs from a random ERK "
         "mask, and SWAMP-RigL's 4 particles do so each (SWA over the last 25 %), in lock step "
-        "sharing every drop/grow decision (or, 'each decides', each on its own, their masks "
-        "settled at the end). Each averaged "
+        "sharing every drop/grow decision, on one batch order for the first half of training "
+        "(or, 'apart from the start', each on its own order from the first step; 'each "
+        "decides': each also on its own decisions, their masks settled at the end). Each "
+        "averaged "
         "variant is compared with the plain method given its compute (3x, 4x as long), the "
         "baseline the SMS paper uses."
     ),
@@ -285,11 +304,16 @@ DURING = Setting(
         ("SMS-GMP (m=3)", "GMP"),
         ("SMS-DPF (m=3)", "DPF, 3x as long"),
         ("SMS-DPF (m=3)", "DPF"),
+        ("SMS-DPF (m=3)", "SMS-DPF (m=3), masked settle"),
+        ("SMS-DPF (m=3)", "DPF in phases (m=1)"),
+        ("DPF in phases (m=1)", "DPF"),
         ("SMS-BIMP (m=3)", "BIMP, 3x retraining"),
         ("SMS-BIMP (m=3)", "BIMP"),
         ("SWAMP-RigL (N=4)", "RigL, 4x as long"),
         ("SWAMP-RigL (N=4)", "RigL"),
-        ("SWAMP-RigL (N=4)", "SWAMP-RigL (N=4), each decides"),
+        ("SWAMP-RigL (N=4)", "RigL with SWA (SWAMP-RigL, N=1)"),
+        ("SWAMP-RigL (N=4)", "SWAMP-RigL (N=4), apart from the start"),
+        ("SWAMP-RigL (N=4), apart from the start", "SWAMP-RigL (N=4), each decides"),
         ("DPF", "GMP"),
         ("RigL", "GMP"),
     ),

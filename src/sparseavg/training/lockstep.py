@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from .loop import (
     _epoch_summary,
     _swa_state,
     _swa_to_cpu,
+    _update_mask_at_step,
     build_optimizer,
     correct_predictions,
     optimizer_state_to_cpu,
@@ -101,6 +102,8 @@ def train_together(
     mask: Mask,
     mask_schedule: StepMaskSchedule,
     start_step: int = 0,
+    shared_steps: int = 0,
+    shared: bool = True,
     resume: Sequence[TrainState] | None = None,
     on_epoch_end: Callable[[int, TrainState], None] | None = None,
     progress: Progress | None = None,
@@ -120,10 +123,16 @@ def train_together(
         mask_schedule: the step schedule whose updates all models share (RigL). Its
             epoch-end ``update`` sees the models' mean weights and no gradients.
         start_step: the global step to begin at.
-        resume: every model's :class:`~sparseavg.training.TrainState`, all at one step with
-            one mask, to continue from.
+        shared_steps: for global steps below it every model takes the first model's batches
+            (and augmentation), so models that start alike stay alike until then; each takes
+            its own order after it (in the epoch it falls in, from the batch at that step on).
+        shared: take each update once on the models' means and give it to all (default);
+            ``False``: every model updates its own mask from its own weights and gradients,
+            as :func:`~sparseavg.train` would, and only the batches and steps are shared.
+        resume: every model's :class:`~sparseavg.training.TrainState`, all at one step (and
+            with one mask when ``shared``), to continue from.
         on_epoch_end: called with ``(model index, CPU TrainState)`` for every model at every
-            epoch boundary; the state holds the shared mask.
+            epoch boundary; the state holds the model's mask.
         progress: called after every step with ``(step, total, None)`` and at every epoch end
             with the models' mean epoch loss.
         compile: run each model's forward through ``torch.compile``.
@@ -148,9 +157,10 @@ def train_together(
         for m, s, seed in zip(models, settings, seeds, strict=True)
     ]
     step = start_step
+    masks = [mask] * len(members)
     if resume is not None:
-        step, mask = _resume(members, resume, device)
-    enforcers = [MaskEnforcer(mb.model, mask) for mb in members]
+        step, masks = _resume(members, resume, device, shared)
+    enforcers = [MaskEnforcer(mb.model, m) for mb, m in zip(members, masks, strict=True)]
     for enforcer, mb in zip(enforcers, members, strict=True):
         enforcer.mask_weights()
         mb.model.train()
@@ -160,20 +170,26 @@ def train_together(
         epoch_end = (epoch + 1) * spe
         started, first_step = time.perf_counter(), step
         for mb in members:
-            batches = data.batches(
-                mb.settings.batch_size,
-                generator=make_generator(mb.seed, "epoch", epoch),
-                augment=mb.settings.augment,
-                drop_last=mb.settings.drop_last,
-            )
-            mb.batches = islice(batches, offset, None)  # resuming inside an epoch: skip
+            common = min(max(shared_steps - epoch * spe, 0), spe)  # this epoch's shared batches
+            mb.batches = _epoch_batches(data, mb, seeds[0], epoch, offset, common)
             mb.step_losses, mb.step_hits = [], []
         for s in range(step, epoch_end):
             for mb in members:
                 _forward_backward(mb, s, total, device)
             if mask_schedule.updates_at(s, spe, total):
-                mask = _shared_update(mask_schedule, s, spe, total, members, enforcers, mask)
-                enforcers = [MaskEnforcer(mb.model, mask) for mb in members]
+                if shared:
+                    new = _shared_update(mask_schedule, s, spe, total, members, enforcers, masks[0])
+                    masks = [new] * len(members)
+                else:
+                    masks = [
+                        _update_mask_at_step(
+                            mask_schedule, s, spe, total, mb.model, m, e, mb.optimizer
+                        )
+                        for mb, m, e in zip(members, masks, enforcers, strict=True)
+                    ]
+                enforcers = [
+                    MaskEnforcer(mb.model, m) for mb, m in zip(members, masks, strict=True)
+                ]
                 for enforcer in enforcers:  # the batch only scored growth: no step
                     enforcer.mask_gradients()
                     enforcer.mask_weights()
@@ -192,18 +208,15 @@ def train_together(
                 raise DivergenceError(first_step + bad, epoch)
             mb.losses.append(mean_loss)
             mb.history.append(EpochLog(epoch, step, mean_loss, accuracy, mb.lr, seconds))
-        new_mask = mask_schedule.update(epoch + 1, _mean_weights(members, mask), None, mask)
-        if new_mask is not None:
-            mask = new_mask.to(device)
-            enforcers = [
-                e.tighten(mask, mb.optimizer) for e, mb in zip(enforcers, members, strict=True)
-            ]
-        for index, mb in enumerate(members):
+        masks, enforcers = _epoch_end_update(
+            mask_schedule, epoch, members, masks, enforcers, shared
+        )
+        for index, (mb, m) in enumerate(zip(members, masks, strict=True)):
             start_epoch = mb.settings.swa_start_epoch
             if mb.swa is not None and start_epoch is not None and epoch >= start_epoch:
                 mb.swa.update_parameters(mb.model)
             if on_epoch_end is not None:
-                on_epoch_end(index, _checkpoint(mb, step, mask))
+                on_epoch_end(index, _checkpoint(mb, step, m))
         if progress is not None:
             progress(step, total, sum(mb.losses[-1] for mb in members) / len(members))
 
@@ -215,10 +228,10 @@ def train_together(
             losses=mb.losses,
             steps=step,
             swa_count=0 if mb.swa is None else int(mb.swa.n_averaged),
-            mask=mask,
+            mask=m,
             history=mb.history,
         )
-        for mb in members
+        for mb, m in zip(members, masks, strict=True)
     ]
 
 
@@ -249,28 +262,81 @@ def _member(
     )
 
 
+def _epoch_batches(
+    data: BatchSource, mb: _Member, first_seed: int, epoch: int, offset: int, shared: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``mb`` 's batches of ``epoch`` from batch ``offset`` on (a resume inside the epoch skips
+    the others): the first ``shared`` of them from ``first_seed`` 's order, the rest from its
+    own, each order drawn as :func:`~sparseavg.train` draws it."""
+
+    def order(seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+        return iter(
+            data.batches(
+                mb.settings.batch_size,
+                generator=make_generator(seed, "epoch", epoch),
+                augment=mb.settings.augment,
+                drop_last=mb.settings.drop_last,
+            )
+        )
+
+    if shared == 0 or mb.seed == first_seed:
+        return islice(order(mb.seed), offset, None)
+    own = islice(order(mb.seed), max(offset, shared), None)
+    return chain(islice(order(first_seed), offset, shared), own)
+
+
 def _resume(
-    members: list[_Member], resume: Sequence[TrainState], device: torch.device
-) -> tuple[int, Mask]:
-    """Load every member's checkpoint; returns their common step and mask."""
+    members: list[_Member], resume: Sequence[TrainState], device: torch.device, shared: bool
+) -> tuple[int, list[Mask]]:
+    """Load every member's checkpoint; returns their common step and their masks."""
     if len(resume) != len(members):
         raise ValueError(f"{len(members)} models but {len(resume)} checkpoints to resume")
     steps = {r.step for r in resume}
     if len(steps) > 1:
         raise ValueError(f"models in lock step resume at one step, got steps {sorted(steps)}")
-    masks = [Mask(r.mask) for r in resume if r.mask is not None]
+    masks = [Mask(r.mask).to(device) for r in resume if r.mask is not None]
     if len(masks) < len(resume):
-        raise ValueError("a lock-step checkpoint holds the shared mask; one has none")
-    shared = masks[0]
-    if any(m != shared for m in masks[1:]):
-        raise ValueError("models in lock step resume under one mask; their checkpoints differ")
+        raise ValueError("a lock-step checkpoint holds its model's mask; one has none")
+    if shared and any(m != masks[0] for m in masks[1:]):
+        raise ValueError("models that share decisions resume under one mask; theirs differ")
     for mb, r in zip(members, resume, strict=True):
         mb.model.load_state_dict(r.model)
         mb.optimizer.load_state_dict(r.optimizer)
         if mb.swa is not None and r.swa is not None:
             mb.swa.load_state_dict(r.swa)
         mb.losses, mb.history = list(r.losses), list(r.history)
-    return resume[0].step, shared.to(device)
+    return resume[0].step, masks
+
+
+def _epoch_end_update(
+    schedule: StepMaskSchedule,
+    epoch: int,
+    members: Sequence[_Member],
+    masks: list[Mask],
+    enforcers: list[MaskEnforcer],
+    shared: bool,
+) -> tuple[list[Mask], list[MaskEnforcer]]:
+    """The schedule's epoch-end ``update``: once on the members' mean weights when
+    ``shared``, else on each member's own; new masks are tightened into the members."""
+    device = model_device(members[0].model)
+    if shared:
+        new = schedule.update(epoch + 1, _mean_weights(members, masks[0]), None, masks[0])
+        updates = [new] * len(members)
+    else:
+        updates = []
+        for mb, m in zip(members, masks, strict=True):
+            params = dict(mb.model.named_parameters())
+            weights = {n: params[n].detach() for n in m}
+            updates.append(schedule.update(epoch + 1, weights, None, m))
+    out_masks, out_enforcers = [], []
+    for mb, m, e, new in zip(members, masks, enforcers, updates, strict=True):
+        if new is None:
+            out_masks.append(m)
+            out_enforcers.append(e)
+        else:
+            out_masks.append(new.to(device))
+            out_enforcers.append(e.tighten(out_masks[-1], mb.optimizer))
+    return out_masks, out_enforcers
 
 
 def _forward_backward(mb: _Member, step: int, total: int, device: torch.device) -> None:
