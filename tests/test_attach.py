@@ -175,6 +175,48 @@ def test_gradients_masked_on_backward_until_remove():
         handle.mask_gradients_on_backward()
 
 
+def test_tighten_zeroes_what_the_new_mask_prunes_and_the_hooks_follow_it():
+    """After two steps under the first mask, tighten to one that also prunes the first alive
+    weight of every masked tensor: that weight and its momentum are 0 at once, and stay 0
+    through two more steps, its gradient masked on backward too."""
+    model = _model()
+    mask = _mask(model)
+    opt = _optimizer("sgd", "foreach", model)
+    handle = attach(model, mask, opt)
+    for x, y in _batches(2):
+        _backward(model, x, y)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    params = dict(model.named_parameters())
+    tighter = {}
+    for n in MASKED:
+        flat = mask[n].flatten().clone()
+        flat[int(flat.nonzero()[0])] = False
+        tighter[n] = flat.view(mask[n].shape)
+    tighter_mask = Mask(tighter)
+    handle.mask_gradients_on_backward()
+    handle.tighten(tighter_mask)
+    assert handle.mask is tighter_mask
+    for n in MASKED:
+        newly = mask[n] & ~tighter[n]
+        assert int(newly.sum()) == 1 and params[n][newly].abs().sum() == 0, n
+        assert opt.state[params[n]]["momentum_buffer"][newly].abs().sum() == 0, n
+    for x, y in _batches(2):
+        _backward(model, x, y)
+        for n in MASKED:
+            assert not params[n].grad[~tighter[n]].any(), n
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    for n in MASKED:
+        assert not params[n][~tighter[n]].any(), n
+        assert bool((params[n][tighter[n]] != 0).all()), n
+    with pytest.raises(MaskError, match="name the attached mask's parameters"):
+        handle.tighten(Mask({MASKED[0]: tighter[MASKED[0]]}))
+    handle.remove()
+    with pytest.raises(RuntimeError, match="removed"):
+        handle.tighten(tighter_mask)
+
+
 def test_as_a_context_manager_it_detaches_on_exit():
     model = _model()
     mask = _mask(model)

@@ -16,7 +16,7 @@ from sparseavg.config import ConfigError
 from sparseavg.experiment import PlainReporter, run
 from sparseavg.experiment.task import load_data
 from sparseavg.models import build_model
-from sparseavg.pruning import MaskError
+from sparseavg.pruning import Mask, MaskError
 from sparseavg.training import evaluate, steps_per_epoch, train
 from sparseavg.utils.files import load_tensors
 
@@ -302,8 +302,8 @@ def test_refused_before_anything_is_written(tmp_path):
     refused(
         r"^bn_batches is empty.*mean 0, variance 1", **prunable, model_fn=with_bn, bn_batches=[]
     )
-    gmp = {**OWN, "pruning": {"cycles": 0, "target_sparsity": 0.5, "rewind_epochs": 0.0}}
-    refused("cannot run your own train_fn", recipe="gmp", config=gmp)
+    rigl = {**OWN, "pruning": {"cycles": 0, "target_sparsity": 0.5, "rewind_epochs": 0.0}}
+    refused("between optimizer steps; it cannot run your own train_fn", recipe="rigl", config=rigl)
 
 
 @pytest.mark.parametrize(
@@ -515,3 +515,104 @@ def test_a_non_finite_metric_is_refused_before_any_row_is_written(tmp_path, bad,
         )  # fmt: skip
     assert not list(tmp_path.rglob("results.jsonl"))
     assert not list(tmp_path.rglob("rows.json"))
+
+
+# -- a mask that changes at epoch ends (gmp) -----------------------------------------------------
+
+GMP_OWN = {
+    "train": {"epochs": 4, "lr": 0.01},
+    "pruning": {"cycles": 0, "target_sparsity": 0.5, "rewind_epochs": 0.0, "gmp_interval": 1},
+}
+
+
+def attached_loop(model, mask, seed, settings, pruned=None):
+    """``loop`` with ``settings.attach``: the attached mask follows gmp's steps. Appends the
+    pruned count after every epoch end to ``pruned``."""
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9)
+    settings.attach(model, opt)
+    g = torch.Generator().manual_seed(seed)
+    for _ in settings.epoch_range:
+        order = torch.randperm(len(X), generator=g)
+        for i in range(4):
+            idx = order[i * 16 : (i + 1) * 16]
+            loss = nn.functional.cross_entropy(model(X[idx]), Y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        settings.end_epoch(model, loss.item())
+        if pruned is not None:
+            pruned.append(sum(t.numel() for t in settings.mask.values()) - settings.mask.num_alive)
+
+
+def test_gmp_on_your_own_loop_prunes_the_schedules_counts_at_epoch_ends(tmp_path):
+    """gmp with gmp_interval 1 over 4 epochs prunes after epochs 1, 2, 3 to the cubic
+    schedule's 0.352, 0.481 and 0.5 of the 352 prunable weights: 124, 169, 176 (round);
+    settings.attach follows each step, so the pruned weights stay exactly 0 and the run ends
+    with its mask."""
+    from sparseavg.pruning.gmp_reference import bimp_gmp_schedule
+
+    assert [e for e, _ in bimp_gmp_schedule(4, 1, 0.5)] == [1, 2, 3]
+    pruned: list[int] = []
+
+    def train_fn(model, mask, seed, settings):
+        attached_loop(model, mask, seed, settings, pruned)
+
+    run = sparseavg.prune(
+        "gmp", TiedLM, train_fn, accuracy, runs_dir=tmp_path, config=GMP_OWN,
+        prunable=PRUNABLE, progress=False,
+    )  # fmt: skip
+    assert pruned == [124, 169, 176, 176]
+    mask = Mask.load(run.path / "cycle_00" / "mask.safetensors")
+    total = sum(t.numel() for t in mask.values())
+    assert (total, total - mask.num_alive) == (352, 176)
+    final = load_tensors(run.path / "cycle_00" / "combined.safetensors")
+    assert all(not final[n][~keep.cpu()].any() for n, keep in mask.items())
+    assert [(r["role"], r["alive"]) for r in run.rows if r["headline"]] == [("combined", 176)]
+
+
+def test_gmp_with_a_mask_attached_once_is_refused_naming_settings_attach(tmp_path):
+    """``loop`` attaches the first mask with sparseavg.attach, so the weights gmp prunes after
+    epoch 1 train on: the next end_epoch stops the run and names the fix."""
+    with pytest.raises(MaskError, match=r"after epoch 1, .* settings\.attach\(model, optimizer\)"):
+        sparseavg.prune(
+            "gmp", TiedLM, loop, accuracy, runs_dir=tmp_path, config=GMP_OWN,
+            prunable=PRUNABLE, progress=False,
+        )  # fmt: skip
+
+
+def test_gmp_on_your_own_loop_gives_the_builtin_run(tmp_path):
+    """A train_fn that runs the built-in loop one epoch at a time under settings.mask (the
+    mask as gmp left it at the last epoch end) computes what the built-in gmp run does."""
+    values = {
+        "recipe": "gmp",
+        "train": {"epochs": 4, "batch_size": 512},
+        "pruning": {"cycles": 0, "gmp_interval": 1, "rewind_epochs": 1.0},
+    }
+    config = tiny_config(values)
+    builtin = run(config, tmp_path / "builtin")
+    data, model_fn, eval_fn = _mnist1d(config)
+    spe = steps_per_epoch(data.train, config.train.batch_size)
+
+    def train_fn(model, mask, seed, settings):
+        state = None
+        for epoch in settings.epoch_range:
+            kept = []
+            train(
+                model, data.train, settings.train, seed=seed,
+                mask=settings.mask if settings.mask is not None else mask,
+                start_step=settings.start_epoch * spe, stop_step=(epoch + 1) * spe,
+                resume=state, on_epoch_end=kept.append,
+            )  # fmt: skip
+            state = kept[-1]
+            settings.end_epoch(model, state.losses[-1])
+
+    kept = {k: v for k, v in config.to_dict().items() if k in ("train", "pruning", "bn", "seed")}
+    own = sparseavg.prune(
+        "gmp", model_fn, train_fn, eval_fn, runs_dir=tmp_path / "own", config=kept,
+        bn_batches=lambda: (b for b in data.train.batches(config.train.batch_size)),
+        progress=False,
+    )  # fmt: skip
+    assert [_comparable(r) for r in rows(builtin)] == [_comparable(r) for r in own.rows]
+    for f in sorted(builtin.rglob("combined.safetensors")) + sorted(builtin.rglob("mask*")):
+        a, b = load_tensors(f), load_tensors(own.path / f.relative_to(builtin))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f

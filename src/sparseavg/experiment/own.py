@@ -30,7 +30,7 @@ from torch import nn
 from ..averaging import default_forward, has_batchnorm
 from ..averaging.batchnorm import Forward
 from ..config import Config, ConfigError, merge
-from ..pruning import Mask
+from ..pruning import FeedbackMaskSchedule, Mask, StepMaskSchedule
 from ..recipes import get_recipe, resolve_config
 from ..training.custom import TrainFn
 from ..utils.state import State
@@ -104,14 +104,17 @@ def prune(
     """Run (or resume) ``recipe`` on the user's model, loop and metrics.
 
     Args:
-        recipe: any recipe of ``sparseavg inspect --recipes`` but ``gmp`` and ``rigl``
-            (which change the mask inside the built-in loop).
+        recipe: any recipe of ``sparseavg inspect --recipes`` but ``dpf``, ``sms-dpf``,
+            ``rigl`` and ``swamp-rigl`` (which change the mask between optimizer steps inside
+            the built-in loop); ``gmp`` changes it at epoch ends: keep it with
+            ``settings.attach(model, optimizer)``.
         model_fn: ``model_fn() -> nn.Module`` on its training device. Called with torch's
             generator seeded, so each lineage's initialisation is fixed by the run's seed.
         train_fn: ``train_fn(model, mask, seed, settings) -> None`` trains one ingredient in
             place; see :class:`~sparseavg.LoopSettings` for ``settings``. It keeps the mask
-            (:func:`sparseavg.attach`) and calls ``settings.end_epoch(model, loss)`` after
-            every epoch (``accuracy=`` too, for the training accuracy in ``epochs.jsonl``).
+            (``settings.attach(model, optimizer)``) and calls ``settings.end_epoch(model,
+            loss)`` after every epoch (``accuracy=`` too, for the training accuracy in
+            ``epochs.jsonl``).
         eval_fn: ``eval_fn(model) -> dict`` of test metrics (eval mode, no gradients),
             holding ``metric`` and optionally ``"loss"``.
         runs_dir: where the run directory goes (``<recipe>-<name>-<Model>-<hash8>``).
@@ -230,10 +233,12 @@ def _check_own(config: Config) -> None:
             f"pruning.rewind_epochs = {p.rewind_epochs}: your own training loop rewinds to "
             "whole epochs (its steps are epochs)"
         )
-    if get_recipe(config.recipe).plan(config, 0, min(p.cycles, 1), 0).during is not None:
+    during = get_recipe(config.recipe).plan(config, 0, min(p.cycles, 1), 0).during
+    if isinstance(during, (StepMaskSchedule, FeedbackMaskSchedule)):
         raise ConfigError(
-            f"recipe {config.recipe!r} changes the mask inside the built-in training loop; it "
-            "cannot run your own train_fn"
+            f"recipe {config.recipe!r} changes the mask inside the built-in training loop, "
+            "between optimizer steps; it cannot run your own train_fn (gmp, which changes it "
+            "at epoch ends, can)"
         )
 
 

@@ -111,8 +111,6 @@ class FunctionTrainer:
         on_epoch_end: Callable[[TrainState], None] | None,
         tracker: Tracker | None,
     ) -> TrainResult:
-        if work.during is not None:
-            raise ValueError("a mask schedule (gradual pruning) needs the built-in training loop")
         model.load_state_dict(work.start)
         return run_user_loop(
             self.train_fn,
@@ -124,6 +122,7 @@ class FunctionTrainer:
             cycle=work.cycle,
             index=job.index,
             progress=tracker,
+            mask_schedule=work.during,
         )
 
     def together(

@@ -41,6 +41,7 @@ class AttachedMask:
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
         ]
+        self._on_backward: list[RemovableHandle] = []
 
     @property
     def attached(self) -> bool:
@@ -50,9 +51,10 @@ class AttachedMask:
     def remove(self) -> None:
         """Detach both hooks; later steps no longer touch the mask. Calling it again does
         nothing. The weights and optimizer state are left as they are."""
-        for handle in self._handles:
+        for handle in self._handles + self._on_backward:
             handle.remove()
         self._handles = []
+        self._on_backward = []
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
@@ -69,7 +71,31 @@ class AttachedMask:
             raise RuntimeError("mask_gradients_on_backward: the mask was removed")
         for param, factor in zip(self._enforcer.params, self._enforcer.factors, strict=True):
             hook = partial(_mask_grad, factor=factor)
-            self._handles.append(param.register_post_accumulate_grad_hook(hook))
+            self._on_backward.append(param.register_post_accumulate_grad_hook(hook))
+
+    @torch.no_grad()
+    def tighten(self, mask: Mask) -> None:
+        """Keep ``mask`` from now on instead (a mask that changed during training, e.g. a
+        gradual-pruning step at an epoch end): the weights it prunes and their optimizer state
+        are set to zero at once, and the hooks (those of :meth:`mask_gradients_on_backward`
+        too) follow it.
+
+        Raises:
+            RuntimeError: the mask was removed.
+            MaskError: ``mask`` names other parameters than the attached one.
+        """
+        if not self.attached:
+            raise RuntimeError("tighten: the mask was removed")
+        if set(mask) != set(self.mask):
+            raise MaskError("tighten: the new mask must name the attached mask's parameters")
+        on_backward = bool(self._on_backward)
+        for handle in self._on_backward:
+            handle.remove()
+        self._on_backward = []
+        self._enforcer = self._enforcer.tighten(mask, self.optimizer)
+        self.mask = mask
+        if on_backward:
+            self.mask_gradients_on_backward()
 
     def _before_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..pruning import Mask, MaskError
+from ..pruning import FeedbackMaskSchedule, Mask, MaskError, MaskSchedule, StepMaskSchedule
 from ..utils.state import clone_state
+from .attach import AttachedMask, attach
 from .history import EpochLog
 from .loop import DivergenceError, Progress, TrainResult
 from .schedules import learning_rate
@@ -38,9 +39,11 @@ class TrainFn(Protocol):
 
     ``model`` is on its device with the start weights loaded (pruned weights already 0);
     ``mask`` is the :class:`~sparseavg.Mask` to keep, on the model's device (empty in the
-    dense run that makes the ticket): keep it with ``sparseavg.attach(model, mask,
-    optimizer)``; ``seed`` fixes the run's batch order and augmentation (particles differ in
-    it); ``settings`` is a :class:`LoopSettings`.
+    dense run that makes the ticket): keep it with ``settings.attach(model, optimizer)``
+    (:meth:`LoopSettings.attach`, which also follows a mask the recipe changes at epoch ends:
+    gmp), or ``sparseavg.attach(model, mask, optimizer)`` where it does not; ``seed`` fixes
+    the run's batch order and augmentation (particles differ in it); ``settings`` is a
+    :class:`LoopSettings`.
     """
 
     def __call__(self, model: nn.Module, mask: Mask, seed: int, settings: LoopSettings) -> None: ...
@@ -73,6 +76,22 @@ class LoopSettings:
     swa: AveragedModel | None = field(default=None, repr=False)
     history: list[EpochLog] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter, repr=False)
+    schedule: MaskSchedule | None = field(default=None, repr=False)
+    attached: AttachedMask | None = field(default=None, repr=False)
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> AttachedMask:
+        """:func:`~sparseavg.attach` the run's mask to ``optimizer``, following it when the
+        recipe changes it at epoch ends (gmp: :meth:`end_epoch` tightens the attached mask).
+        Use it instead of ``sparseavg.attach(model, mask, optimizer)`` in a ``train_fn`` that
+        any recipe may call.
+
+        Raises:
+            ValueError: the run has no mask (the dense run to the rewind point).
+        """
+        if self.mask is None:
+            raise ValueError("settings.attach: this run trains densely; there is no mask")
+        self.attached = attach(model, self.mask, optimizer)
+        return self.attached
 
     @property
     def epochs_done(self) -> int:
@@ -162,6 +181,7 @@ class LoopSettings:
         if (loss is not None and not math.isfinite(loss)) or not _finite(model):
             raise DivergenceError(epoch, epoch)
         check_mask_kept(model, self.mask, f"after epoch {epoch}")
+        self._update_mask(model, epoch)
         now = time.perf_counter()
         self.history.append(
             EpochLog(
@@ -180,6 +200,24 @@ class LoopSettings:
         if self.progress is not None:
             losses = self.losses
             self.progress(epoch + 1, self.stop_epoch, losses[-1] if losses else None)
+
+    @torch.no_grad()
+    def _update_mask(self, model: nn.Module, epoch: int) -> None:
+        """The recipe's epoch-end mask change (gmp's step after ``epoch``): the new mask
+        replaces :attr:`mask`, its pruned weights are zeroed in ``model`` and, when the loop
+        attached through :meth:`attach`, in the attached mask and its optimizer's state."""
+        if self.schedule is None or self.mask is None:
+            return
+        params = dict(model.named_parameters())
+        weights = {name: params[name].detach() for name in self.mask}
+        new = self.schedule.update(epoch + 1, weights, None, self.mask)
+        if new is None:
+            return
+        new = new.to(next(iter(weights.values())).device) if weights else new
+        new.apply_(model)
+        if self.attached is not None and self.attached.attached:
+            self.attached.tighten(new)
+        self.mask = new
 
 
 def _finite(model: nn.Module) -> bool:
@@ -201,7 +239,8 @@ def check_mask_kept(model: nn.Module, mask: Mask | None, when: str) -> None:
         where = ", ".join(f"{n} ({k})" for n, k in list(bad.items())[:4])
         raise MaskError(
             f"{when}, {sum(bad.values())} pruned weights are nonzero: {where}. Keep the mask in "
-            "train_fn with sparseavg.attach(model, mask, optimizer)"
+            "train_fn with settings.attach(model, optimizer), which also follows a mask the "
+            "recipe changes at epoch ends"
         )
 
 
@@ -234,12 +273,16 @@ def run_user_loop(
     cycle: int = 0,
     index: int = 0,
     progress: Progress | None = None,
+    mask_schedule: MaskSchedule | None = None,
 ) -> TrainResult:
     """Call ``train_fn`` for one run and return what it left as a
     :class:`~sparseavg.training.TrainResult` (steps counted in epochs).
 
     ``model`` holds the start weights on its device. With SWA (``settings.swa_start``) the
-    result's ``swa_state`` averages the snapshots :meth:`LoopSettings.end_epoch` took.
+    result's ``swa_state`` averages the snapshots :meth:`LoopSettings.end_epoch` took. A
+    ``mask_schedule`` that changes the mask at epoch ends (gmp) is applied by
+    :meth:`LoopSettings.end_epoch`; the result's ``mask`` is the last one. One that changes it
+    at steps (RigL) or keeps dense weights (DPF) needs the built-in loop (``ValueError``).
 
     Raises:
         MaskError: ``train_fn`` wrote to the mask, or pruned weights are nonzero after the run.
@@ -247,15 +290,28 @@ def run_user_loop(
         RuntimeError: ``train_fn`` did not call ``end_epoch`` once per epoch although the
             recipe averages over epochs (SWA).
     """
+    if isinstance(mask_schedule, (StepMaskSchedule, FeedbackMaskSchedule)):
+        raise ValueError(
+            "a mask schedule that changes the mask between steps (RigL) or keeps dense weights "
+            "(DPF) needs the built-in training loop"
+        )
     stop = settings.epochs if stop_epoch is None else min(stop_epoch, settings.epochs)
     swa = AveragedModel(model, use_buffers=False) if settings.swa_start is not None else None
     loop = LoopSettings(settings, start_epoch, stop, cycle, index, mask, progress, swa)
+    loop.schedule = mask_schedule
     model.train()
     before = {name: keep.clone() for name, keep in mask.items()}
     train_fn(model, mask, seed, loop)
     check_mask_unchanged(mask, before)
     if not _finite(model):
         raise DivergenceError(stop, max(stop - 1, 0))
+    if mask_schedule is not None and loop.epochs_done != stop - start_epoch:
+        raise RuntimeError(
+            f"train_fn called settings.end_epoch(model) {loop.epochs_done} times, but the "
+            f"recipe changes the mask at epoch ends: call it once after each epoch of "
+            f"settings.epoch_range ({stop - start_epoch})"
+        )
+    mask = loop.mask if loop.mask is not None else mask
     check_mask_kept(model, mask, "after train_fn")
     swa_state = None
     swa_count = 0
