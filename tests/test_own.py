@@ -302,8 +302,8 @@ def test_refused_before_anything_is_written(tmp_path):
     refused(
         r"^bn_batches is empty.*mean 0, variance 1", **prunable, model_fn=with_bn, bn_batches=[]
     )
-    rigl = {**OWN, "pruning": {"cycles": 0, "target_sparsity": 0.5, "rewind_epochs": 0.0}}
-    refused("between optimizer steps; it cannot run your own train_fn", recipe="rigl", config=rigl)
+    dpf = {**OWN, "pruning": {"cycles": 0, "target_sparsity": 0.5, "rewind_epochs": 0.0}}
+    refused("steps the dense w; it cannot run your own train_fn", recipe="dpf", config=dpf)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..pruning import Mask, MaskError
+from ..pruning import Mask, MaskError, StepMaskSchedule
+from ..pruning.rigl import apply_mask_update_
 from .masking import MaskEnforcer
 
 
@@ -42,6 +43,42 @@ class AttachedMask:
             optimizer.register_step_post_hook(self._after_step),
         ]
         self._on_backward: list[RemovableHandle] = []
+        self._steps: _StepUpdates | None = None
+
+    def follow_steps(
+        self,
+        schedule: StepMaskSchedule,
+        steps_per_epoch: int,
+        total_steps: int,
+        start_step: int = 0,
+    ) -> None:
+        """Let ``schedule`` change the mask at the optimizer steps it names (RigL's drop and
+        grow), as :func:`~sparseavg.train` does: ``optimizer.step()`` calls are counted from
+        ``start_step``; at an update step the pre-hook computes the new mask from the dense
+        gradients, writes it into the weights and optimizer state (dropped and grown weights
+        and their state at exactly 0) and the step is undone after it runs (no update on
+        that batch: the batch only scores growth), the counter advancing all the same.
+
+        Raises:
+            ValueError: ``steps_per_epoch`` < 1 or ``total_steps`` < ``start_step``.
+        """
+        if steps_per_epoch < 1 or total_steps < start_step:
+            raise ValueError(
+                f"follow_steps: steps_per_epoch = {steps_per_epoch}, total_steps = "
+                f"{total_steps}, start_step = {start_step}"
+            )
+        self._steps = _StepUpdates(schedule, steps_per_epoch, total_steps, start_step)
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """The steps per epoch :meth:`follow_steps` was given, or ``None`` without it."""
+        return None if self._steps is None else self._steps.steps_per_epoch
+
+    @property
+    def steps_taken(self) -> int | None:
+        """The optimizer steps counted since :meth:`follow_steps` (from its ``start_step``),
+        or ``None`` without it."""
+        return None if self._steps is None else self._steps.step
 
     @property
     def attached(self) -> bool:
@@ -101,7 +138,11 @@ class AttachedMask:
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """Mask the gradients; if ``step`` got a closure (it computes the gradients inside
-        ``step``, as Lightning's automatic optimization does), mask them after each call of it."""
+        ``step``, as Lightning's automatic optimization does), mask them after each call of it.
+        At an update step of :meth:`follow_steps` first update the mask from the dense
+        gradients and keep what the step must not change."""
+        if self._steps is not None and self._steps.updates_now():
+            self._update_mask(self._steps)
         self._enforcer.mask_gradients()
         # args[0] is the optimizer itself; a closure comes second or as ``closure=``
         if len(args) > 1 and callable(args[1]):
@@ -121,8 +162,32 @@ class AttachedMask:
     def _after_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
+        if self._steps is not None:
+            self._steps.undo(optimizer)
         self._enforcer.mask_weights()
         self._enforcer.mask_optimizer_state(optimizer)
+
+    @torch.no_grad()
+    def _update_mask(self, steps: _StepUpdates) -> None:
+        """One update of the step schedule from the current dense gradients, written into the
+        weights and the optimizer's state; the parameters and state are kept so that
+        :meth:`_after_step` can undo the step."""
+        model = self._enforcer.model
+        params = dict(model.named_parameters())
+        weights = {name: params[name].detach() for name in self.mask}
+        new, grown = steps.schedule.update_step(
+            steps.step,
+            steps.steps_per_epoch,
+            steps.total_steps,
+            weights,
+            self._enforcer.gradients(),
+            self.mask,
+        )
+        new = new.to(next(iter(weights.values())).device) if weights else new
+        apply_mask_update_(params, new, grown, self.optimizer.state)
+        self._enforcer = MaskEnforcer(model, new)
+        self.mask = new
+        steps.keep(self.optimizer)
 
     def __enter__(self) -> AttachedMask:
         return self
@@ -138,6 +203,49 @@ class AttachedMask:
     def __repr__(self) -> str:
         state = "attached" if self.attached else "removed"
         return f"AttachedMask({self.mask!r}, {type(self.optimizer).__name__}, {state})"
+
+
+class _StepUpdates:
+    """The step count of :meth:`AttachedMask.follow_steps` and what an update step keeps to
+    undo its optimizer step: every parameter's value and optimizer state."""
+
+    def __init__(
+        self, schedule: StepMaskSchedule, steps_per_epoch: int, total_steps: int, step: int
+    ) -> None:
+        self.schedule = schedule
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = total_steps
+        self.step = step
+        self.kept: list[tuple[Tensor, Tensor, dict[str, Any]]] | None = None
+
+    def updates_now(self) -> bool:
+        return self.step < self.total_steps and self.schedule.updates_at(
+            self.step, self.steps_per_epoch, self.total_steps
+        )
+
+    def keep(self, optimizer: torch.optim.Optimizer) -> None:
+        self.kept = [
+            (p, p.detach().clone(), _cloned(optimizer.state.get(p, {})))
+            for group in optimizer.param_groups
+            for p in group["params"]
+        ]
+
+    @torch.no_grad()
+    def undo(self, optimizer: torch.optim.Optimizer) -> None:
+        """Put back what :meth:`keep` kept (no update on this batch) and count the step."""
+        if self.kept is not None:
+            for p, value, state in self.kept:
+                p.copy_(value)
+                if state:
+                    optimizer.state[p] = state
+                else:
+                    optimizer.state.pop(p, None)
+            self.kept = None
+        self.step += 1
+
+
+def _cloned(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in state.items()}
 
 
 @torch.no_grad()

@@ -25,7 +25,14 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..pruning import FeedbackMaskSchedule, Mask, MaskError, MaskSchedule, StepMaskSchedule
+from ..pruning import (
+    FeedbackMaskSchedule,
+    Lockstep,
+    Mask,
+    MaskError,
+    MaskSchedule,
+    StepMaskSchedule,
+)
 from ..utils.state import clone_state
 from .attach import AttachedMask, attach
 from .history import EpochLog
@@ -79,19 +86,39 @@ class LoopSettings:
     schedule: MaskSchedule | None = field(default=None, repr=False)
     attached: AttachedMask | None = field(default=None, repr=False)
 
-    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> AttachedMask:
+    def attach(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        steps_per_epoch: int | None = None,
+    ) -> AttachedMask:
         """:func:`~sparseavg.attach` the run's mask to ``optimizer``, following it when the
-        recipe changes it at epoch ends (gmp: :meth:`end_epoch` tightens the attached mask).
+        recipe changes it: at epoch ends (gmp: :meth:`end_epoch` tightens the attached mask)
+        or at optimizer steps (rigl: :meth:`~sparseavg.training.AttachedMask.follow_steps`,
+        which needs ``steps_per_epoch``, the loop's ``optimizer.step()`` calls per epoch).
         Use it instead of ``sparseavg.attach(model, mask, optimizer)`` in a ``train_fn`` that
         any recipe may call.
 
         Raises:
-            ValueError: the run has no mask (the dense run to the rewind point).
+            ValueError: the run has no mask (the dense run to the rewind point), or the recipe
+                changes the mask at steps and ``steps_per_epoch`` is missing or below 1.
         """
         if self.mask is None:
             raise ValueError("settings.attach: this run trains densely; there is no mask")
-        self.attached = attach(model, self.mask, optimizer)
-        return self.attached
+        attached = attach(model, self.mask, optimizer)
+        if isinstance(self.schedule, StepMaskSchedule):
+            if steps_per_epoch is None or steps_per_epoch < 1:
+                attached.remove()
+                raise ValueError(
+                    "settings.attach: this recipe changes the mask at optimizer steps; pass "
+                    "steps_per_epoch, the optimizer.step() calls of one epoch"
+                )
+            total = self.train.epochs * steps_per_epoch
+            attached.follow_steps(
+                self.schedule, steps_per_epoch, total, self.start_epoch * steps_per_epoch
+            )
+        self.attached = attached
+        return attached
 
     @property
     def epochs_done(self) -> int:
@@ -180,6 +207,7 @@ class LoopSettings:
             )
         if (loss is not None and not math.isfinite(loss)) or not _finite(model):
             raise DivergenceError(epoch, epoch)
+        self._follow_steps()
         check_mask_kept(model, self.mask, f"after epoch {epoch}")
         self._update_mask(model, epoch)
         now = time.perf_counter()
@@ -201,6 +229,19 @@ class LoopSettings:
             losses = self.losses
             self.progress(epoch + 1, self.stop_epoch, losses[-1] if losses else None)
 
+    def _follow_steps(self) -> None:
+        """Under a step schedule (rigl) :attr:`mask` is the attached mask's, which the
+        optimizer's hooks move; a loop that did not attach through :meth:`attach` is
+        stopped."""
+        if not isinstance(self.schedule, StepMaskSchedule) or self.mask is None:
+            return
+        if self.attached is None or self.attached.steps_per_epoch is None:
+            raise RuntimeError(
+                "this recipe changes the mask at optimizer steps (rigl): keep it in train_fn "
+                "with settings.attach(model, optimizer, steps_per_epoch)"
+            )
+        self.mask = self.attached.mask
+
     @torch.no_grad()
     def _update_mask(self, model: nn.Module, epoch: int) -> None:
         """The recipe's epoch-end mask change (gmp's step after ``epoch``): the new mask
@@ -218,6 +259,24 @@ class LoopSettings:
         if self.attached is not None and self.attached.attached:
             self.attached.tighten(new)
         self.mask = new
+
+
+def _check_steps_taken(loop: LoopSettings) -> None:
+    """A step schedule's run must have counted the optimizer steps it was told of."""
+    attached = loop.attached
+    spe = None if attached is None else attached.steps_per_epoch
+    steps = None if attached is None else attached.steps_taken
+    if spe is None or steps is None:
+        raise RuntimeError(
+            "this recipe changes the mask at optimizer steps (rigl): keep it in train_fn with "
+            "settings.attach(model, optimizer, steps_per_epoch)"
+        )
+    if steps != loop.stop_epoch * spe:
+        raise RuntimeError(
+            f"train_fn took {steps - loop.start_epoch * spe} optimizer steps, but "
+            f"settings.attach was told {spe} an epoch for {loop.stop_epoch - loop.start_epoch} "
+            "epochs: the recipe's mask updates are placed by that count"
+        )
 
 
 def _finite(model: nn.Module) -> bool:
@@ -290,10 +349,10 @@ def run_user_loop(
         RuntimeError: ``train_fn`` did not call ``end_epoch`` once per epoch although the
             recipe averages over epochs (SWA).
     """
-    if isinstance(mask_schedule, (StepMaskSchedule, FeedbackMaskSchedule)):
+    if isinstance(mask_schedule, (Lockstep, FeedbackMaskSchedule)):
         raise ValueError(
-            "a mask schedule that changes the mask between steps (RigL) or keeps dense weights "
-            "(DPF) needs the built-in training loop"
+            "a mask schedule that trains several models in lock step (swamp-rigl) or keeps "
+            "dense weights (DPF) needs the built-in training loop"
         )
     stop = settings.epochs if stop_epoch is None else min(stop_epoch, settings.epochs)
     swa = AveragedModel(model, use_buffers=False) if settings.swa_start is not None else None
@@ -311,6 +370,9 @@ def run_user_loop(
             f"recipe changes the mask at epoch ends: call it once after each epoch of "
             f"settings.epoch_range ({stop - start_epoch})"
         )
+    if isinstance(mask_schedule, StepMaskSchedule):
+        _check_steps_taken(loop)
+        mask = loop.mask = loop.attached.mask if loop.attached is not None else mask
     mask = loop.mask if loop.mask is not None else mask
     check_mask_kept(model, mask, "after train_fn")
     swa_state = None
