@@ -240,16 +240,11 @@ def test_dpf_options_are_refused_where_they_mean_nothing(values, fragment):
         resolve_config({"recipe": "dpf", "train": {"epochs": 10}, **values})
 
 
-def test_dpf_on_your_own_training_loop_is_refused(tmp_path):
-    """The user's train_fn has no per-step hook for the masked forward: refused before
-    anything is written."""
-    import sparseavg
-    from test_own import OWN, PRUNABLE, TiedLM, accuracy, loop
+def test_dpf_on_your_own_training_loop_gives_the_builtin_run(tmp_path):
+    """settings.attach(model, optimizer, steps_per_epoch) under dpf hooks the model's forward
+    (w ⊙ m swapped in) and the optimizer's step (the dense w back before it, the mask
+    recomputed after every 16th): a plain loop computes the built-in dpf run bit for bit,
+    its masked model, mask and rows."""
+    from test_own import own_equals_builtin
 
-    config = {**OWN, "pruning": {"rewind_epochs": 0.0, "target_sparsity": 0.5}}
-    with pytest.raises(ConfigError, match="recipe 'dpf' changes the mask inside the built-in"):
-        sparseavg.prune(
-            "dpf", TiedLM, loop, accuracy, runs_dir=tmp_path, config=config,
-            prunable=PRUNABLE, progress=False,
-        )  # fmt: skip
-    assert not list(tmp_path.iterdir())
+    own_equals_builtin(tmp_path, DPF_TINY)

@@ -63,6 +63,61 @@ def _builtin_as_train_fn(data, batch_size: int):
     return train_fn
 
 
+def _plain_loop(data, batch_size: int):
+    """A plain training loop over the built-in loop's batches and learning rates (SGD as
+    ``settings.train`` says, zero_grad, backward, step) that keeps the mask with
+    ``settings.attach(model, optimizer, steps_per_epoch)``: it computes what the built-in loop
+    does for recipes whose mask moves during training (rigl's steps, dpf's feedback)."""
+    import torch.nn.functional as F
+
+    from sparseavg.training import build_optimizer
+    from sparseavg.utils.seeding import make_generator
+
+    spe = steps_per_epoch(data.train, batch_size)
+
+    def train_fn(model, mask, seed, settings):
+        opt = build_optimizer(model, settings.train)
+        settings.attach(model, opt, steps_per_epoch=spe)
+        step = settings.start_epoch * spe
+        for epoch in settings.epoch_range:
+            order = make_generator(seed, "epoch", epoch)
+            for x, y in data.train.batches(batch_size, generator=order):
+                for group in opt.param_groups:
+                    group["lr"] = settings.learning_rate(step, spe)
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+            settings.end_epoch(model, loss.item())
+
+    return train_fn
+
+
+def own_equals_builtin(tmp_path, values: dict) -> tuple:
+    """Run ``values`` built in and through :func:`_plain_loop` with ``sparseavg.prune``;
+    assert the same rows, masks and models bit for bit; return both run directories."""
+    config = tiny_config(values)
+    builtin = run(config, tmp_path / "builtin")
+    data, model_fn, eval_fn = _mnist1d(config)
+    batch = config.train.batch_size
+    kept = {k: v for k, v in config.to_dict().items() if k in ("train", "pruning", "bn", "seed")}
+    if "ingredients" in values:
+        kept["ingredients"] = values["ingredients"]
+    own = sparseavg.prune(
+        config.recipe, model_fn, _plain_loop(data, batch), eval_fn, runs_dir=tmp_path / "own",
+        config=kept, bn_batches=lambda: (b for b in data.train.batches(batch)), progress=False,
+    )  # fmt: skip
+    assert [_comparable(r) for r in rows(builtin)] == [_comparable(r) for r in own.rows]
+    files = sorted(builtin.rglob("combined.safetensors")) + sorted(builtin.rglob("mask*"))
+    files += sorted(builtin.rglob("dense.safetensors"))
+    assert files
+    for f in files:
+        a, b = load_tensors(f), load_tensors(own.path / f.relative_to(builtin))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    return builtin, own.path
+
+
 def _comparable(row: dict) -> dict:
     """A row's numbers but an ensemble's loss (the user's eval_fn takes the cross-entropy of
     log-averaged probabilities, the built-in NLL of the averaged ones: equal up to rounding)."""
@@ -302,8 +357,8 @@ def test_refused_before_anything_is_written(tmp_path):
     refused(
         r"^bn_batches is empty.*mean 0, variance 1", **prunable, model_fn=with_bn, bn_batches=[]
     )
-    dpf = {**OWN, "pruning": {"cycles": 0, "target_sparsity": 0.5, "rewind_epochs": 0.0}}
-    refused("steps the dense w; it cannot run your own train_fn", recipe="dpf", config=dpf)
+    swamp_rigl = {**OWN, "pruning": {"cycles": 0, "target_sparsity": 0.5, "rewind_epochs": 0.0}}
+    refused("in lock step; it cannot run your own train_fn", recipe="swamp-rigl", config=swamp_rigl)
 
 
 @pytest.mark.parametrize(

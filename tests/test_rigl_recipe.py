@@ -393,47 +393,9 @@ def test_rigl_on_your_own_training_loop_gives_the_builtin_run(tmp_path):
     the mask with settings.attach(model, optimizer, steps_per_epoch) gets rigl's drop and grow
     from the optimizer's step hooks (an update step undone: no update on that batch) and
     computes the built-in rigl run bit for bit: rows, mask and model."""
-    import torch.nn.functional as F
+    from test_own import own_equals_builtin
 
-    import sparseavg
-    from sparseavg.experiment import run
-    from sparseavg.training import build_optimizer, steps_per_epoch
-    from sparseavg.utils.seeding import make_generator
-    from test_own import _comparable, _mnist1d
-
-    config = tiny_config(RIGL_TINY)
-    builtin = run(config, tmp_path / "builtin")
-    data, model_fn, eval_fn = _mnist1d(config)
-    batch = config.train.batch_size
-    spe = steps_per_epoch(data.train, batch)
-
-    def train_fn(model, mask, seed, settings):
-        opt = build_optimizer(model, settings.train)
-        settings.attach(model, opt, steps_per_epoch=spe)
-        step = settings.start_epoch * spe
-        for epoch in settings.epoch_range:
-            order = make_generator(seed, "epoch", epoch)
-            for x, y in data.train.batches(batch, generator=order):
-                for group in opt.param_groups:
-                    group["lr"] = settings.learning_rate(step, spe)
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-            settings.end_epoch(model, loss.item())
-
-    kept = {k: v for k, v in config.to_dict().items() if k in ("train", "pruning", "bn", "seed")}
-    own = sparseavg.prune(
-        "rigl", model_fn, train_fn, eval_fn, runs_dir=tmp_path / "own", config=kept,
-        bn_batches=lambda: (b for b in data.train.batches(batch)), progress=False,
-    )  # fmt: skip
-    assert [_comparable(r) for r in rows(builtin)] == [_comparable(r) for r in own.rows]
-    for f in sorted(builtin.rglob("combined.safetensors")) + sorted(builtin.rglob("mask*")):
-        a, b = load_tensors(f), load_tensors(own.path / f.relative_to(builtin))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
-    start = Mask.load(builtin / "cycle_00" / "mask.safetensors")
-    assert start == Mask.load(own.path / "cycle_00" / "mask.safetensors")
+    own_equals_builtin(tmp_path, RIGL_TINY)
 
 
 def test_rigl_on_your_own_loop_without_steps_per_epoch_is_refused(tmp_path):

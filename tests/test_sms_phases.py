@@ -332,14 +332,13 @@ def test_sms_dpf_under_the_stacked_executor_falls_back_naming_the_mask_schedule(
     assert same_weights(final_weights(stacked), final_weights(sequential))
 
 
-def test_sms_dpf_on_your_own_training_loop_is_refused(tmp_path):
-    import sparseavg
-    from test_own import OWN, PRUNABLE, TiedLM, accuracy, loop
+def test_sms_dpf_on_your_own_training_loop_gives_the_builtin_run(tmp_path):
+    """Each copy trained with DPF's feedback from the attached hooks keeps its dense weights
+    (the run's dense.safetensors), so the dense settle of every phase, the soups and rows are
+    the built-in run's bit for bit."""
+    from test_own import own_equals_builtin
 
-    config = {**OWN, "pruning": {"cycles": 1, "gmp_interval": 2, "target_sparsity": 0.5}}
-    with pytest.raises(ConfigError, match="recipe 'sms-dpf' changes the mask inside the built"):
-        sparseavg.prune(
-            "sms-dpf", TiedLM, loop, accuracy, runs_dir=tmp_path, config=config,
-            prunable=PRUNABLE, progress=False,
-        )  # fmt: skip
-    assert not list(tmp_path.iterdir())
+    pruning = {**SMS_GMP_TINY["pruning"], "rewind_epochs": 1.0}  # whole epochs in a user loop
+    values = {**SMS_GMP_TINY, "recipe": "sms-dpf", "pruning": pruning}
+    builtin, _ = own_equals_builtin(tmp_path, values)
+    assert len(list(builtin.rglob("dense.safetensors"))) == 4  # 2 phases x 2 copies

@@ -30,7 +30,7 @@ from torch import nn
 from ..averaging import default_forward, has_batchnorm
 from ..averaging.batchnorm import Forward
 from ..config import Config, ConfigError, merge
-from ..pruning import FeedbackMaskSchedule, Lockstep, Mask
+from ..pruning import Lockstep, Mask
 from ..recipes import get_recipe, resolve_config
 from ..training.custom import TrainFn
 from ..utils.state import State
@@ -104,10 +104,10 @@ def prune(
     """Run (or resume) ``recipe`` on the user's model, loop and metrics.
 
     Args:
-        recipe: any recipe of ``sparseavg inspect --recipes`` but ``dpf``, ``sms-dpf`` and
-            ``swamp-rigl`` (whose masks need the built-in loop); ``gmp`` and ``rigl`` change
+        recipe: any recipe of ``sparseavg inspect --recipes`` but ``swamp-rigl`` (whose
+            particles train in lock step); ``gmp``, ``dpf``, ``sms-dpf`` and ``rigl`` change
             the mask during training: keep it with ``settings.attach(model, optimizer)``
-            (rigl: ``steps_per_epoch=`` too).
+            (dpf, sms-dpf, rigl: ``steps_per_epoch=`` too).
         model_fn: ``model_fn() -> nn.Module`` on its training device. Called with torch's
             generator seeded, so each lineage's initialisation is fixed by the run's seed.
         train_fn: ``train_fn(model, mask, seed, settings) -> None`` trains one ingredient in
@@ -234,16 +234,11 @@ def _check_own(config: Config) -> None:
             "whole epochs (its steps are epochs)"
         )
     during = get_recipe(config.recipe).plan(config, 0, min(p.cycles, 1), 0).during
-    if isinstance(during, (Lockstep, FeedbackMaskSchedule)):
-        how = (
-            "trains its models in lock step"
-            if isinstance(during, Lockstep)
-            else ("runs every forward at w * m and steps the dense w")
-        )
+    if isinstance(during, Lockstep):
         raise ConfigError(
             f"recipe {config.recipe!r} changes the mask inside the built-in training loop: it "
-            f"{how}; it cannot run your own train_fn (gmp and rigl can: keep their mask with "
-            "settings.attach)"
+            "trains its models in lock step; it cannot run your own train_fn (gmp, dpf, "
+            "sms-dpf and rigl can: keep their mask with settings.attach)"
         )
 
 

@@ -2,6 +2,7 @@
 :func:`attach` to keep a mask inside any other training loop."""
 
 from .attach import AttachedMask, attach
+from .attach_feedback import AttachedFeedback
 from .custom import LoopSettings, TrainFn, run_user_loop
 from .evaluate import Evaluation, evaluate, evaluate_probabilities, model_device, predict_logits
 from .history import EPOCH_KEYS, EpochLog
@@ -32,6 +33,7 @@ __all__ = [
     "RETRAIN_SCHEDULES",
     "SCHEDULES",
     "SWA_SCHEDULES",
+    "AttachedFeedback",
     "AttachedMask",
     "DivergenceError",
     "EpochLog",

@@ -35,6 +35,7 @@ from ..pruning import (
 )
 from ..utils.state import clone_state
 from .attach import AttachedMask, attach
+from .attach_feedback import AttachedFeedback
 from .history import EpochLog
 from .loop import DivergenceError, Progress, TrainResult
 from .schedules import learning_rate
@@ -84,20 +85,22 @@ class LoopSettings:
     history: list[EpochLog] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter, repr=False)
     schedule: MaskSchedule | None = field(default=None, repr=False)
-    attached: AttachedMask | None = field(default=None, repr=False)
+    attached: AttachedMask | AttachedFeedback | None = field(default=None, repr=False)
 
     def attach(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         steps_per_epoch: int | None = None,
-    ) -> AttachedMask:
+    ) -> AttachedMask | AttachedFeedback:
         """:func:`~sparseavg.attach` the run's mask to ``optimizer``, following it when the
-        recipe changes it: at epoch ends (gmp: :meth:`end_epoch` tightens the attached mask)
-        or at optimizer steps (rigl: :meth:`~sparseavg.training.AttachedMask.follow_steps`,
-        which needs ``steps_per_epoch``, the loop's ``optimizer.step()`` calls per epoch).
-        Use it instead of ``sparseavg.attach(model, mask, optimizer)`` in a ``train_fn`` that
-        any recipe may call.
+        recipe changes it: at epoch ends (gmp: :meth:`end_epoch` tightens the attached mask),
+        at optimizer steps (rigl: :meth:`~sparseavg.training.AttachedMask.follow_steps`), or
+        with DPF's error feedback (dpf, sms-dpf: an :class:`~.attach_feedback.
+        AttachedFeedback`, forward at ``w ⊙ m``, the step on the dense ``w``). The last two
+        need ``steps_per_epoch``, the loop's ``optimizer.step()`` calls per epoch. Use it
+        instead of ``sparseavg.attach(model, mask, optimizer)`` in a ``train_fn`` that any
+        recipe may call.
 
         Raises:
             ValueError: the run has no mask (the dense run to the rewind point), or the recipe
@@ -105,18 +108,25 @@ class LoopSettings:
         """
         if self.mask is None:
             raise ValueError("settings.attach: this run trains densely; there is no mask")
-        attached = attach(model, self.mask, optimizer)
-        if isinstance(self.schedule, StepMaskSchedule):
-            if steps_per_epoch is None or steps_per_epoch < 1:
-                attached.remove()
-                raise ValueError(
-                    "settings.attach: this recipe changes the mask at optimizer steps; pass "
-                    "steps_per_epoch, the optimizer.step() calls of one epoch"
-                )
-            total = self.train.epochs * steps_per_epoch
-            attached.follow_steps(
-                self.schedule, steps_per_epoch, total, self.start_epoch * steps_per_epoch
+        stepwise = isinstance(self.schedule, (StepMaskSchedule, FeedbackMaskSchedule))
+        if stepwise and (steps_per_epoch is None or steps_per_epoch < 1):
+            raise ValueError(
+                "settings.attach: this recipe changes the mask at optimizer steps; pass "
+                "steps_per_epoch, the optimizer.step() calls of one epoch"
             )
+        start = self.start_epoch * (steps_per_epoch or 0)
+        attached: AttachedMask | AttachedFeedback
+        if isinstance(self.schedule, FeedbackMaskSchedule):
+            assert steps_per_epoch is not None
+            attached = AttachedFeedback(
+                model, self.mask, optimizer, self.schedule, steps_per_epoch, start
+            )
+        else:
+            attached = attach(model, self.mask, optimizer)
+            if isinstance(self.schedule, StepMaskSchedule):
+                assert steps_per_epoch is not None
+                total = self.train.epochs * steps_per_epoch
+                attached.follow_steps(self.schedule, steps_per_epoch, total, start)
         self.attached = attached
         return attached
 
@@ -208,8 +218,12 @@ class LoopSettings:
         if (loss is not None and not math.isfinite(loss)) or not _finite(model):
             raise DivergenceError(epoch, epoch)
         self._follow_steps()
-        check_mask_kept(model, self.mask, f"after epoch {epoch}")
-        self._update_mask(model, epoch)
+        if isinstance(self.attached, AttachedFeedback):
+            self.attached.epoch_end(epoch + 1)  # the model keeps dense weights: no check
+            self.mask = self.attached.mask
+        else:
+            check_mask_kept(model, self.mask, f"after epoch {epoch}")
+            self._update_mask(model, epoch)
         now = time.perf_counter()
         self.history.append(
             EpochLog(
@@ -233,12 +247,13 @@ class LoopSettings:
         """Under a step schedule (rigl) :attr:`mask` is the attached mask's, which the
         optimizer's hooks move; a loop that did not attach through :meth:`attach` is
         stopped."""
-        if not isinstance(self.schedule, StepMaskSchedule) or self.mask is None:
+        stepwise = isinstance(self.schedule, (StepMaskSchedule, FeedbackMaskSchedule))
+        if not stepwise or self.mask is None:
             return
         if self.attached is None or self.attached.steps_per_epoch is None:
             raise RuntimeError(
-                "this recipe changes the mask at optimizer steps (rigl): keep it in train_fn "
-                "with settings.attach(model, optimizer, steps_per_epoch)"
+                "this recipe changes the mask at optimizer steps (rigl, dpf): keep it in "
+                "train_fn with settings.attach(model, optimizer, steps_per_epoch)"
             )
         self.mask = self.attached.mask
 
@@ -256,7 +271,7 @@ class LoopSettings:
             return
         new = new.to(next(iter(weights.values())).device) if weights else new
         new.apply_(model)
-        if self.attached is not None and self.attached.attached:
+        if isinstance(self.attached, AttachedMask) and self.attached.attached:
             self.attached.tighten(new)
         self.mask = new
 
@@ -268,8 +283,8 @@ def _check_steps_taken(loop: LoopSettings) -> None:
     steps = None if attached is None else attached.steps_taken
     if spe is None or steps is None:
         raise RuntimeError(
-            "this recipe changes the mask at optimizer steps (rigl): keep it in train_fn with "
-            "settings.attach(model, optimizer, steps_per_epoch)"
+            "this recipe changes the mask at optimizer steps (rigl, dpf): keep it in train_fn "
+            "with settings.attach(model, optimizer, steps_per_epoch)"
         )
     if steps != loop.stop_epoch * spe:
         raise RuntimeError(
@@ -349,10 +364,10 @@ def run_user_loop(
         RuntimeError: ``train_fn`` did not call ``end_epoch`` once per epoch although the
             recipe averages over epochs (SWA).
     """
-    if isinstance(mask_schedule, (Lockstep, FeedbackMaskSchedule)):
+    if isinstance(mask_schedule, Lockstep):
         raise ValueError(
-            "a mask schedule that trains several models in lock step (swamp-rigl) or keeps "
-            "dense weights (DPF) needs the built-in training loop"
+            "a mask schedule that trains several models in lock step (swamp-rigl) needs the "
+            "built-in training loop"
         )
     stop = settings.epochs if stop_epoch is None else min(stop_epoch, settings.epochs)
     swa = AveragedModel(model, use_buffers=False) if settings.swa_start is not None else None
@@ -370,9 +385,14 @@ def run_user_loop(
             f"recipe changes the mask at epoch ends: call it once after each epoch of "
             f"settings.epoch_range ({stop - start_epoch})"
         )
-    if isinstance(mask_schedule, StepMaskSchedule):
+    dense_state = None
+    if isinstance(mask_schedule, (StepMaskSchedule, FeedbackMaskSchedule)):
         _check_steps_taken(loop)
         mask = loop.mask = loop.attached.mask if loop.attached is not None else mask
+    if isinstance(loop.attached, AttachedFeedback):
+        masked, dense_state = loop.attached.states()  # DPF's model is w ⊙ m
+        loop.attached.remove()
+        model.load_state_dict(masked)
     mask = loop.mask if loop.mask is not None else mask
     check_mask_kept(model, mask, "after train_fn")
     swa_state = None
@@ -396,6 +416,7 @@ def run_user_loop(
         swa_count=swa_count,
         mask=mask,
         history=loop.history,
+        dense_state=dense_state,
     )
 
 
