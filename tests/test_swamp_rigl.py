@@ -283,7 +283,8 @@ def test_swamp_rigl_in_lock_step_under_the_stacked_executor_equals_sequential(
     stacked = run(tiny_config(SWAMP_RIGL_TINY), tmp_path / "b", _Say(10**9))
     assert rows(stacked) == rows(sequential)
     assert same_weights(final_weights(stacked), final_weights(sequential))
-    assert "stacked: these ingredients share mask decisions; training in lock step" in messages
+    note = "stacked: these ingredients train in lock step (one step each in turn); training"
+    assert f"{note} them together here" in messages
 
 
 @pytest.mark.parametrize(

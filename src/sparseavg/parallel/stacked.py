@@ -153,7 +153,10 @@ class Stacked:
             )
             return Sequential().run(model, trainer, work, jobs, hooks)
         if isinstance(work.during, Lockstep):
-            hooks.message("stacked: these ingredients share mask decisions; training in lock step")
+            hooks.message(
+                "stacked: these ingredients train in lock step (one step each in turn); "
+                "training them together here"
+            )
             return Sequential().run(model, trainer, work, jobs, hooks)
         reason = unstackable(model, work, jobs)
         checkpoints: list[Checkpoint | None] = [None] * len(jobs)

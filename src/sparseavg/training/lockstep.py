@@ -1,14 +1,17 @@
-"""``train_together``: several models in lock step under one mask that a step schedule moves
-from their average (swamp-rigl's particles sharing RigL's drop and grow decisions).
+"""``train_together``: several models in lock step (swamp-rigl's particles), each model's
+step k before any model's step k + 1, so that a step schedule can decide from all of them.
 
 Each model trains exactly as :func:`~sparseavg.train` would train it alone (its own optimizer,
 learning rate, batch order ``make_generator(seed, "epoch", e)``, SWA, epoch records and
-checkpoints), except at the schedule's update steps: there every model runs forward and
-backward on its own batch, then *one* :meth:`~sparseavg.pruning.StepMaskSchedule.update_step`
-is taken on the models' mean weights and mean dense gradients, and the new mask is written
-into every model (dropped and grown weights at exactly 0 with zero optimizer state); no model
-takes an optimizer step on that batch. So all models hold the same mask at every step, and
-with one model the run is :func:`~sparseavg.train` 's, bit for bit.
+checkpoints), except in two places. At the schedule's update steps, with ``shared`` (the
+default), every model runs forward and backward on its own batch, then *one*
+:meth:`~sparseavg.pruning.StepMaskSchedule.update_step` is taken on the models' mean weights
+and mean dense gradients, and the new mask is written into every model (dropped and grown
+weights at exactly 0 with zero optimizer state); no model takes an optimizer step on that
+batch, so all models hold the same mask at every step. Without ``shared`` each model updates
+its own mask, exactly as :func:`~sparseavg.train` would. And for the first ``shared_steps``
+every model takes the first model's batches. With one model the run is
+:func:`~sparseavg.train` 's, bit for bit.
 """
 
 from __future__ import annotations
