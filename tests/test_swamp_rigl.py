@@ -382,3 +382,34 @@ def test_swamp_rigl_plans_the_lock_step_from_its_options():
     each = get_recipe("swamp-rigl").plan(tiny_config(EACH_TINY), 0, 0, 0)
     assert each.during == Lockstep(RigLSchedule(0.3, 0.75, 0), 0.5, False)
     assert Lockstep(RigLSchedule(), 0.5).together_steps(57) == 28  # round(28.5), to even
+
+
+def test_alike_particles_train_one_model_until_they_part_with_the_same_result(monkeypatch):
+    """Until shared_steps = 15 (inside epoch 1) alike particles are one model: only the first
+    runs forwards (15 of them, the second none), the second takes its state at step 15 and
+    both end exactly as when every particle computes every step."""
+    import sparseavg.training.lockstep as lockstep
+
+    forwards = [0, 0]
+    original = lockstep._forward_backward
+
+    def counted(mb, step, total, device):
+        if id(mb.model) in members:
+            forwards[members.index(id(mb.model))] += step < 15
+        original(mb, step, total, device)
+
+    from test_rigl_recipe import SETTINGS, _sparse_net
+
+    models = [_sparse_net()[0] for _ in range(2)]
+    members = [id(m) for m in models]
+    monkeypatch.setattr(lockstep, "_forward_backward", counted)
+    fast = lockstep.train_together(
+        models, tiny_split(n=80), [SETTINGS] * 2, seeds=[0, 1], mask=_sparse_net()[1],
+        mask_schedule=Lockstep(RigLSchedule(interval=3)), shared_steps=15,
+    )  # fmt: skip
+    assert forwards == [15, 0]
+    monkeypatch.setattr(lockstep, "_alike", lambda *args: False)
+    slow, _ = _lockstep([0, 1], shared_steps=15)
+    for a, b in zip(fast, slow, strict=True):
+        assert _equal(a.state, b.state) and a.mask == b.mask and a.losses == b.losses
+    assert not _equal(fast[0].state, fast[1].state)

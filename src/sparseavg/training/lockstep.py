@@ -16,6 +16,7 @@ every model takes the first model's batches. With one model the run is
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -167,37 +168,50 @@ def train_together(
     for enforcer, mb in zip(enforcers, members, strict=True):
         enforcer.mask_weights()
         mb.model.train()
+    # alike models on one batch order stay alike: until shared_steps only the first trains,
+    # and the others take its state when they part (or at an epoch end before)
+    lead_only = step < shared_steps and _alike(members, masks, settings)
 
     while step < total:
         epoch, offset = divmod(step, spe)
         epoch_end = (epoch + 1) * spe
         started, first_step = time.perf_counter(), step
+        common = min(max(shared_steps - epoch * spe, 0), spe)  # this epoch's shared batches
         for mb in members:
-            common = min(max(shared_steps - epoch * spe, 0), spe)  # this epoch's shared batches
             mb.batches = _epoch_batches(data, mb, seeds[0], epoch, offset, common)
             mb.step_losses, mb.step_hits = [], []
         for s in range(step, epoch_end):
-            for mb in members:
+            if lead_only and s == shared_steps:  # they part here: all take the lead's state
+                lead_only = False
+                _follow_lead(members, masks, enforcers)
+                for mb in members[1:]:
+                    mb.batches = _epoch_batches(data, mb, seeds[0], epoch, s - epoch * spe, 0)
+            for mb in members[:1] if lead_only else members:
                 _forward_backward(mb, s, total, device)
+            n = 1 if lead_only else len(members)
+            active, active_masks, active_enforcers = members[:n], masks[:n], enforcers[:n]
             if mask_schedule.updates_at(s, spe, total):
                 if shared:
-                    new = _shared_update(mask_schedule, s, spe, total, members, enforcers, masks[0])
-                    masks = [new] * len(members)
+                    new = _shared_update(
+                        mask_schedule, s, spe, total, active, active_enforcers, masks[0]
+                    )
+                    updated = [new] * n
                 else:
-                    masks = [
+                    updated = [
                         _update_mask_at_step(
                             mask_schedule, s, spe, total, mb.model, m, e, mb.optimizer
                         )
-                        for mb, m, e in zip(members, masks, enforcers, strict=True)
+                        for mb, m, e in zip(active, active_masks, active_enforcers, strict=True)
                     ]
-                enforcers = [
-                    MaskEnforcer(mb.model, m) for mb, m in zip(members, masks, strict=True)
+                masks[:n] = updated
+                enforcers[:n] = [
+                    MaskEnforcer(mb.model, m) for mb, m in zip(active, updated, strict=True)
                 ]
-                for enforcer in enforcers:  # the batch only scored growth: no step
+                for enforcer in enforcers[:n]:  # the batch only scored growth: no step
                     enforcer.mask_gradients()
                     enforcer.mask_weights()
             else:
-                for enforcer, mb in zip(enforcers, members, strict=True):
+                for enforcer, mb in zip(enforcers[:n], active, strict=True):
                     enforcer.mask_gradients()
                     mb.optimizer.step()
                     enforcer.mask_weights()
@@ -205,6 +219,8 @@ def train_together(
             if progress is not None:
                 progress(step, total, None)
         seconds = time.perf_counter() - started
+        if lead_only:  # an epoch end before they part: all hold the lead's state
+            _follow_lead(members, masks, enforcers)
         for mb in members:
             bad, mean_loss, accuracy = _epoch_summary(mb.step_losses, mb.step_hits)
             if bad is not None:
@@ -263,6 +279,41 @@ def _member(
         autocast=_autocast(device, bf16),
         forward=_compiled(model) if compile else model,
     )
+
+
+def _alike(
+    members: Sequence[_Member], masks: Sequence[Mask], settings: Sequence[TrainSettings]
+) -> bool:
+    """Whether the members would train alike on one batch order: more than one, one
+    hyperparameter set, one mask and one state (weights and buffers)."""
+    if len(members) < 2 or any(s != settings[0] for s in settings[1:]):
+        return False
+    if any(m != masks[0] for m in masks[1:]):
+        return False
+    first = members[0].model.state_dict()
+    return all(
+        all(torch.equal(first[k], v) for k, v in mb.model.state_dict().items())
+        for mb in members[1:]
+    )
+
+
+@torch.no_grad()
+def _follow_lead(
+    members: Sequence[_Member], masks: list[Mask], enforcers: list[MaskEnforcer]
+) -> None:
+    """Every member takes the first's state: weights, buffers, optimizer and SWA state,
+    learning rate, the epoch's records so far and its mask (copies, nothing shared)."""
+    lead = members[0]
+    for i, mb in enumerate(members[1:], start=1):
+        mb.model.load_state_dict(lead.model.state_dict())
+        mb.optimizer.load_state_dict(copy.deepcopy(lead.optimizer.state_dict()))
+        if mb.swa is not None and lead.swa is not None:
+            mb.swa.load_state_dict(lead.swa.state_dict())
+        mb.lr = lead.lr  # (the optimizer's groups came with its state)
+        mb.losses, mb.history = list(lead.losses), list(lead.history)
+        mb.step_losses, mb.step_hits = list(lead.step_losses), list(lead.step_hits)
+        masks[i] = masks[0]
+        enforcers[i] = MaskEnforcer(mb.model, masks[0])
 
 
 def _epoch_batches(
