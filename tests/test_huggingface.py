@@ -273,6 +273,13 @@ def test_trainer_train_fn_refusals(tmp_path, hf):
         train_fn(model_fn(), Mask({}), 0, settings)
     # no epoch to train (the dense run to a rewind point at epoch 0): no Trainer either
     train_fn(model_fn(), Mask({}), 0, LoopSettings(TrainSettings(epochs=1), 0, 0))
+    # a recipe whose mask moves during training (gmp): the Trainer's callback keeps one mask
+    from sparseavg.pruning.rigl import RigLSchedule
+
+    moving = LoopSettings(TrainSettings(epochs=1), start_epoch=0, stop_epoch=1)
+    moving.schedule = RigLSchedule()
+    with pytest.raises(ValueError, match="changes it during training"):
+        train_fn(model_fn(), Mask({}), 0, moving)
 
 
 def test_mask_callback_keeps_tied_embeddings_pruned_in_a_trainer_fit(tmp_path, one_thread, hf):

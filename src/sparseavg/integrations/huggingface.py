@@ -219,7 +219,8 @@ def trainer_train_fn(make_trainer: MakeTrainer, args: TrainingArguments) -> Trai
 
     Raises:
         ValueError: ``args.load_best_model_at_end`` is set (here), or ``make_trainer`` built a
-            Trainer around another model (when called).
+            Trainer around another model, or the recipe changes the mask during training
+            (gmp, rigl, dpf, sms-dpf; when called).
     """
     if args.load_best_model_at_end:
         raise ValueError(
@@ -231,6 +232,12 @@ def trainer_train_fn(make_trainer: MakeTrainer, args: TrainingArguments) -> Trai
         epochs = len(settings.epoch_range)
         if epochs == 0:  # e.g. the dense run to a rewind point at epoch 0
             return
+        if settings.schedule is not None:
+            raise ValueError(
+                "trainer_train_fn keeps the mask it is given; this recipe changes it during "
+                "training (gmp, rigl, dpf): train it with a loop of your own that keeps the "
+                "mask with settings.attach, or with the built-in loop"
+            )
         run_args = dataclasses.replace(
             args,
             num_train_epochs=epochs,
