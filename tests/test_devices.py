@@ -218,3 +218,53 @@ def test_two_four_weights_on_the_device(device):
     assert done.converted == ("0", "2") and done.dense == {}
     assert type(model[0].weight).__name__.startswith("SparseSemiStructuredTensor")
     torch.testing.assert_close(sparse, dense, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_particles_in_lock_step_on_the_device_share_one_mask(device, tmp_path):
+    """swamp-rigl's lock step (the shared drop/grow on the particles' mean, the first half as
+    one particle) on the device: every particle ends under the run's mask with ERK's counts,
+    the pruned weights exactly 0, and the average keeps the mask."""
+    values = {
+        "recipe": "swamp-rigl",
+        "train": {"epochs": 2, "batch_size": 512},
+        "pruning": {"cycles": 0, "rewind_epochs": 0.0},
+        "ingredients": {"count": 2},
+        "execution": {"device": device},
+    }
+    run = tiny_run(tmp_path, values)
+    cycle = run / "cycle_00"
+    mask = Mask.load(cycle / "mask.safetensors")
+    assert {n: int(t.sum()) for n, t in mask.items()} == {
+        "features.3.weight": 23, "features.6.weight": 23, "fc.weight": 99
+    }  # fmt: skip
+    for k in (0, 1):
+        assert Mask.load(cycle / f"ingredient_{k}" / "mask.safetensors") == mask
+        final = load_tensors(cycle / f"ingredient_{k}" / "final.safetensors")
+        assert all(not final[n][~keep].any() for n, keep in mask.items())
+    combined = load_tensors(cycle / "combined.safetensors")
+    assert all(not combined[n][~keep].any() for n, keep in mask.items())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dpf_feedback_hooks_on_the_device_step_the_dense_weights(device):
+    """AttachedFeedback on the device: the forward runs at w * m (a pruned input weight
+    contributes nothing), the step moves the pruned weight's dense value by -lr * g, and
+    removing the hooks leaves the dense weights in the model."""
+    from sparseavg.pruning.dpf import DPFSchedule
+    from sparseavg.training import AttachedFeedback
+
+    model = nn.Linear(3, 1, bias=False).to(device)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0, 3.0]]))
+    mask = Mask({"weight": torch.tensor([[True, False, True]], device=device)})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hooks = AttachedFeedback(model, mask, opt, DPFSchedule((), initial=1 / 3), 10)
+    x = torch.tensor([[1.0, 1.0, 1.0]], device=device)
+    out = model(x)
+    assert out.item() == 4.0  # 1 + 3: the pruned 2 is out of the forward
+    out.sum().backward()  # d out / d w = x = 1 for every coordinate, the pruned one too
+    opt.step()
+    hooks.remove()
+    expected = torch.tensor([[1.0, 2.0, 3.0]]) - torch.tensor(0.1)  # float32 w - lr * 1
+    assert torch.equal(model.weight.detach().cpu(), expected)
