@@ -323,10 +323,11 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "swamp-rigl",
-            "SWAMP on RigL: N particles from one initialisation and random sparse mask, each "
-            "with its own batch order and SWA after pruning.rigl_end, in lock step: every "
-            "drop/grow decision taken once on their average and shared (pruning.rigl_decide), "
-            "then averaged",
+            "SWAMP on RigL: N particles from one initialisation and random sparse mask, one "
+            "trajectory for the first half (pruning.rigl_together), then each with its own "
+            "batch order and SWA after pruning.rigl_end, in lock step: every drop/grow "
+            "decision taken once on their average and shared (pruning.rigl_decide), then "
+            "averaged",
             defaults=merge(
                 _SWAMP_DEFAULTS,
                 {
