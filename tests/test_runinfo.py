@@ -61,6 +61,19 @@ def test_a_field_whose_recipe_default_is_new_reads_as_the_run_ran(tmp_path):
     assert resolve_config(new).pruning.rigl_decide == "average"
 
 
+def test_swamp_rigl_runs_from_before_rigl_together_read_as_parted_from_the_start(tmp_path):
+    """Lock-step runs written before pruning.rigl_together existed parted at step 0 (the
+    field's default), not after the recipe's new default half of training."""
+    old = {**FAKE, "recipe": "swamp-rigl", "pruning": {"cycles": 0, "rigl_together": 0.0}}
+    run = make_run(tmp_path, old, complete=0)
+    text = (run / "config.toml").read_text()
+    assert "rigl_together = 0.0\n" in text
+    (run / "config.toml").write_text(text.replace("rigl_together = 0.0\n", ""))
+    config = read_run_config(run)
+    assert config.pruning.rigl_together == 0.0 and config.run_name() == run.name
+    assert resolve_config({**old, "pruning": {"cycles": 0}}).pruning.rigl_together == 0.5
+
+
 def test_sms_dpf_runs_from_before_the_dense_settle_read_as_masked(tmp_path):
     old = {
         **FAKE,
