@@ -78,6 +78,45 @@ def test_a_run_logs_its_rows_and_curves_and_a_resumed_run_continues_it(tmp_path,
     assert [d["global_step"] for d in curves] == [57.0, 114.0, 57.0, 114.0]  # 2 epochs a cycle
 
 
+def _offline(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return wandb
+
+
+def test_a_wandb_that_does_not_start_stops_the_run_in_one_line_before_it_trains(
+    tmp_path, monkeypatch
+):
+    """W&B starts before cycle 0 trains: a missing login is one line at once, not a
+    traceback after the first cycle's training."""
+    wandb = _offline(tmp_path, monkeypatch)
+
+    def no_login(**kwargs):
+        raise wandb.errors.UsageError("api_key not configured (no-tty)\ncall wandb.login()")
+
+    monkeypatch.setattr(wandb, "init", no_login)
+    config = tiny_config(SWAMP)
+    with pytest.raises(ConfigError) as err:
+        run(config, tmp_path / "runs")
+    assert str(err.value) == (
+        "execution.wandb = true: W&B did not start (api_key not configured (no-tty)); run "
+        "`wandb login`, or set WANDB_MODE=offline, or execution.wandb = false"
+    )
+    assert not list((tmp_path / "runs").rglob("cycle_00"))
+
+
+def test_a_complete_logged_run_opens_no_wandb_run(tmp_path, monkeypatch):
+    wandb = _offline(tmp_path, monkeypatch)
+    config = tiny_config(SWAMP)
+    run(config, tmp_path / "runs")
+    inits = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: inits.append(kw))
+    run(config, tmp_path / "runs")
+    assert inits == []
+
+
 def test_wandb_without_the_package_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     with pytest.raises(

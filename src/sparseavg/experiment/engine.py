@@ -74,7 +74,7 @@ def run(
         rep.message(describe_prunable(ctx.model, ctx.prunable))
         bar = rep.task(f"{config.run_name()} cycles", cycles)
         tracker = (
-            WandbLog(store.path, store.path.name, config.to_dict())
+            WandbLog(store.path, store.path.name, config.to_dict(), cycles)
             if config.execution.wandb
             else None
         )

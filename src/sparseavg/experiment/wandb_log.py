@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError
 from ..utils.files import atomic_write_text
 from ..utils.imports import import_problem
 from .logs import Scalar, cycle_scalars, epoch_scalars
@@ -53,21 +54,38 @@ class WandbLog:
     """The W&B run of one run directory; :meth:`log_cycle` each complete cycle, then
     :meth:`close`."""
 
-    def __init__(self, run_dir: Path, name: str, config: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, name: str, config: dict[str, Any], cycles: int) -> None:
+        """Start (or continue) the W&B run of ``run_dir``, whose run has ``cycles`` cycles;
+        a run whose cycles are all logged starts none.
+
+        Raises:
+            ConfigError: W&B did not start (no login, no network, a bad ``WANDB_*`` value),
+                in one line.
+        """
         import wandb
 
         self.path = Path(run_dir) / WANDB_FILE
         state = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
         self.run_id: str = state.get("id") or secrets.token_hex(4)
         self.logged: set[int] = set(state.get("cycles", []))
-        self._save()
-        self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "sparseavg"),
-            id=self.run_id,
-            name=name,
-            config=config,
-            resume="allow",
-        )
+        self.run: Any = None
+        if self.logged >= set(range(cycles)):
+            return
+        self._save()  # before init: a W&B run that was created is always continued
+        try:
+            self.run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "sparseavg"),
+                id=self.run_id,
+                name=name,
+                config=config,
+                resume="allow",
+            )
+        except Exception as err:  # no login, no network, a bad WANDB_* value
+            text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(
+                f"execution.wandb = true: W&B did not start ({text}); run `wandb login`, or "
+                "set WANDB_MODE=offline, or execution.wandb = false"
+            ) from err
 
     def _save(self) -> None:
         text = json.dumps({"id": self.run_id, "cycles": sorted(self.logged)}) + "\n"
@@ -81,7 +99,7 @@ class WandbLog:
         lineages: int,
     ) -> None:
         """Log cycle ``cycle``'s training curves and rows, unless a call logged them before."""
-        if cycle in self.logged:
+        if cycle in self.logged or self.run is None:
             return
         curves = [(f"cycle_{cycle:02d}/{t}", v, s) for t, v, s in epoch_scalars(epochs, lineages)]
         for values in _by_step(curves, "global_step"):
@@ -92,4 +110,5 @@ class WandbLog:
         self._save()
 
     def close(self) -> None:
-        self.run.finish()
+        if self.run is not None:
+            self.run.finish()
