@@ -72,6 +72,11 @@ class LoopSettings:
         index: the ingredient's index in its cycle (-1 for the ticket run).
         history: one :class:`~.history.EpochLog` per :meth:`end_epoch` call (its loss and
             accuracy as reported, no learning rate: the loop's optimizer is its own).
+        mask: the run's mask as it stands (a recipe that changes it during training moves
+            it at epoch ends or steps; ``None`` only for settings made by hand).
+        schedule: how the recipe changes the mask during training (gmp, rigl, dpf), or
+            ``None``.
+        attached: what :meth:`attach` attached, or ``None`` before it is called.
     """
 
     train: TrainSettings
