@@ -74,6 +74,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/batch.py --repeats 3
 	$(BIN)/python benchmarks/sparse_inference.py --repeats 3
 	$(BIN)/python benchmarks/semi_structured.py --repeats 5
+	$(BIN)/python benchmarks/lockstep.py --repeats 3
 
 # On a CUDA machine (a CUDA build of torch: TORCH_SPEC above): the device tests and the GPU rows
 # of the benchmarks, about 8 minutes, into benchmarks/gpu-report.md; without CUDA it says so.
