@@ -68,11 +68,11 @@ def fields_as_written(values: dict[str, Any]) -> dict[str, Any]:
     ``pruning.rigl_decide = "average"``, sms-dpf's ``pruning.dpf_settle = "dense"``) does not
     apply to a run that started without it."""
     out = dict(values)
-    defaults = Config().to_dict()
     for section, name in LATER_FIELDS:
         given = values.get(section)
         if isinstance(given, dict) and name not in given:
-            out[section] = {**out[section], name: defaults[section][name]}
+            default = getattr(getattr(Config(), section), name)
+            out[section] = {**out[section], name: default}
     return out
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..data import BatchSource
-from ..pruning import Lockstep, StepMaskSchedule
+from ..pruning import Lockstep
 from ..training import TrainResult, TrainState, steps_per_epoch, train, train_together
 from ..training.custom import TrainFn, run_user_loop
 from ..training.evaluate import model_device
@@ -60,11 +60,11 @@ class LoopTrainer:
         """:func:`~sparseavg.training.train_together` on ``model`` and a copy of it for each
         further job; under :class:`~sparseavg.pruning.Lockstep` the jobs take the first
         job's batches for its ``together`` share of the steps."""
-        if not isinstance(work.during, StepMaskSchedule):
-            raise ValueError("jobs train together only under a step mask schedule (RigL's)")
+        lockstep = work.during
+        if not isinstance(lockstep, Lockstep):
+            raise ValueError("jobs train together only under a Lockstep mask schedule")
         first = jobs[0].settings
         total = first.epochs * steps_per_epoch(self.data, first.batch_size, first.drop_last)
-        lockstep = work.during if isinstance(work.during, Lockstep) else Lockstep(work.during)
         models = [model] + [copy.deepcopy(model) for _ in jobs[1:]]
         for m in models:
             m.load_state_dict(work.start)
@@ -74,7 +74,7 @@ class LoopTrainer:
             [job.settings for job in jobs],
             seeds=[job.seed for job in jobs],
             mask=work.mask.to(model_device(model)),
-            mask_schedule=work.during,
+            mask_schedule=lockstep,
             start_step=work.start_step,
             shared_steps=lockstep.together_steps(total),
             shared=lockstep.shared,

@@ -144,20 +144,7 @@ class AttachedMask:
         if self._steps is not None and self._steps.updates_now():
             self._update_mask(self._steps)
         self._enforcer.mask_gradients()
-        # args[0] is the optimizer itself; a closure comes second or as ``closure=``
-        if len(args) > 1 and callable(args[1]):
-            return (args[0], self._masked(args[1]), *args[2:]), kwargs
-        if callable(kwargs.get("closure")):
-            return args, {**kwargs, "closure": self._masked(kwargs["closure"])}
-        return None
-
-    def _masked(self, closure: Callable[[], Any]) -> Callable[[], Any]:
-        def masked_closure() -> Any:
-            loss = closure()
-            self._enforcer.mask_gradients()
-            return loss
-
-        return masked_closure
+        return after_closure(args, kwargs, lambda: self._enforcer.mask_gradients())
 
     def _after_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -203,6 +190,29 @@ class AttachedMask:
     def __repr__(self) -> str:
         state = "attached" if self.attached else "removed"
         return f"AttachedMask({self.mask!r}, {type(self.optimizer).__name__}, {state})"
+
+
+def after_closure(
+    args: tuple[Any, ...], kwargs: dict[str, Any], then: Callable[[], object]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """What a step pre-hook returns so that ``then()`` runs after every call of the closure
+    ``step`` got (it computes the gradients inside ``step``, as Lightning's automatic
+    optimization does), or ``None`` when it got none. ``args[0]`` is the optimizer; a closure
+    comes second or as ``closure=``."""
+
+    def wrap(closure: Callable[[], Any]) -> Callable[[], Any]:
+        def closure_then() -> Any:
+            loss = closure()
+            then()
+            return loss
+
+        return closure_then
+
+    if len(args) > 1 and callable(args[1]):
+        return (args[0], wrap(args[1]), *args[2:]), kwargs
+    if callable(kwargs.get("closure")):
+        return args, {**kwargs, "closure": wrap(kwargs["closure"])}
+    return None
 
 
 class _StepUpdates:

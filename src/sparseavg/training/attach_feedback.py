@@ -14,7 +14,6 @@ optimizer state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..pruning import FeedbackMaskSchedule, Mask
 from ..utils.state import State, clone_state
+from .attach import after_closure
 
 
 class AttachedFeedback:
@@ -117,19 +117,7 @@ class AttachedFeedback:
         """The dense weights back before the update; a closure's forward runs at the masked
         point and its weights are written back after it."""
         self._restore()
-        if len(args) > 1 and callable(args[1]):
-            return (args[0], self._dense_after(args[1]), *args[2:]), kwargs
-        if callable(kwargs.get("closure")):
-            return args, {**kwargs, "closure": self._dense_after(kwargs["closure"])}
-        return None
-
-    def _dense_after(self, closure: Callable[[], Any]) -> Callable[[], Any]:
-        def closure_then_dense() -> Any:
-            loss = closure()
-            self._restore()
-            return loss
-
-        return closure_then_dense
+        return after_closure(args, kwargs, self._restore)
 
     def _after_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -390,10 +390,10 @@ def run_user_loop(
             f"recipe changes the mask at epoch ends: call it once after each epoch of "
             f"settings.epoch_range ({stop - start_epoch})"
         )
-    dense_state = None
     if isinstance(mask_schedule, (StepMaskSchedule, FeedbackMaskSchedule)):
         _check_steps_taken(loop)
-        mask = loop.mask = loop.attached.mask if loop.attached is not None else mask
+        loop._follow_steps()  # the mask the hooks moved since the last epoch end
+    dense_state = None
     if isinstance(loop.attached, AttachedFeedback):
         masked, dense_state = loop.attached.states()  # DPF's model is w ⊙ m
         loop.attached.remove()

@@ -78,10 +78,11 @@ class _Member:
     batches: Iterator[tuple[Tensor, Tensor]] = field(default_factory=lambda: iter(()))
     step_losses: list[Tensor] = field(default_factory=list)
     step_hits: list[Tensor] = field(default_factory=list)
+    trained: list[Tensor] = field(init=False)
 
-    @property
-    def trained(self) -> list[Tensor]:
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
+    def __post_init__(self) -> None:
+        # the parameters whose gradients each step clears, read once (train() does the same)
+        self.trained = [p for group in self.optimizer.param_groups for p in group["params"]]
 
 
 def check_lockstep(settings: Sequence[TrainSettings], seeds: Sequence[int]) -> None:
